@@ -1,0 +1,41 @@
+# The two commands a newcomer needs:
+#   make demo   install, start local Kafka + Neo4j, and run the main job
+#   make test   install and run the test suite (what CI runs)
+# Python dependencies live in a shared cache keyed by requirements.txt (see scripts/setup-env.sh);
+# this clone only gets a small .venv that points at it.
+
+PYTHON ?= python3
+VENV := .venv
+M2GRL := $(VENV)/bin/m2grl
+PYTEST_ARGS ?=
+
+.PHONY: env demo test services-up services-down clean help
+
+help:
+	@echo "make demo           install, start local Kafka and Neo4j, run the main job"
+	@echo "make test           install and run the tests (PYTEST_ARGS='-k kafka' to narrow)"
+	@echo "make env            only install (idempotent)"
+	@echo "make services-down  stop the local Kafka and Neo4j"
+	@echo "make clean          remove this clone's .venv and .m2grl state (the shared caches stay)"
+
+env:
+	@scripts/ensure-tools.sh
+	@PYTHON=$(PYTHON) scripts/setup-env.sh
+
+demo: env
+	$(M2GRL) services up
+	$(M2GRL) services status
+
+test: env
+	@scripts/ensure-tools.sh --test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+services-up: env
+	$(M2GRL) services up
+
+services-down:
+	$(M2GRL) services down
+
+clean:
+	-$(M2GRL) services down
+	rm -rf $(VENV) .m2grl

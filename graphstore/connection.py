@@ -1,0 +1,66 @@
+"""Connections to the Neo4j server that holds the per-view graphs."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import neo4j
+
+from m2grl.errors import GraphStoreError
+from m2grl.graphstore.errors import translated_errors
+from m2grl.settings import Neo4jSettings
+
+
+class GraphStore:
+    """A driver bound to one database, closed with the object (use as a context manager)."""
+
+    def __init__(self, settings: Neo4jSettings, *, connect_timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.target = f"{settings.bolt_uri} (database {settings.database!r})"
+        with translated_errors(self.target):
+            self._driver = neo4j.GraphDatabase.driver(
+                settings.bolt_uri,
+                auth=(settings.user, settings.password.get_secret_value()),
+                connection_timeout=connect_timeout_s,
+                connection_acquisition_timeout=connect_timeout_s,
+                max_transaction_retry_time=connect_timeout_s,
+            )
+
+    def __enter__(self) -> GraphStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._driver.close()
+
+    def verify_connectivity(self) -> None:
+        with translated_errors(self.target):
+            self._driver.verify_connectivity()
+
+    def read(self, cypher: str, **params: Any) -> list[dict[str, Any]]:
+        """Run a read query in a managed transaction and return its records as dicts."""
+        with translated_errors(self.target):
+            records, _, _ = self._driver.execute_query(
+                cypher, params, database_=self.settings.database, routing_=neo4j.RoutingControl.READ
+            )
+        return [record.data() for record in records]
+
+    def write(self, cypher: str, **params: Any) -> list[dict[str, Any]]:
+        """Run a write query in a managed (retried) transaction and return its records as dicts."""
+        with translated_errors(self.target):
+            records, _, _ = self._driver.execute_query(cypher, params, database_=self.settings.database)
+        return [record.data() for record in records]
+
+
+def ping(settings: Neo4jSettings, *, timeout_s: float = 3.0) -> None:
+    """Succeed when the server answers ``RETURN 1`` on the configured database; raise otherwise."""
+    with GraphStore(settings, connect_timeout_s=timeout_s) as store:
+        store.verify_connectivity()  # fails fast, where a query would retry and log each attempt
+        rows = store.read("RETURN 1 AS ok")
+    if rows != [{"ok": 1}]:
+        raise GraphStoreError(f"{store.target} answered RETURN 1 with {rows!r}")

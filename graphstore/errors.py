@@ -1,0 +1,34 @@
+"""The single place where Neo4j driver exceptions become m2grl errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from neo4j import exceptions as neo4j_errors
+
+from m2grl.errors import GraphStoreError, GraphStoreUnavailable
+
+_TRANSIENT = (
+    neo4j_errors.ServiceUnavailable,
+    neo4j_errors.SessionExpired,
+    neo4j_errors.TransientError,
+)
+
+
+@contextmanager
+def translated_errors(target: str) -> Iterator[None]:
+    """Re-raise driver errors as GraphStoreError / GraphStoreUnavailable naming ``target``."""
+    try:
+        yield
+    except neo4j_errors.AuthError as exc:
+        raise GraphStoreError(
+            f"Neo4j at {target} rejected the credentials (check M2GRL_NEO4J_USER / M2GRL_NEO4J_PASSWORD): "
+            f"{exc.message or exc}"
+        ) from exc
+    except _TRANSIENT as exc:
+        raise GraphStoreUnavailable(f"Neo4j at {target} is unavailable: {exc}") from exc
+    except (neo4j_errors.Neo4jError, neo4j_errors.DriverError) as exc:
+        raise GraphStoreError(f"Neo4j at {target} failed the request: {exc}") from exc
+    except OSError as exc:
+        raise GraphStoreUnavailable(f"Neo4j at {target} cannot be reached: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Kafka clients: admin, consumer, replay producer. No Kafka client code exists anywhere else."""

@@ -1,0 +1,60 @@
+"""Cluster-level Kafka operations: health probe and topic management."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from m2grl.ingest.errors import translated_errors
+from m2grl.settings import KafkaSettings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = 1
+    replication_factor: int = 1
+
+
+def _admin(settings: KafkaSettings, timeout_s: float) -> KafkaAdminClient:
+    timeout_ms = int(timeout_s * 1000)
+    return KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="m2grl-admin",
+        request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+        reconnect_backoff_max_ms=500,
+    )
+
+
+def ping(settings: KafkaSettings, *, timeout_s: float = 3.0) -> int:
+    """Return the number of brokers once the cluster answers a metadata request; raise otherwise."""
+    with translated_errors(settings.bootstrap_servers):
+        admin = _admin(settings, timeout_s)
+        try:
+            cluster = admin.describe_cluster()
+        finally:
+            admin.close()
+    return len(cluster["brokers"])
+
+
+def ensure_topics(settings: KafkaSettings, topics: list[TopicSpec], *, timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names that were created."""
+    with translated_errors(settings.bootstrap_servers):
+        admin = _admin(settings, timeout_s)
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in topics if t.name not in existing]
+            if missing:
+                try:
+                    admin.create_topics(
+                        [NewTopic(t.name, t.partitions, t.replication_factor) for t in missing],
+                        timeout_ms=int(timeout_s * 1000),
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # another process created it between list and create: same outcome
+        finally:
+            admin.close()
+    return [t.name for t in missing]

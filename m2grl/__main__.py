@@ -1,0 +1,3 @@
+from m2grl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The one exception tree of m2grl.
+
+Third-party exceptions are translated into these at exactly one boundary per dependency:
+Neo4j driver errors inside ``graphstore/``, Kafka client errors inside ``ingest/``, subprocess
+and OS errors of the local launcher inside ``m2grl/services/``. The CLI prints any of them as a
+single line and exits non-zero.
+
+    M2grlError
+     ├── ConfigError               settings or command-line input that cannot work
+     ├── ServiceError              the local Kafka/Neo4j launcher could not do what was asked
+     │    ├── ToolMissingError     java or mvn is not installed
+     │    ├── PortBusyError        a configured port is already taken by another process
+     │    └── StartupError         a service process exited early or never became healthy
+     ├── GraphStoreError           Neo4j refused or failed a request
+     │    └── GraphStoreUnavailable    transient (server down, leader change): retry later
+     └── StreamError               Kafka refused or failed a request
+          └── StreamUnavailable        transient (broker down, no leader): retry later
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class M2grlError(Exception):
+    """Base of every error m2grl raises on purpose."""
+
+    def __init__(self, message: str, *, log_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.log_path is not None:
+            text += f" (log: {self.log_path})"
+        return text
+
+
+class ConfigError(M2grlError):
+    """Settings or command-line input that cannot work."""
+
+
+class ServiceError(M2grlError):
+    """The local service launcher failed."""
+
+
+class ToolMissingError(ServiceError):
+    """A required external program (java, mvn) is not installed."""
+
+
+class PortBusyError(ServiceError):
+    """A port we were asked to listen on is taken by a process we did not start."""
+
+
+class StartupError(ServiceError):
+    """A service process exited early or did not become healthy in time."""
+
+
+class GraphStoreError(M2grlError):
+    """Neo4j refused or failed a request."""
+
+
+class GraphStoreUnavailable(GraphStoreError):
+    """Neo4j cannot be reached right now; the same request may succeed later."""
+
+
+class StreamError(M2grlError):
+    """Kafka refused or failed a request."""
+
+
+class StreamUnavailable(StreamError):
+    """Kafka cannot be reached right now; the same request may succeed later."""

@@ -1,0 +1,83 @@
+"""Neo4j Community 5.26 LTS run from Maven jars, with authentication on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from m2grl import graphstore
+from m2grl.services.base import LocalService, java_options, write_properties
+
+# Neo4j opens these JDK internals reflectively; without them it fails at start-up on Java 17.
+_OPENS = [f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in
+          ("java.nio", "java.io", "sun.nio.ch", "java.lang", "java.util", "java.util.concurrent")]
+_PASSWORD_SET_MARKER = ".initial-password-set"
+
+
+class Neo4jService(LocalService):
+    name = "neo4j"
+
+    @property
+    def managed(self) -> bool:
+        return self.settings.neo4j.managed
+
+    def ports(self) -> dict[str, tuple[str, int]]:
+        n = self.settings.neo4j
+        return {"neo4j.bolt_port": (n.host, n.bolt_port), "neo4j.http_port": (n.host, n.http_port)}
+
+    def endpoints(self) -> dict[str, str]:
+        n = self.settings.neo4j
+        points = {"bolt": n.bolt_uri}
+        if n.managed:
+            points["browser"] = f"http://{n.host}:{n.http_port}/browser/"
+        return points
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "NEO4J_HOME": str(self.home), "NEO4J_CONF": str(self.home / "conf")}
+
+    def prepare(self, jars: Path) -> None:
+        n = self.settings.neo4j
+        for sub in ("data", "logs", "plugins", "import", "run"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        # Unknown keys abort start-up, so only documented 5.26 settings appear here.
+        write_properties(self.home / "conf" / "neo4j.conf", {
+            "server.default_listen_address": n.host,
+            "server.default_advertised_address": n.host,
+            "server.bolt.listen_address": f"{n.host}:{n.bolt_port}",
+            "server.bolt.advertised_address": f"{n.host}:{n.bolt_port}",
+            "server.http.enabled": "true",
+            "server.http.listen_address": f"{n.host}:{n.http_port}",
+            "server.http.advertised_address": f"{n.host}:{n.http_port}",
+            "server.https.enabled": "false",
+            "dbms.security.auth_enabled": "true",
+            "initial.dbms.default_database": n.database,
+            "server.memory.pagecache.size": n.pagecache,
+            "dbms.usage_report.enabled": "false",
+            "db.tx_log.rotation.retention_policy": "2 files",
+            "server.directories.data": self.home / "data",
+            "server.directories.logs": self.home / "logs",
+            "server.directories.plugins": self.home / "plugins",
+            "server.directories.import": self.home / "import",
+            "server.directories.run": self.home / "run",
+        })
+        if not (self.home / _PASSWORD_SET_MARKER).exists():
+            # The password must be in place before the first start; afterwards it lives in the
+            # system database and changes go through Cypher, not this tool.
+            self.run_tool(
+                [self.settings.services.java, *_OPENS, "-cp", f"{jars / 'libs'}/*", "org.neo4j.cli.AdminTool",
+                 "dbms", "set-initial-password", n.password.get_secret_value()],
+                what="setting the initial password",
+                env=self._env(),
+            )
+            (self.home / _PASSWORD_SET_MARKER).touch()
+
+    def command(self, jars: Path) -> list[str]:
+        return [self.settings.services.java, *java_options(self.settings.neo4j.heap), *_OPENS,
+                "-cp", f"{jars / 'libs'}/*", "org.neo4j.server.CommunityEntryPoint",
+                f"--home-dir={self.home}", f"--config-dir={self.home / 'conf'}", "--console-mode"]
+
+    def spawn_env(self) -> dict[str, str]:
+        return self._env()
+
+    def check_health(self, timeout_s: float) -> None:
+        graphstore.ping(self.settings.neo4j, timeout_s=timeout_s)

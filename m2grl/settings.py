@@ -1,0 +1,196 @@
+"""The one settings object every component reads.
+
+Sources, highest priority first: keyword overrides (tests, CLI flags), environment variables
+``M2GRL_<SECTION>_<FIELD>`` (e.g. ``M2GRL_KAFKA_BOOTSTRAP``, ``M2GRL_NEO4J_BOLT_PORT``), then a
+TOML file with one table per section (``--config``, ``$M2GRL_CONFIG``, or ``./m2grl.toml`` when it
+exists), then the defaults below. Settings are frozen: they are read once at start-up and passed
+down, never looked up from anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from m2grl.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("m2grl.toml")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "m2grl"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap: str | None = Field(
+        None,
+        description="host:port[,host:port] of an existing Kafka cluster. When set, m2grl starts "
+        "no Kafka of its own and uses this one.",
+    )
+    host: str = Field("127.0.0.1", description="Address the local broker binds to (loopback by default).")
+    port: int = Field(9092, ge=1, le=65535, description="Client port of the local broker.")
+    controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port of the local broker.")
+    heap: str = Field("1g", pattern=r"^\d+[mMgG]$", description="JVM heap of the local broker (-Xmx).")
+
+    @property
+    def managed(self) -> bool:
+        """True when m2grl runs the broker itself rather than using an existing cluster."""
+        return self.bootstrap is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.bootstrap or f"{self.host}:{self.port}"
+
+
+class Neo4jSettings(_Section):
+    uri: str | None = Field(
+        None,
+        description="Bolt URI of an existing Neo4j server (bolt://, neo4j://, with +s for TLS). When "
+        "set, m2grl starts no Neo4j of its own and uses this one.",
+    )
+    user: str = Field("neo4j", description="Neo4j user name.")
+    password: SecretStr = Field(
+        SecretStr("m2grl-local-dev"),
+        description="Neo4j password. For the local server it is set before its first start; change "
+        "it for anything but a loopback-only development machine.",
+    )
+    database: str = Field("neo4j", description="Database that holds the graphs.")
+    host: str = Field("127.0.0.1", description="Address the local server binds to (loopback by default).")
+    bolt_port: int = Field(7687, ge=1, le=65535, description="Bolt port of the local server.")
+    http_port: int = Field(7474, ge=1, le=65535, description="HTTP (browser) port of the local server.")
+    heap: str = Field("1g", pattern=r"^\d+[mMgG]$", description="JVM heap of the local server (-Xmx).")
+    pagecache: str = Field("512m", pattern=r"^\d+[mMgG]$", description="Page cache of the local server.")
+
+    @field_validator("password")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 8:
+            raise ValueError("Neo4j requires passwords of at least 8 characters")
+        return value
+
+    @property
+    def managed(self) -> bool:
+        return self.uri is None
+
+    @property
+    def bolt_uri(self) -> str:
+        return self.uri or f"bolt://{self.host}:{self.bolt_port}"
+
+
+class ServicesSettings(_Section):
+    state_dir: Path = Field(
+        Path(".m2grl"),
+        description="Folder for the local services' config, data, logs and pid files.",
+    )
+    jar_cache: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "jars",
+        description="Folder where resolved Kafka/Neo4j jars are cached, shared by all clones.",
+    )
+    java: str = Field("java", description="Java 17+ executable.")
+    mvn: str = Field("mvn", description="Maven executable, used once to resolve the service jars.")
+    start_timeout_s: float = Field(180.0, gt=0, description="How long to wait for a service to become healthy.")
+    stop_grace_s: float = Field(30.0, ge=0, description="Seconds between SIGTERM and SIGKILL on stop.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="M2GRL_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    neo4j: Neo4jSettings = Neo4jSettings()
+    services: ServicesSettings = ServicesSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def resolve_config_file(explicit: Path | None) -> Path | None:
+    """The TOML file to read, or None. An explicitly named file must exist."""
+    named = explicit or (Path(os.environ["M2GRL_CONFIG"]) if os.environ.get("M2GRL_CONFIG") else None)
+    if named is not None:
+        if not named.is_file():
+            raise ConfigError(f"config file {named} does not exist")
+        return named
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from overrides, environment and file; raise ConfigError if they are invalid."""
+    path = resolve_config_file(config_file)
+
+    class _FileBacked(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        return _FileBacked(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, path)) from None
+    except (ValueError, OSError) as exc:  # a malformed TOML file or env value that is not JSON
+        raise ConfigError(f"cannot read settings: {exc}") from None
+
+
+def _describe_validation_error(exc: ValidationError, path: Path | None) -> str:
+    problems = []
+    for err in exc.errors():
+        dotted = ".".join(str(part) for part in err["loc"])
+        env_name = "M2GRL_" + "_".join(str(part) for part in err["loc"][:2]).upper()
+        problems.append(f"{dotted} ({env_name}): {err['msg']}")
+    source = f" (file {path})" if path else ""
+    return "invalid settings" + source + ": " + "; ".join(problems)
+
+
+def masked_dict(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced by asterisks."""
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "********"
+        if isinstance(value, BaseModel):
+            return {name: mask(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return mask(settings)
+
+
+def render_toml(data: dict[str, Any]) -> str:
+    """Settings as a TOML document (one table per section), readable back by load_settings."""
+    lines: list[str] = []
+    for section, fields in data.items():
+        lines.append(f"[{section}]")
+        for name, value in fields.items():
+            if value is None:
+                lines.append(f"# {name} is unset")
+            else:
+                lines.append(f"{name} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
