@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import neo4j
 
 from m2grl.errors import GraphStoreError
 from m2grl.graphstore.errors import translated_errors
 from m2grl.settings import Neo4jSettings
+
+T = TypeVar("T")
 
 
 class GraphStore:
@@ -25,6 +28,8 @@ class GraphStore:
                 connection_timeout=connect_timeout_s,
                 connection_acquisition_timeout=connect_timeout_s,
                 max_transaction_retry_time=connect_timeout_s,
+                # Schema hints about not-yet-existing properties are noise on a fresh database.
+                notifications_min_severity=neo4j.NotificationMinimumSeverity.OFF,
             )
 
     def __enter__(self) -> GraphStore:
@@ -55,6 +60,22 @@ class GraphStore:
         with translated_errors(self.target):
             records, _, _ = self._driver.execute_query(cypher, params, database_=self.settings.database)
         return [record.data() for record in records]
+
+    def write_autocommit(self, cypher: str, **params: Any) -> None:
+        """Run a query that manages its own transactions (``CALL {...} IN TRANSACTIONS``)."""
+        with translated_errors(self.target):
+            with self._driver.session(database=self.settings.database) as session:
+                session.run(cypher, params).consume()
+
+    def write_transaction(self, work: Callable[[neo4j.ManagedTransaction], T]) -> T:
+        """Run ``work`` in one managed write transaction: all of it commits, or none of it.
+
+        The driver retries ``work`` on transient failures (deadlocks, leader changes), so it must
+        only run queries; exceptions it raises itself abort the transaction without a retry.
+        """
+        with translated_errors(self.target):
+            with self._driver.session(database=self.settings.database) as session:
+                return session.execute_write(work)
 
 
 def ping(settings: Neo4jSettings, *, timeout_s: float = 3.0) -> None:

@@ -1,11 +1,17 @@
-"""The `m2grl` command line: parse, load settings once, call the component, print errors as one line."""
+"""The `m2grl` command line: parse, load settings once, call the component, print errors as one line.
+
+Each component registers its own subcommands (``register(commands)``); this module only assembles
+them and owns the error boundary: any M2grlError becomes ``m2grl: error: ...`` and exit code 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
-import time
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,77 +22,34 @@ from m2grl.settings import Settings, load_settings, masked_dict, render_toml
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
-def _services_up(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.services import launcher
-
-    launcher.up(settings)
-    return 0
-
-
-def _services_down(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.services import launcher
-
-    launcher.down(settings)
-    return 0
+def setup_logging(verbose: bool = False) -> None:
+    """Log lines for long-running commands; third-party chatter only from WARNING up."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for noisy in ("neo4j", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python logs every refused connection as an error; our own code reports outages once.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
-def _services_status(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.services import launcher
-
-    statuses = launcher.status(settings)
-    if args.json:
-        print(json.dumps([s.as_dict() for s in statuses], indent=2))
-    else:
-        for s in statuses:
-            state = "healthy" if s.healthy else ("unhealthy" if s.running else "stopped")
-            origin = f"pid {s.pid}" if s.managed and s.pid else ("external" if not s.managed else "-")
-            where = ", ".join(f"{k} {v}" for k, v in s.endpoints.items())
-            print(f"{s.name:<6} {state:<9} {origin:<12} {where}")
-            if s.error:
-                print(f"       {s.error}")
-    return 0 if all(s.healthy for s in statuses) else 3
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so loops finish their current step and exit cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
-def _tail(path: Path, lines: int) -> list[str]:
-    if not path.exists():
-        return []
-    with path.open("rb") as fh:
-        fh.seek(0, 2)
-        size = fh.tell()
-        fh.seek(max(0, size - 256 * 1024))
-        return fh.read().decode(errors="replace").splitlines()[-lines:]
-
-
-def _services_logs(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.services import launcher
-
-    names = [args.service] if args.service else ["kafka", "neo4j"]
-    paths = {name: launcher.log_path(settings, name) for name in names}
-    for name, path in paths.items():
-        if not path.exists():
-            print(f"==> {name}: no log yet at {path}", file=sys.stderr)
-            continue
-        print(f"==> {name}: {path}")
-        for line in _tail(path, args.lines):
-            print(line)
-    if args.follow:
-        offsets = {name: path.stat().st_size if path.exists() else 0 for name, path in paths.items()}
-        while True:
-            for name, path in paths.items():
-                if path.exists() and path.stat().st_size > offsets[name]:
-                    with path.open("rb") as fh:
-                        fh.seek(offsets[name])
-                        chunk = fh.read()
-                    offsets[name] += len(chunk)
-                    for line in chunk.decode(errors="replace").splitlines():
-                        print(f"[{name}] {line}" if len(paths) > 1 else line, flush=True)
-            time.sleep(0.5)
-    return 0
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
 
 
 def _config_show(args: argparse.Namespace, settings: Settings) -> int:
     data = masked_dict(settings)
-    print(json.dumps(data, indent=2) if args.json else render_toml(data), end="\n" if args.json else "")
+    if args.json:
+        print_json(data)
+    else:
+        print(render_toml(data), end="")
     return 0
 
 
@@ -98,6 +61,10 @@ def _not_in_this_release(command: str, issue: int) -> Handler:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from m2grl.graphstore import commands as graph_commands
+    from m2grl.ingest import commands as ingest_commands
+    from m2grl.services import commands as services_commands
+
     parser = argparse.ArgumentParser(
         prog="m2grl",
         description="Fresh multi-view graph embeddings (M2GRL) from a live behaviour stream: Kafka consumers "
@@ -108,35 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"m2grl {__version__}")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML settings file (default: $M2GRL_CONFIG, else ./m2grl.toml if present)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    services = commands.add_parser(
-        "services", help="start, stop and inspect the local Kafka and Neo4j",
-        description="Run Kafka (KRaft) and Neo4j Community from Maven Central jars as background processes "
-        "under the state folder (services.state_dir). Servers named by M2GRL_KAFKA_BOOTSTRAP or "
-        "M2GRL_NEO4J_URI are used as they are and never started or stopped.",
-    )
-    actions = services.add_subparsers(dest="action", required=True, metavar="ACTION")
-    up = actions.add_parser("up", help="start both services (idempotent) and wait until they answer requests")
-    up.set_defaults(handler=_services_up)
-    down = actions.add_parser("down", help="stop the services this state folder started (SIGTERM, then SIGKILL)")
-    down.set_defaults(handler=_services_down)
-    status = actions.add_parser("status", help="pid, ports and health of each service; exit 3 if any is unhealthy")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(handler=_services_status)
-    logs = actions.add_parser("logs", help="print the end of a service's log")
-    logs.add_argument("service", nargs="?", choices=["kafka", "neo4j"], help="one service (default: both)")
-    logs.add_argument("-n", "--lines", type=int, default=50, help="lines to print (default 50)")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
-    logs.set_defaults(handler=_services_logs)
+    services_commands.register(commands)
+    ingest_commands.register(commands)
+    graph_commands.register(commands)
 
     config = commands.add_parser("config", help="inspect the effective settings")
     config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = config_actions.add_parser("show", help="print the effective settings, secrets masked, as TOML")
     show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     show.set_defaults(handler=_config_show)
+
+    bench = commands.add_parser("bench", help="benchmarks that print JSON (each measures its baseline in the same run)")
+    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    ingest_commands.register_bench(benches)
+
     for command, issue, summary in (
-        ("ingest", 3, "consume the behaviour topic into the per-view Neo4j graphs"),
         ("train", 4, "train the M2GRL embeddings on a schedule and publish snapshots"),
         ("serve", 5, "serve the newest snapshot over gRPC"),
     ):
@@ -149,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        setup_logging(args.verbose)
         handler: Handler = args.handler
         return handler(args, settings)
     except M2grlError as exc:

@@ -12,7 +12,8 @@ single line and exits non-zero.
      │    ├── PortBusyError        a configured port is already taken by another process
      │    └── StartupError         a service process exited early or never became healthy
      ├── GraphStoreError           Neo4j refused or failed a request
-     │    └── GraphStoreUnavailable    transient (server down, leader change): retry later
+     │    ├── GraphStoreUnavailable    transient (server down, leader change): retry later
+     │    └── StaleOffsetsError    another writer moved a partition's stored offset first
      └── StreamError               Kafka refused or failed a request
           └── StreamUnavailable        transient (broker down, no leader): retry later
 """
@@ -62,6 +63,10 @@ class GraphStoreError(M2grlError):
 
 class GraphStoreUnavailable(GraphStoreError):
     """Neo4j cannot be reached right now; the same request may succeed later."""
+
+
+class StaleOffsetsError(GraphStoreError):
+    """The stored offsets differ from what the writer expected: another consumer wrote first."""
 
 
 class StreamError(M2grlError):

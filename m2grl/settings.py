@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from m2grl.errors import ConfigError
+from m2grl.views import View, ViewSet
 
 DEFAULT_CONFIG_FILE = Path("m2grl.toml")
 
@@ -107,6 +108,65 @@ class ServicesSettings(_Section):
     stop_grace_s: float = Field(30.0, ge=0, description="Seconds between SIGTERM and SIGKILL on stop.")
 
 
+class ViewStore(_Section):
+    uri: str | None = Field(None, description="Bolt URI of this view's Neo4j; unset -> neo4j.uri or the local server.")
+    database: str | None = Field(None, description="Database of this view's graph; unset -> neo4j.database.")
+
+
+class ViewsSettings(_Section):
+    side: tuple[str, ...] = Field(
+        ("category", "shop"),
+        description="Side views next to the item view, each read from the event's side attribute of the same "
+        'name. Environment: M2GRL_VIEWS_SIDE=\'["category","brand"]\'.',
+    )
+    stores: dict[str, ViewStore] = Field(
+        default_factory=dict,
+        description="Per-view Neo4j location, e.g. {category = {database = \"categories\"}}; views not listed "
+        "live in the default database.",
+    )
+
+    @model_validator(mode="after")
+    def _known_views(self) -> ViewsSettings:
+        viewset = ViewSet(self.side)  # raises ValueError on bad names or duplicates
+        unknown = set(self.stores) - {view.name for view in viewset.all}
+        if unknown:
+            raise ValueError(f"stores configured for unknown views: {sorted(unknown)}")
+        return self
+
+    @property
+    def viewset(self) -> ViewSet:
+        return ViewSet(self.side)
+
+
+class IngestSettings(_Section):
+    topic: str = Field("m2grl.behavior", description="Topic of BehaviorEvent messages, keyed by user id.")
+    dead_letter_topic: str = Field("m2grl.behavior.dlq", description="Where rejected messages go, with a reason header.")
+    partitions: int = Field(4, ge=1, description="Partitions of both topics when m2grl creates them.")
+    group_id: str = Field("m2grl-ingest", description="Kafka consumer group of the ingest processes.")
+    session_timeout_s: float = Field(45.0, ge=6, le=300, description="How long the group waits for a silent (crashed) consumer before giving its partitions to the others.")
+    batch_max_records: int = Field(5000, ge=1, description="Largest batch written in one Neo4j transaction.")
+    batch_max_ms: int = Field(500, ge=1, description="Longest time a batch waits to fill before it is written.")
+    session_gap_s: float = Field(1800.0, gt=0, description="A gap longer than this between two events of a user starts a new session.")
+    behaviors: tuple[str, ...] = Field(("pv", "cart", "fav", "buy"), min_length=1, description="Accepted behaviour types; others are dead-lettered.")
+    max_event_bytes: int = Field(65536, ge=64, description="Larger messages are dead-lettered as oversized.")
+    min_event_time_ms: int = Field(631152000000, description="Events before this time (ms, UTC; default 1990-01-01) are dead-lettered.")
+    max_future_s: float = Field(86400.0, ge=0, description="Events further than this in the future are dead-lettered.")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus metrics port of `m2grl ingest` (0: off).")
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between retries while Neo4j or Kafka is down.")
+
+
+class DataSettings(_Section):
+    shared_dir: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parents[1].parent / "shared" / "data",
+        description="Folder of the real logs (taobao/, rees46/) next to the project; optional.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "data",
+        description="Where fetched data sets (MovieLens-100K) are kept.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="M2GRL_",
@@ -119,6 +179,19 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     neo4j: Neo4jSettings = Neo4jSettings()
     services: ServicesSettings = ServicesSettings()
+    views: ViewsSettings = ViewsSettings()
+    ingest: IngestSettings = IngestSettings()
+    data: DataSettings = DataSettings()
+
+    def neo4j_for(self, view: View) -> Neo4jSettings:
+        """Where ``view``'s graph lives: the default database unless views.stores says otherwise."""
+        override = self.views.stores.get(view.name)
+        if override is None:
+            return self.neo4j
+        return self.neo4j.model_copy(update={
+            "uri": override.uri or self.neo4j.uri,
+            "database": override.database or self.neo4j.database,
+        })
 
     @classmethod
     def settings_customise_sources(
@@ -180,6 +253,26 @@ def masked_dict(settings: Settings) -> dict[str, Any]:
         return value
 
     return mask(settings)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as M2GRL_* environment variables, secrets included, for child processes."""
+    env = {}
+    for section in type(settings).model_fields:
+        values = getattr(settings, section)
+        for name in type(values).model_fields:
+            value = getattr(values, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, BaseModel):
+                value = value.model_dump_json()
+            elif isinstance(value, (tuple, list, dict)):
+                value = json.dumps(value if not isinstance(value, dict) else
+                                   {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in value.items()})
+            env[f"M2GRL_{section}_{name}".upper()] = str(value)
+    return env
 
 
 def render_toml(data: dict[str, Any]) -> str:

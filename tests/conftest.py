@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from m2grl.services import launcher
+from m2grl.services.launcher import free_port
 from m2grl.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stack_env(state_dir: Path) -> dict[str, str]:
@@ -50,15 +44,8 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Kafka and Neo4j for the whole session; stopped (by pid) when the session ends."""
-    state_dir = tmp_path_factory.mktemp("stack")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in stack_env(state_dir).items():
-            mp.setenv(name, value)
-        settings = load_settings()
-    try:
-        launcher.up(settings, report=lambda line: print(f"[stack] {line}"))
+def stack() -> Iterator[Settings]:
+    """Kafka and Neo4j for the whole session, on free ports; stopped (by pid) when the session ends."""
+    base = load_settings(neo4j={"password": "test-password-1"})
+    with launcher.throwaway_stack(base, report=lambda line: print(f"[stack] {line}")) as settings:
         yield settings
-    finally:
-        launcher.down(settings, report=lambda line: print(f"[stack] {line}"))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,20 +109,32 @@ def up(settings: Settings, report: Report = print) -> None:
         start(service, report)
 
 
+def stop(service: LocalService, report: Report = print) -> None:
+    """Stop one service by its pid file; external servers and stopped services are left as they are."""
+    if not service.managed:
+        report(f"{service.name}: external server, left running")
+        return
+    record = _running_record(service)
+    if record is None:
+        report(f"{service.name}: not running")
+        return
+    killed = process.terminate(record, grace_s=service.settings.services.stop_grace_s)
+    service.pidfile.unlink(missing_ok=True)
+    how = "killed after the grace period" if killed else "stopped"
+    report(f"{service.name}: {how} (pid {record.pid})")
+
+
 def down(settings: Settings, report: Report = print) -> None:
     """Stop, by pid, the services this state dir started; leave everything else alone."""
     for service in reversed(services_for(settings)):
-        if not service.managed:
-            report(f"{service.name}: external server, left running")
-            continue
-        record = _running_record(service)
-        if record is None:
-            report(f"{service.name}: not running")
-            continue
-        killed = process.terminate(record, grace_s=settings.services.stop_grace_s)
-        service.pidfile.unlink(missing_ok=True)
-        how = "killed after the grace period" if killed else "stopped"
-        report(f"{service.name}: {how} (pid {record.pid})")
+        stop(service, report)
+
+
+def service_named(settings: Settings, name: str) -> LocalService:
+    for service in services_for(settings):
+        if service.name == name:
+            return service
+    raise KeyError(name)
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
@@ -146,7 +162,35 @@ def status(settings: Settings) -> list[ServiceStatus]:
 
 
 def log_path(settings: Settings, name: str) -> Path:
-    for service in services_for(settings):
-        if service.name == name:
-            return service.log_path
-    raise KeyError(name)
+    return service_named(settings, name).log_path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def throwaway_stack(base: Settings, *, heap: str = "512m", report: Report = print) -> Iterator[Settings]:
+    """A private Kafka and Neo4j on free loopback ports in a temporary folder, removed afterwards.
+
+    Tests and benchmarks use this so they never touch the user's own services or data.
+    """
+    state_dir = Path(tempfile.mkdtemp(prefix="m2grl-stack-"))
+    settings = base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={
+            "bootstrap": None, "host": "127.0.0.1", "port": free_port(), "controller_port": free_port(),
+            "heap": heap}),
+        "neo4j": base.neo4j.model_copy(update={
+            "uri": None, "host": "127.0.0.1", "bolt_port": free_port(), "http_port": free_port(),
+            "heap": heap, "pagecache": "128m"}),
+        "services": base.services.model_copy(update={"state_dir": state_dir}),
+        "views": base.views.model_copy(update={"stores": {}}),
+    })
+    try:
+        up(settings, report)
+        yield settings
+    finally:
+        down(settings, report)
+        shutil.rmtree(state_dir, ignore_errors=True)

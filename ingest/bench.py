@@ -1,0 +1,119 @@
+"""`m2grl bench ingest`: end-to-end ingest throughput against its ceiling, measured in one run.
+
+End to end: the log is replayed into a fresh topic first, then `m2grl ingest --until-idle` runs in
+its own process (so its peak RSS is its own) and reports events/s from its first poll to its last
+commit. Ceiling: the same events, decoded and aggregated into the same-size batches beforehand,
+written by the same writer straight into the wiped database, with no Kafka in the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from m2grl.errors import M2grlError
+from m2grl.graphstore import GraphStore
+from m2grl.graphstore.maintenance import wipe_graph
+from m2grl.graphstore.model import PartitionMark, SessionState
+from m2grl.graphstore.writes import BehaviorGraphWriter
+from m2grl.ingest import datasets
+from m2grl.ingest.consumer import create_topics
+from m2grl.ingest.events import Event, EventRules, decode
+from m2grl.ingest.replay import replay
+from m2grl.ingest.sessions import extract
+from m2grl.services.launcher import throwaway_stack
+from m2grl.settings import Settings, settings_env
+
+TARGET_RATIO = 0.8
+TARGET_EVENTS_PER_S = 20_000
+
+
+def default_dataset(settings: Settings) -> str:
+    if (settings.data.shared_dir / datasets.NAMED["taobao-timeslice"][0]).exists():
+        return "taobao-timeslice"
+    return "movielens-100k"
+
+
+def _run_consumer(settings: Settings) -> dict[str, Any]:
+    env = {**os.environ, **settings_env(settings)}
+    result = subprocess.run([sys.executable, "-m", "m2grl", "ingest", "--until-idle", "--json", "--no-metrics"],
+                            env=env, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise M2grlError(f"the ingest process failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def _ceiling(settings: Settings, encoded: list[bytes]) -> float:
+    """Seconds to write the pre-aggregated batches straight into the (wiped) database."""
+    ingest = settings.ingest
+    rules = EventRules(frozenset(ingest.behaviors), ingest.max_event_bytes, ingest.min_event_time_ms,
+                       int(ingest.max_future_s * 1000))
+    now = int(time.time() * 1000)
+    events = [e for e in (decode(raw, rules, now_ms=now) for raw in encoded) if isinstance(e, Event)]
+    views = settings.views.viewset.all
+    gap_ms = int(ingest.session_gap_s * 1000)
+    sessions: dict[str, SessionState] = {}
+    batches = []
+    size = ingest.batch_max_records
+    for start in range(0, len(events), size):
+        delta = extract(events[start:start + size], sessions, views, gap_ms)
+        sessions.update(delta.sessions)
+        batches.append((start, delta))
+    with GraphStore(settings.neo4j) as store:
+        wipe_graph(store)
+        writer = BehaviorGraphWriter(store, views, topic="bench-ceiling")
+        writer.ensure_schema()
+        started = time.perf_counter()
+        previous = -1
+        for start, delta in batches:
+            last = start + delta.events - 1
+            writer.commit(delta, {0: previous}, {0: PartitionMark(offset=last)})
+            previous = last
+        return time.perf_counter() - started
+
+
+def run_ingest_bench(settings: Settings, *, dataset: str | None, reuse_services: bool) -> dict[str, Any]:
+    name = dataset or default_dataset(settings)
+    ref = datasets.resolve_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
+    events = datasets.load_events(ref.path, ref.fmt)
+    side = sorted({view for e in events[:5000] for view in e.side})
+    topic = f"bench-ingest-{int(time.time())}"
+    with ExitStack() as stack:
+        if not reuse_services:
+            settings = stack.enter_context(throwaway_stack(settings, heap="1g", report=lambda _: None))
+        settings = settings.model_copy(update={
+            "views": settings.views.model_copy(update={"side": tuple(side)}),
+            "ingest": settings.ingest.model_copy(update={
+                "topic": topic, "dead_letter_topic": f"{topic}.dlq", "group_id": f"{topic}-group"}),
+        })
+        if reuse_services:
+            with GraphStore(settings.neo4j) as store:
+                wipe_graph(store)
+        create_topics(settings)
+        produced = replay(settings, events, progress=False)
+        e2e = _run_consumer(settings)
+        ceiling_s = _ceiling(settings, [e.encode() for e in events])
+    e2e_rate = e2e["records"] / e2e["seconds"]
+    ceiling_rate = len(events) / ceiling_s
+    ratio = e2e_rate / ceiling_rate
+    return {
+        "benchmark": "ingest",
+        "dataset": name,
+        "events": len(events),
+        "views": ["item", *side],
+        "batch_max_records": settings.ingest.batch_max_records,
+        "partitions": settings.ingest.partitions,
+        "replay": {"seconds": round(produced.seconds, 2), "events_per_s": round(produced.sent / produced.seconds)},
+        "end_to_end": {"seconds": round(e2e["seconds"], 2), "events_per_s": round(e2e_rate),
+                       "batches": e2e["batches"], "dead_lettered": e2e["dead_lettered"],
+                       "peak_rss_mb": e2e["peak_rss_mb"]},
+        "ceiling": {"seconds": round(ceiling_s, 2), "events_per_s": round(ceiling_rate)},
+        "ratio": round(ratio, 3),
+        "targets": {"ratio": TARGET_RATIO, "events_per_s": TARGET_EVENTS_PER_S,
+                    "met": ratio >= TARGET_RATIO and e2e_rate >= TARGET_EVENTS_PER_S},
+    }

@@ -1,0 +1,80 @@
+"""Fixtures for ingest tests: a fresh topic pair and an empty graph per test, real data samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from m2grl.graphstore import GraphStore
+from m2grl.graphstore.maintenance import wipe_graph
+from m2grl.ingest import datasets
+from m2grl.ingest.consumer import create_topics
+from m2grl.ingest.events import Event
+from m2grl.settings import Settings, settings_env
+from tests.conftest import REPO_ROOT
+
+
+def with_ingest(settings: Settings, **changes: object) -> Settings:
+    return settings.model_copy(update={"ingest": settings.ingest.model_copy(update=changes)})
+
+
+@pytest.fixture
+def ingest_settings(stack: Settings) -> Iterator[Settings]:
+    """The session stack with a topic, dead-letter topic and group of this test's own, views item +
+    category, and an empty graph."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    settings = stack.model_copy(update={"views": stack.views.model_copy(update={"side": ("category",)})})
+    settings = with_ingest(settings, topic=name, dead_letter_topic=f"{name}.dlq", group_id=f"{name}-group",
+                           partitions=4, batch_max_records=1000, batch_max_ms=200, metrics_port=0,
+                           session_timeout_s=10)
+    with GraphStore(settings.neo4j) as store:
+        wipe_graph(store)
+    create_topics(settings)
+    yield settings
+
+
+@pytest.fixture(scope="session")
+def movielens_sample(stack: Settings) -> list[Event]:
+    """The first 15,000 MovieLens-100K ratings in time order, genre as the 'category' view.
+
+    MovieLens is fetched from PyPI (the recbole wheel), so it is there on every machine."""
+    folder = datasets.fetch_movielens(stack.data.cache_dir)
+    events = datasets.load_events(folder, "movielens")[:15000]
+    return [Event(e.user_id, e.item_id, e.behavior, e.time_ms, {"category": e.side["genre"]}) for e in events]
+
+
+@pytest.fixture(scope="session")
+def taobao_sample(stack: Settings) -> list[Event]:
+    path = stack.data.shared_dir / "taobao" / "UserBehavior_head.csv"
+    if not path.exists():
+        pytest.skip(f"optional shared data absent: {path}")
+    return datasets.load_events(path, "taobao")[:30000]
+
+
+def run_ingest(settings: Settings, *extra: str, timeout: float = 300) -> dict:
+    """`m2grl ingest --until-idle` in its own process, as a user runs it."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "m2grl", "-v", "ingest", "--until-idle", "--json", "--no-metrics", *extra],
+            env={**os.environ, **settings_env(settings)}, cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        Path(f"/tmp/ingest-debug-{settings.ingest.topic}.log").write_bytes(exc.stderr or b"")
+        pytest.fail(f"ingest did not finish in {timeout} s; its log ends: {(exc.stderr or b'')[-3000:]!r}")
+    Path(f"/tmp/ingest-debug-{settings.ingest.topic}.log").write_text(result.stderr)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def start_ingest(settings: Settings, log: Path) -> subprocess.Popen:
+    """`m2grl ingest` running in the background until stopped."""
+    return subprocess.Popen([sys.executable, "-m", "m2grl", "ingest", "--no-metrics"],
+                            env={**os.environ, **settings_env(settings)}, cwd=REPO_ROOT,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)

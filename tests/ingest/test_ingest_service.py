@@ -1,0 +1,161 @@
+"""Ingest against the real Kafka and Neo4j: exact weights, crashes, groups, bad input, outages."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from m2grl.ingest.deadletter import header_map
+from m2grl.ingest.events import Event
+from m2grl.ingest.replay import replay
+from m2grl.services import launcher
+from m2grl.settings import Settings
+from tests.ingest.conftest import run_ingest, start_ingest, with_ingest
+from tests.ingest.reference import Graph, assert_same_graph, expected_graph, stored_graph
+
+pytestmark = pytest.mark.services
+
+GAP_MS = 30 * 60 * 1000
+
+
+def produce_raw(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    for key, value in messages:
+        producer.send(settings.ingest.topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def read_topic(settings: Settings, topic: str) -> list[tuple[dict[str, str], bytes]]:
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    messages = [(header_map(m.headers), m.value) for m in consumer]
+    consumer.close()
+    return messages
+
+
+def expected(events: list[Event]) -> Graph:
+    return expected_graph(events, ("category",), GAP_MS)
+
+
+def with_malformed(events: list[Event], every: int, seed: int) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The events as Kafka messages with a malformed one (of a rotating kind) after every ``every``th."""
+    rng = random.Random(seed)
+    kinds = [b"\x00\xffnot-an-event", b'{"user_id": "u"}', b'{"user_id": "u", "item_id": "i", "behavior": "wink",'
+             b' "event_time_ms": 1511544070000}', b'{"user_id": "u", "item_id": "i", "behavior": "pv",'
+             b' "event_time_ms": 3}']
+    messages, bad = [], []
+    for index, event in enumerate(events):
+        messages.append((event.user_id.encode(), event.encode()))
+        if index % every == every - 1:
+            value = rng.choice(kinds) + str(index).encode() if rng.random() < 0.5 else rng.choice(kinds)
+            messages.append((event.user_id.encode(), value))
+            bad.append(value)
+    return messages, bad
+
+
+def test_exact_weights_after_a_real_sample(ingest_settings: Settings, movielens_sample: list[Event]) -> None:
+    replay(ingest_settings, movielens_sample, progress=False)
+    totals = run_ingest(ingest_settings)
+    assert totals["records"] == totals["applied"] == len(movielens_sample)
+    assert totals["dead_lettered"] == 0
+    assert_same_graph(stored_graph(ingest_settings), expected(movielens_sample))
+
+
+def test_exact_weights_on_taobao(ingest_settings: Settings, taobao_sample: list[Event]) -> None:
+    replay(ingest_settings, taobao_sample, encoding="json", progress=False)  # the JSON encoding path
+    run_ingest(ingest_settings)
+    assert_same_graph(stored_graph(ingest_settings), expected(taobao_sample))
+
+
+def test_kill_9_at_random_points_then_exact(ingest_settings: Settings, movielens_sample: list[Event],
+                                           tmp_path: Path) -> None:
+    settings = with_ingest(ingest_settings, batch_max_records=300)
+    messages, bad = with_malformed(movielens_sample, every=97, seed=7)
+    produce_raw(settings, messages)
+    rng = random.Random(11)
+    for attempt in range(4):
+        consumer = start_ingest(settings, tmp_path / f"ingest-{attempt}.log")
+        time.sleep(rng.uniform(2.5, 5.0))
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait()
+    run_ingest(settings)
+    assert_same_graph(stored_graph(settings), expected(movielens_sample))
+    dead = read_topic(settings, settings.ingest.dead_letter_topic)
+    assert sorted(value for _, value in dead) == sorted(bad), "dead letters must be exactly the malformed messages"
+    assert len({(h["source_partition"], h["source_offset"]) for h, _ in dead}) == len(bad)
+
+
+def test_two_consumers_in_a_group_make_the_same_graph(ingest_settings: Settings,
+                                                      movielens_sample: list[Event]) -> None:
+    replay(ingest_settings, movielens_sample, progress=False)
+    results: list[dict] = []
+    workers = [threading.Thread(target=lambda: results.append(run_ingest(ingest_settings))) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sum(r["applied"] for r in results) == len(movielens_sample)
+    assert all(r["records"] > 0 for r in results), "both consumers should have had partitions"
+    assert_same_graph(stored_graph(ingest_settings), expected(movielens_sample))
+
+
+def test_each_kind_of_bad_input_is_dead_lettered_and_the_stream_goes_on(
+        ingest_settings: Settings, movielens_sample: list[Event]) -> None:
+    good = movielens_sample[:2000]
+    bad = {
+        "undecodable": b"\x00\x01\x02\xff\xfe garbage",
+        "missing_field": b'{"item_id": "1", "behavior": "pv", "event_time_ms": 1511544070000}',
+        "bad_field": b'{"user_id": "1", "item_id": "1", "behavior": "pv", "event_time_ms": "yesterday"}',
+        "unknown_behavior": b'{"user_id": "1", "item_id": "1", "behavior": "teleport", "event_time_ms": 1511544070000}',
+        "bad_timestamp": b'{"user_id": "1", "item_id": "1", "behavior": "pv", "event_time_ms": 7}',
+        "oversized": b'{"user_id": "1", "item_id": "' + b"9" * 70000 + b'"}',
+    }
+    messages = [(e.user_id.encode(), e.encode()) for e in good[:1000]]
+    messages += [(b"1", value) for value in bad.values()]
+    messages += [(e.user_id.encode(), e.encode()) for e in good[1000:]]
+    produce_raw(ingest_settings, messages)
+    totals = run_ingest(ingest_settings)
+    assert totals["dead_lettered"] == len(bad) and totals["applied"] == len(good)
+    dead = read_topic(ingest_settings, ingest_settings.ingest.dead_letter_topic)
+    assert {h["reason"]: value for h, value in dead} == bad  # original bytes, right reason
+    assert all(h["source_topic"] == ingest_settings.ingest.topic and h["detail"] for h, _ in dead)
+    assert_same_graph(stored_graph(ingest_settings), expected(good))
+
+
+def test_neo4j_outage_mid_stream_loses_nothing(ingest_settings: Settings, movielens_sample: list[Event],
+                                              tmp_path: Path) -> None:
+    neo4j = launcher.service_named(ingest_settings, "neo4j")
+    half = len(movielens_sample) // 2
+    replay(ingest_settings, movielens_sample[:half], progress=False)
+    consumer = start_ingest(ingest_settings, tmp_path / "ingest.log")
+    try:
+        time.sleep(4)
+        launcher.stop(neo4j, report=lambda _: None)
+        replay(ingest_settings, movielens_sample[half:], progress=False)  # arrives while Neo4j is down
+        time.sleep(15)  # longer than the driver's own retries: the consumer's backoff loop takes over
+        assert consumer.poll() is None, "the consumer must wait out the outage, not exit"
+        launcher.start(neo4j, report=lambda _: None)
+        want = expected(movielens_sample)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            time.sleep(3)
+            if stored_graph(ingest_settings).node_events == want.node_events:
+                break
+        assert_same_graph(stored_graph(ingest_settings), want)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        try:
+            assert consumer.wait(timeout=60) == 0, "SIGTERM must end the consumer cleanly"
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            raise
+    log = (tmp_path / "ingest.log").read_text()
+    assert "unavailable" in log, "the outage should have been noticed and logged"
