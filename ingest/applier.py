@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from m2grl.errors import GraphStoreUnavailable, StaleOffsetsError, StreamUnavailable
+from m2grl.errors import GraphStoreUnavailable, M2grlError, StaleOffsetsError, StreamUnavailable
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.model import NO_OFFSET, PartitionMark, SessionState
 from m2grl.graphstore.writes import BehaviorGraphWriter
@@ -44,6 +44,17 @@ class SourceRecord:
 
 
 Decoded = tuple[SourceRecord, Event | Rejection]
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A decoded batch plus, per store, the stored session state of its users, read ahead on the
+    consumer thread while the previous batch commits. ``generation`` tells whether the caches were
+    dropped since the read (then the read may be stale and is not used)."""
+
+    decoded: list[Decoded]
+    sessions: list[dict[str, SessionState]] | None
+    generation: int
 
 
 @dataclass
@@ -96,6 +107,7 @@ class BatchApplier:
         # Source offsets already in the dead-letter topic beyond the primary store's mark.
         self._already_dead: dict[int, set[int]] | None = None
         self._forget_requested = False
+        self._generation = 0
 
     def ensure_schema(self) -> None:
         for store in self.stores:
@@ -107,6 +119,7 @@ class BatchApplier:
 
     def forget(self) -> None:
         """Drop everything cached about the stores (after a failed commit)."""
+        self._generation += 1
         for store in self.stores:
             store.forget()
         self._already_dead = None
@@ -129,21 +142,29 @@ class BatchApplier:
                 resume[p] = min(resume.get(p, mark + 1), mark + 1)
         return resume
 
-    def decode(self, records: Sequence[SourceRecord]) -> list[Decoded]:
-        """Each record with its Event or Rejection. Pure; may run on another thread than apply."""
+    def prepare(self, records: Sequence[SourceRecord]) -> PreparedBatch:
+        """Decode a batch and read its users' sessions ahead; runs on the consumer thread, beside apply."""
         now = self.clock_ms()
         metrics.EVENTS_IN.labels(self.topic).inc(len(records))
-        return [(record, decode(record.value, self.rules, now_ms=now)) for record in records]
+        decoded = [(record, decode(record.value, self.rules, now_ms=now)) for record in records]
+        generation = self._generation  # read before the sessions, so a drop during the read shows
+        users = {outcome.user_id for _, outcome in decoded if isinstance(outcome, Event)}
+        try:
+            sessions = [store.writer.load_sessions(users) for store in self.stores]
+        except M2grlError:
+            sessions = None  # the writer reads them itself, under its retry loop
+        return PreparedBatch(decoded, sessions, generation)
 
-    def apply(self, decoded: list[Decoded]) -> BatchResult:
-        """Apply a decoded batch (in partition order), retrying through outages until done or stopped."""
+    def apply(self, batch: PreparedBatch) -> BatchResult:
+        """Apply a prepared batch (in partition order), retrying through outages until done or stopped."""
         delay = 0.5
         while True:
             if self._forget_requested:
                 self._forget_requested = False
                 self.forget()
             try:
-                return self._apply_once(decoded)
+                ahead = batch.sessions if batch.generation == self._generation else None
+                return self._apply_once(batch.decoded, ahead)
             except StaleOffsetsError as exc:
                 log.warning("another consumer wrote these partitions first; re-reading the stores (%s)", exc)
                 metrics.RETRIES.labels("stale_offsets").inc()
@@ -177,7 +198,7 @@ class BatchApplier:
         return [DeadLetter(r.partition, r.offset, r.key, r.value, outcome) for r, outcome in rejected
                 if r.offset not in self._already_dead[r.partition]]
 
-    def _apply_once(self, decoded: list[Decoded]) -> BatchResult:
+    def _apply_once(self, decoded: list[Decoded], ahead: list[dict[str, SessionState]] | None) -> BatchResult:
         started = time.perf_counter()
         result = BatchResult(records=len(decoded))
         letters = self._dead_letters_to_send(decoded)
@@ -201,7 +222,9 @@ class BatchApplier:
                       if isinstance(outcome, Event) and record.offset > held[record.partition].offset]
             missing_users = {e.user_id for e in events} - store.sessions.keys()
             if missing_users:
-                store.sessions.update(store.writer.load_sessions(missing_users))
+                # The cache wins over the read-ahead: it holds what commits since then changed.
+                known = ahead[index] if ahead is not None else store.writer.load_sessions(missing_users)
+                store.sessions.update({user: known[user] for user in missing_users if user in known})
             delta = extract(events, store.sessions, store.writer.views, self.gap_ms)
             new_marks = {
                 p: PartitionMark(offset=off, dead_letter_offset=dead_letter_ends.get(p, held[p].dead_letter_offset)
@@ -211,7 +234,7 @@ class BatchApplier:
             store.writer.commit(delta, {p: held[p].offset for p in advance}, new_marks)
             marks.update(new_marks)
             if len(store.sessions) + len(delta.sessions) > SESSION_CACHE_LIMIT:
-                store.sessions.clear()
+                self.forget()  # also voids read-ahead sessions, which the cache no longer overrides
             store.sessions.update(delta.sessions)
             if index == 0:
                 result.applied = len(events)

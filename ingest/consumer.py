@@ -27,7 +27,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from m2grl.errors import M2grlError, StreamUnavailable
 from m2grl.ingest import metrics
 from m2grl.ingest.admin import TopicSpec, ensure_topics
-from m2grl.ingest.applier import BatchApplier, BatchResult, Decoded, Interrupted, SourceRecord
+from m2grl.ingest.applier import BatchApplier, BatchResult, Interrupted, PreparedBatch, SourceRecord
 from m2grl.ingest.deadletter import DeadLetterQueue
 from m2grl.ingest.errors import translated_errors
 from m2grl.settings import Settings
@@ -45,6 +45,13 @@ class IngestTotals:
     batches: int = 0
     seconds: float = 0.0
 
+    def add(self, result: BatchResult) -> None:
+        self.records += result.records
+        self.applied += result.applied
+        self.replayed += result.replayed
+        self.dead_lettered += result.dead_lettered
+        self.batches += 1
+
 
 class _Writer:
     """Applies decoded batches, in order, on a thread of its own; at most one batch waits.
@@ -55,8 +62,8 @@ class _Writer:
 
     def __init__(self, applier: BatchApplier) -> None:
         self._applier = applier
-        self._inbox: queue.Queue[list[Decoded] | None] = queue.Queue(maxsize=1)
-        self._finished: queue.Queue[tuple[list[Decoded], BatchResult]] = queue.Queue()
+        self._inbox: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
+        self._finished: queue.Queue[tuple[PreparedBatch, BatchResult]] = queue.Queue()
         self.in_flight = 0
         self.interrupted = False
         self._failure: BaseException | None = None
@@ -80,7 +87,7 @@ class _Writer:
         if self._failure is not None:
             raise self._failure
 
-    def submit(self, batch: list[Decoded], stop: threading.Event) -> bool:
+    def submit(self, batch: PreparedBatch, stop: threading.Event) -> bool:
         """Queue ``batch``; False if shutdown came first (the batch is simply not applied)."""
         while not stop.is_set() and not self.interrupted:
             self.check()
@@ -92,7 +99,7 @@ class _Writer:
             return True
         return False
 
-    def wait_idle(self, stop: threading.Event) -> list[tuple[list[Decoded], BatchResult]]:
+    def wait_idle(self, stop: threading.Event) -> list[tuple[PreparedBatch, BatchResult]]:
         """Block until every submitted batch is applied (or shutdown); return the finished ones."""
         done = []
         while len(done) < self.in_flight and not stop.is_set() and not self.interrupted:
@@ -104,7 +111,7 @@ class _Writer:
         self.in_flight -= len(done)
         return done + self.finished()
 
-    def finished(self) -> list[tuple[list[Decoded], BatchResult]]:
+    def finished(self) -> list[tuple[PreparedBatch, BatchResult]]:
         done = []
         while True:
             try:
@@ -200,7 +207,7 @@ class IngestConsumer:
                     log.warning("Kafka unavailable, waiting: %s", exc)
                     self.stop.wait(1.0)
                     continue
-                writer.submit(applier.decode(records), self.stop)
+                writer.submit(applier.prepare(records), self.stop)
             writer.close()
             writer.check()
             self._account(consumer, writer.finished(), totals, on_batch)
@@ -216,15 +223,11 @@ class IngestConsumer:
             applier.close()
         return totals
 
-    def _account(self, consumer: KafkaConsumer, finished: list[tuple[list[Decoded], BatchResult]],
+    def _account(self, consumer: KafkaConsumer, finished: list[tuple[PreparedBatch, BatchResult]],
                  totals: IngestTotals, on_batch: Callable[[BatchResult], None] | None) -> None:
         for batch, result in finished:
-            self._commit_to_kafka(consumer, [record for record, _ in batch])
-            totals.records += result.records
-            totals.applied += result.applied
-            totals.replayed += result.replayed
-            totals.dead_lettered += result.dead_lettered
-            totals.batches += 1
+            self._commit_to_kafka(consumer, [record for record, _ in batch.decoded])
+            totals.add(result)
             if on_batch is not None:
                 on_batch(result)
 

@@ -20,15 +20,14 @@ from m2grl.ingest.events import Event
 from m2grl.views import View
 
 
-def _tally(table: dict[object, Tally], key: object, time_ms: int) -> None:
+def _count(table: dict, key: object, time_ms: int) -> None:
     entry = table.get(key)
     if entry is None:
-        entry = table[key] = Tally()
-    entry.add(time_ms)
-
-
-def value_of(event: Event, view: View) -> str | None:
-    return event.item_id if view.is_item else event.side.get(view.name)
+        table[key] = Tally(1, time_ms)
+    else:
+        entry.count += 1
+        if time_ms > entry.last_seen_ms:
+            entry.last_seen_ms = time_ms
 
 
 def extract(events: Iterable[Event], prior: Mapping[str, SessionState], views: tuple[View, ...],
@@ -36,23 +35,29 @@ def extract(events: Iterable[Event], prior: Mapping[str, SessionState], views: t
     """Fold ``events`` (in arrival order) into a delta, starting from each user's ``prior`` session."""
     delta = GraphDelta(views=views)
     sessions = delta.sessions
+    # One tuple per view, resolved once: this loop runs for every event of the stream.
+    lanes = [(view.name, view.is_item, delta.nodes[view.name], delta.transitions[view.name],
+              delta.memberships.get(view.name)) for view in views]
     for event in events:
         delta.events += 1
+        time_ms = event.time_ms
         state = sessions.get(event.user_id) or prior.get(event.user_id)
-        values = {view.name: value_of(event, view) for view in views}
-        continues = state is not None and event.time_ms - state.last_time_ms <= gap_ms
-        last = dict(state.last) if continues else {}
-        for view in views:
-            value = values[view.name]
+        if state is not None and time_ms - state.last_time_ms <= gap_ms:
+            last = dict(state.last)
+            last_time = max(state.last_time_ms, time_ms)
+        else:
+            last = {}
+            last_time = time_ms
+        for name, is_item, nodes, transitions, memberships in lanes:
+            value = event.item_id if is_item else event.side.get(name)
             if value is None:
                 continue
-            previous = last.get(view.name)
+            previous = last.get(name)
             if previous is not None and previous != value:
-                _tally(delta.transitions[view.name], (previous, value), event.time_ms)
-            last[view.name] = value
-            _tally(delta.nodes[view.name], value, event.time_ms)
-            if not view.is_item:
-                _tally(delta.memberships[view.name], (event.item_id, value), event.time_ms)
-        last_time = max(state.last_time_ms, event.time_ms) if continues else event.time_ms
+                _count(transitions, (previous, value), time_ms)
+            last[name] = value
+            _count(nodes, value, time_ms)
+            if memberships is not None:
+                _count(memberships, (event.item_id, value), time_ms)
         sessions[event.user_id] = SessionState(last_time_ms=last_time, last=last)
     return delta

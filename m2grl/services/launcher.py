@@ -172,7 +172,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def throwaway_stack(base: Settings, *, heap: str = "512m", report: Report = print) -> Iterator[Settings]:
+def throwaway_stack(base: Settings, *, heap: str = "512m", pagecache: str = "128m",
+                    report: Report = print) -> Iterator[Settings]:
     """A private Kafka and Neo4j on free loopback ports in a temporary folder, removed afterwards.
 
     Tests and benchmarks use this so they never touch the user's own services or data.
@@ -184,7 +185,7 @@ def throwaway_stack(base: Settings, *, heap: str = "512m", report: Report = prin
             "heap": heap}),
         "neo4j": base.neo4j.model_copy(update={
             "uri": None, "host": "127.0.0.1", "bolt_port": free_port(), "http_port": free_port(),
-            "heap": heap, "pagecache": "128m"}),
+            "heap": heap, "pagecache": pagecache}),
         "services": base.services.model_copy(update={"state_dir": state_dir}),
         "views": base.views.model_copy(update={"stores": {}}),
     })

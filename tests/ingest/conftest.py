@@ -62,13 +62,11 @@ def run_ingest(settings: Settings, *extra: str, timeout: float = 300) -> dict:
     """`m2grl ingest --until-idle` in its own process, as a user runs it."""
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "m2grl", "-v", "ingest", "--until-idle", "--json", "--no-metrics", *extra],
+            [sys.executable, "-m", "m2grl", "ingest", "--until-idle", "--json", "--no-metrics", *extra],
             env={**os.environ, **settings_env(settings)}, cwd=REPO_ROOT, capture_output=True, text=True,
             timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        Path(f"/tmp/ingest-debug-{settings.ingest.topic}.log").write_bytes(exc.stderr or b"")
         pytest.fail(f"ingest did not finish in {timeout} s; its log ends: {(exc.stderr or b'')[-3000:]!r}")
-    Path(f"/tmp/ingest-debug-{settings.ingest.topic}.log").write_text(result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
