@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import shutil
 import subprocess
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def pom_text(component: str) -> str:
     return resources.files("m2grl.services").joinpath("poms").joinpath(component).joinpath("pom.xml").read_text()
 
 
-def resolve_jars(component: str, *, cache_root: Path, mvn: str, progress: callable = print) -> Path:
+def resolve_jars(component: str, *, cache_root: Path, mvn: str, progress: Callable[[str], None] = print) -> Path:
     """Folder holding every runtime jar of ``component`` (kafka or neo4j), downloading on first use.
 
     The folder name carries a hash of the POM, so changing a version in the POM resolves afresh
