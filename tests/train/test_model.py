@@ -1,0 +1,97 @@
+"""The M2GRL model on tiny cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from m2grl.train.model import M2GRL, SIGMA2_FLOOR, ModelShape, sgns_loss
+
+
+def log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def test_sgns_loss_matches_the_formula() -> None:
+    center = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    context = torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    negatives = torch.tensor([[1.0, -1.0], [0.0, 1.0]])
+    # row 0: u·c = 0.5; u·n = 1, 0.  row 1: u·c = 2; u·n = -2, 2.
+    expected = -((log_sigmoid(0.5) + log_sigmoid(-1) + log_sigmoid(0))
+                 + (log_sigmoid(2) + log_sigmoid(2) + log_sigmoid(-2))) / 2
+    assert sgns_loss(center, context, negatives).item() == pytest.approx(expected, rel=1e-6)
+
+
+def tiny_model() -> M2GRL:
+    model = M2GRL(ModelShape(views=("item", "category"), rows=(3, 2), dim=2))
+    with torch.no_grad():
+        model.inputs["item"].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        model.contexts["category"].weight.copy_(torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
+        model.projections["category"].weight.copy_(torch.eye(2))
+    return model
+
+
+def test_inter_view_loss_projects_items_values_and_negatives() -> None:
+    model = tiny_model()
+    loss = model.inter_loss("category", torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    f_item = [sig(1.0), sig(0.0)]
+    f_pos = [sig(2.0), sig(0.0)]
+    f_neg = [sig(0.0), sig(-1.0)]
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    expected = -(log_sigmoid(dot(f_item, f_pos)) + log_sigmoid(-dot(f_item, f_neg)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_uncertainty_weighting_and_its_floor() -> None:
+    model = tiny_model()
+    losses = {"intra:item": torch.tensor(3.0), "inter:category": torch.tensor(1.0)}
+    with torch.no_grad():
+        model.log_vars["intra__item"].fill_(math.log(2.0))   # σ² = 2
+        model.log_vars["inter__category"].fill_(-10.0)       # below the floor
+    expected = 3.0 / (2 * 2.0) + math.log(2.0) + 1.0 / (2 * SIGMA2_FLOOR) + math.log(SIGMA2_FLOOR)
+    assert model.weighted_total(losses).item() == pytest.approx(expected, rel=1e-6)
+    assert model.sigma2("inter:category").item() == pytest.approx(SIGMA2_FLOOR)
+
+
+def test_learned_uncertainty_moves_towards_the_loss() -> None:
+    # d/ds [L e^{-s} / 2 + s] = 0 at e^s = L/2: a task with a large loss learns a large σ².
+    model = tiny_model()
+    optimiser = torch.optim.Adam(model.log_vars.parameters(), lr=0.05)
+    for _ in range(2000):
+        optimiser.zero_grad()
+        model.weighted_total({"intra:item": torch.tensor(8.0)}).backward()
+        optimiser.step()
+    assert model.sigma2("intra:item").item() == pytest.approx(4.0, rel=0.02)
+
+
+def test_growing_tables_keeps_old_rows_bit_identical() -> None:
+    model = M2GRL(ModelShape(views=("item", "category"), rows=(5, 2), dim=8))
+    with torch.no_grad():
+        model.contexts["item"].weight.normal_()
+    before_in = model.inputs["item"].weight.detach().clone()
+    before_ctx = model.contexts["item"].weight.detach().clone()
+    model.grow("item", 9)
+    assert model.shape.rows == (9, 2)
+    assert torch.equal(model.inputs["item"].weight[:5], before_in)
+    assert torch.equal(model.contexts["item"].weight[:5], before_ctx)
+    assert torch.count_nonzero(model.inputs["item"].weight[5:]) > 0
+    assert torch.count_nonzero(model.contexts["item"].weight[5:]) == 0
+    with pytest.raises(ValueError, match="cannot shrink"):
+        model.grow("item", 4)
+
+
+def test_a_step_moves_only_the_rows_the_batch_touched() -> None:
+    torch.manual_seed(0)
+    model = M2GRL(ModelShape(views=("item", "category"), rows=(50, 5), dim=8))
+    with torch.no_grad():
+        model.contexts["item"].weight.normal_(std=0.1)
+    before = model.inputs["item"].weight.detach().clone()
+    sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=0.01)
+    loss = model.intra_loss("item", torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5, 6]))
+    loss.backward()
+    sparse.step()
+    changed = (model.inputs["item"].weight != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [1, 2]
