@@ -1,0 +1,50 @@
+"""Walks, windows and negatives on graphs small enough to reason about."""
+
+from __future__ import annotations
+
+import torch
+
+from m2grl.train.sampling import NO_NODE, WEIGHT, NegativeSampler, node_counts, random_walks, skipgram_pairs
+from m2grl.train.sampling import dgl
+
+
+def weighted_graph(edges: list[tuple[int, int, float]], num_nodes: int) -> dgl.DGLGraph:
+    src, dst, w = zip(*edges)
+    graph = dgl.graph((torch.tensor(src), torch.tensor(dst)), num_nodes=num_nodes)
+    graph.edata[WEIGHT] = torch.tensor(w, dtype=torch.float32)
+    return graph
+
+
+def test_walks_follow_edges_in_proportion_to_their_weights() -> None:
+    # 0 -> 1 (weight 3) and 0 -> 2 (weight 1); 1 and 2 lead back to 0.
+    graph = weighted_graph([(0, 1, 3.0), (0, 2, 1.0), (1, 0, 1.0), (2, 0, 1.0)], 3)
+    walks = random_walks(graph, torch.zeros(20000, dtype=torch.long), length=1, seed=1)
+    share_of_1 = (walks[:, 1] == 1).float().mean().item()
+    assert abs(share_of_1 - 0.75) < 0.02
+
+
+def test_walks_stop_at_nodes_without_out_edges() -> None:
+    graph = weighted_graph([(0, 1, 1.0)], 2)
+    walks = random_walks(graph, torch.tensor([0, 1]), length=3, seed=1)
+    assert walks.tolist() == [[0, 1, NO_NODE, NO_NODE], [1, NO_NODE, NO_NODE, NO_NODE]]
+
+
+def test_skipgram_pairs_cover_the_window_both_ways_and_skip_padding() -> None:
+    walks = torch.tensor([[0, 1, 2, NO_NODE]])
+    centers, contexts = skipgram_pairs(walks, window=2)
+    pairs = sorted(zip(centers.tolist(), contexts.tolist()))
+    assert pairs == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+
+
+def test_negatives_follow_unigram_to_the_three_quarters() -> None:
+    counts = torch.tensor([16.0, 1.0, 0.0])
+    sampler = NegativeSampler(counts)
+    draws = sampler.draw(100000, generator=torch.Generator().manual_seed(3))
+    share_0 = (draws == 0).double().mean().item()
+    assert abs(share_0 - 8 / 9) < 0.01  # 16^0.75 = 8 against 1^0.75 = 1
+    assert not (draws == 2).any()
+
+
+def test_node_counts_ignore_padding() -> None:
+    walks = torch.tensor([[0, 1, NO_NODE], [1, 1, 2]])
+    assert node_counts(walks, 4).tolist() == [1, 3, 1, 0]

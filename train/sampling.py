@@ -1,0 +1,65 @@
+"""What the model trains on: weighted random walks per view (DGL), skip-gram pairs from walk
+windows, and negatives drawn from each view's unigram^0.75 distribution.
+
+Pure tensor code over a DGL graph; no database access.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DGLBACKEND", "pytorch")  # dgl asks (and prints) otherwise
+
+import dgl  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+WEIGHT = "weight"
+NO_NODE = -1  # DGL pads walks that reach a node without out-edges
+
+
+def random_walks(graph: dgl.DGLGraph, starts: Tensor, length: int, *, p: float = 1.0, q: float = 1.0,
+                 seed: int | None = None) -> Tensor:
+    """(len(starts), length + 1) walks; each step follows an out-edge with probability proportional to
+    its transition count. p/q other than 1 switch to node2vec's biased walk (which ignores weights)."""
+    if seed is not None:
+        dgl.seed(seed)
+    if p == 1.0 and q == 1.0:
+        traces, _ = dgl.sampling.random_walk(graph, starts, length=length, prob=WEIGHT)
+        return traces
+    return dgl.sampling.node2vec_random_walk(graph, starts, p=p, q=q, walk_length=length)
+
+
+def skipgram_pairs(walks: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """(centers, contexts) for every pair of nodes at most ``window`` steps apart in a walk, both
+    directions, skipping padding."""
+    centers, contexts = [], []
+    for offset in range(1, min(window, walks.shape[1] - 1) + 1):
+        left, right = walks[:, :-offset].reshape(-1), walks[:, offset:].reshape(-1)
+        keep = (left != NO_NODE) & (right != NO_NODE) & (left != right)
+        centers += [left[keep], right[keep]]
+        contexts += [right[keep], left[keep]]
+    if not centers:
+        empty = torch.empty(0, dtype=torch.long)
+        return empty, empty
+    return torch.cat(centers), torch.cat(contexts)
+
+
+class NegativeSampler:
+    """Draws node indices with probability ∝ count^0.75 (word2vec), in O(k log n) per draw."""
+
+    def __init__(self, counts: Tensor, power: float = 0.75) -> None:
+        weights = counts.double().clamp(min=0) ** power
+        if weights.sum() <= 0:
+            raise ValueError("cannot sample negatives from an empty distribution")
+        self.cdf = torch.cumsum(weights / weights.sum(), 0)
+        self.cdf[-1] = 1.0  # guard against rounding: every draw must land on a node
+
+    def draw(self, k: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.searchsorted(self.cdf, torch.rand(k, generator=generator, dtype=torch.float64))
+
+
+def node_counts(walks: Tensor, num_nodes: int) -> Tensor:
+    """How often each node occurs in the walk corpus (the unigram counts negatives follow)."""
+    flat = walks.reshape(-1)
+    return torch.bincount(flat[flat != NO_NODE], minlength=num_nodes)
