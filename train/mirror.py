@@ -1,0 +1,71 @@
+"""An in-memory DGL copy of each view's graph, loaded once and then updated from deltas in place.
+
+External ids map to internal indices that never change: new ids are appended, so a table row, once
+given to an id, stays that id's row across rounds and checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from m2grl.graphstore.reads import ViewRead
+from m2grl.train.sampling import WEIGHT, dgl
+
+
+class IdMap:
+    """External id <-> stable internal index."""
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.add(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, ids: Iterable[str]) -> Tensor:
+        """Indices of ``ids``, appending the ones not seen before."""
+        out = []
+        for ext in ids:
+            idx = self.index.get(ext)
+            if idx is None:
+                idx = self.index[ext] = len(self.ids)
+                self.ids.append(ext)
+            out.append(idx)
+        return torch.tensor(out, dtype=torch.long)
+
+    def get(self, ids: Sequence[str]) -> list[int | None]:
+        return [self.index.get(ext) for ext in ids]
+
+
+class ViewGraph:
+    """One view's weighted transition graph plus its id map."""
+
+    def __init__(self, view: str, ids: IdMap | None = None) -> None:
+        self.view = view
+        self.ids = ids or IdMap()
+        self.graph = dgl.graph((torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)),
+                               num_nodes=len(self.ids))
+        self.graph.edata[WEIGHT] = torch.empty(0, dtype=torch.float32)
+
+    def apply(self, read: ViewRead) -> Tensor:
+        """Merge a read into the graph (absolute weights); return the indices of touched nodes."""
+        src = self.ids.add(read.src)
+        dst = self.ids.add(read.dst)
+        missing_nodes = len(self.ids) - self.graph.num_nodes()
+        if missing_nodes > 0:
+            self.graph.add_nodes(missing_nodes)
+        if len(src) == 0:
+            return torch.empty(0, dtype=torch.long)
+        weight = torch.tensor(read.weight, dtype=torch.float32)
+        exists = self.graph.has_edges_between(src, dst)
+        if exists.any():
+            edge_ids = self.graph.edge_ids(src[exists], dst[exists])
+            self.graph.edata[WEIGHT][edge_ids] = weight[exists]
+        new = ~exists
+        if new.any():
+            self.graph.add_edges(src[new], dst[new], data={WEIGHT: weight[new]})
+        return torch.unique(torch.cat([src, dst]))
