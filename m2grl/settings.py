@@ -156,6 +156,27 @@ class IngestSettings(_Section):
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between retries while Neo4j or Kafka is down.")
 
 
+class TrainSettings(_Section):
+    dim: int = Field(64, ge=2, le=1024, description="Embedding dimension of every view.")
+    walks_per_node: int = Field(10, ge=1, description="Random walks started from each node to train on.")
+    walk_length: int = Field(10, ge=1, description="Steps per walk.")
+    window: int = Field(5, ge=1, description="Skip-gram window: nodes at most this many steps apart form a pair.")
+    negatives: int = Field(16, ge=1, description="Negatives per batch, shared by all its pairs.")
+    batch_size: int = Field(4096, ge=1, description="(center, context) pairs per step and task.")
+    epochs: int = Field(1, ge=1, description="Passes over a round's pairs.")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate (tables: SparseAdam).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip of the dense parameters (projections, uncertainties).")
+    node2vec_p: float = Field(1.0, gt=0, description="node2vec return parameter; p = q = 1 walks by transition weight.")
+    node2vec_q: float = Field(1.0, gt=0, description="node2vec in-out parameter.")
+    replay_share: float = Field(0.3, ge=0, description="Incremental rounds also walk from this many untouched nodes per touched node (against forgetting).")
+    interval_s: float = Field(30.0, gt=0, description="Seconds between scheduled rounds of `m2grl train`.")
+    delta_overlap_s: float = Field(120.0, ge=0, description="Re-read edges updated this long before the last watermark (transactions commit after they stamp).")
+    snapshot_dir: Path = Field(Path(".m2grl/snapshots"), description="Where versioned snapshots and checkpoints are published.")
+    keep_snapshots: int = Field(5, ge=1, description="Snapshot versions kept; older ones are deleted after a publish.")
+    seed: int = Field(0, description="Seed of walks, negatives and initialisation.")
+    metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus metrics port of `m2grl train` (0: off).")
+
+
 class DataSettings(_Section):
     shared_dir: Path = Field(
         default_factory=lambda: Path(__file__).resolve().parents[1].parent / "shared" / "data",
@@ -181,6 +202,7 @@ class Settings(BaseSettings):
     services: ServicesSettings = ServicesSettings()
     views: ViewsSettings = ViewsSettings()
     ingest: IngestSettings = IngestSettings()
+    train: TrainSettings = TrainSettings()
     data: DataSettings = DataSettings()
 
     def neo4j_for(self, view: View) -> Neo4jSettings:

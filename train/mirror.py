@@ -51,13 +51,17 @@ class ViewGraph:
                                num_nodes=len(self.ids))
         self.graph.edata[WEIGHT] = torch.empty(0, dtype=torch.float32)
 
+    def ensure_nodes(self) -> None:
+        """Give every id in the map a node (ids may arrive through memberships, without edges)."""
+        missing = len(self.ids) - self.graph.num_nodes()
+        if missing > 0:
+            self.graph.add_nodes(missing)
+
     def apply(self, read: ViewRead) -> Tensor:
         """Merge a read into the graph (absolute weights); return the indices of touched nodes."""
         src = self.ids.add(read.src)
         dst = self.ids.add(read.dst)
-        missing_nodes = len(self.ids) - self.graph.num_nodes()
-        if missing_nodes > 0:
-            self.graph.add_nodes(missing_nodes)
+        self.ensure_nodes()
         if len(src) == 0:
             return torch.empty(0, dtype=torch.long)
         weight = torch.tensor(read.weight, dtype=torch.float32)

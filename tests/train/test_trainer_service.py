@@ -1,0 +1,61 @@
+"""Training rounds over graphs that ingest wrote to the real Neo4j."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m2grl.graphstore import GraphStore
+from m2grl.graphstore.stats import node_events
+from m2grl.ingest.events import Event
+from m2grl.ingest.replay import replay
+from m2grl.settings import Settings
+from m2grl.train import snapshots
+from m2grl.train.trainer import Trainer
+from tests.ingest.conftest import run_ingest
+
+pytestmark = pytest.mark.services
+
+
+def small_training(settings: Settings, snapshot_dir: Path) -> Settings:
+    return settings.model_copy(update={"train": settings.train.model_copy(update=dict(
+        dim=16, walks_per_node=4, walk_length=6, window=3, batch_size=2048, snapshot_dir=snapshot_dir))})
+
+
+def test_rounds_publish_grow_and_resume(ingest_settings: Settings, movielens_sample: list[Event],
+                                        tmp_path: Path) -> None:
+    settings = small_training(ingest_settings, tmp_path / "snapshots")
+    first, later = movielens_sample[:8000], movielens_sample[8000:10000]
+    replay(settings, first, progress=False)
+    run_ingest(settings)
+
+    trainer = Trainer(settings)
+    stats = trainer.round()
+    snap = snapshots.load(settings.train.snapshot_dir)
+    with GraphStore(settings.neo4j) as store:
+        items_in_graph = set(node_events(store, settings.views.viewset.item))
+    assert stats.version == 1 and stats.full and stats.pairs > 0
+    assert set(snap.ids["item"]) == items_in_graph  # every item is servable, walks or not
+    assert np.isfinite(snap.vectors["item"]).all()
+    assert set(snap.manifest.sigma2) == {"intra:item", "intra:category", "inter:category"}
+    first_ids = list(snap.ids["item"])
+    first_vectors = snap.vectors["item"].copy()
+
+    replay(settings, later, progress=False)
+    run_ingest(settings)
+    stats = trainer.round()
+    snap = snapshots.load(settings.train.snapshot_dir)
+    assert stats.version == 2 and not stats.full
+    assert snap.ids["item"][: len(first_ids)] == first_ids  # never re-indexed
+    new_items = snap.ids["item"][len(first_ids):]
+    assert stats.new_ids["item"] == len(new_items) > 0
+    assert not np.array_equal(snap.vectors["item"][: len(first_ids)], first_vectors)  # warm start trained on
+    trainer.close()
+
+    resumed = Trainer(settings)
+    assert resumed.version == 2 and resumed.graphs["item"].ids.ids == snap.ids["item"]
+    assert resumed.round().version == 3
+    assert snapshots.load(settings.train.snapshot_dir).ids["item"][: len(snap.ids["item"])] == snap.ids["item"]
+    resumed.close()

@@ -1,0 +1,266 @@
+"""One training round, in the order it happens: read what changed in the graphs → update the
+mirrors → grow the tables and give new items a first vector → walk → make pairs → train all tasks
+jointly → publish a snapshot. The Trainer keeps mirrors and model between rounds (warm start) and
+restores both from the last published checkpoint after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from m2grl.graphstore import GraphStore
+from m2grl.graphstore.reads import ViewRead, read_view
+from m2grl.settings import Settings
+from m2grl.train import snapshots
+from m2grl.train.mirror import IdMap, ViewGraph
+from m2grl.train.model import M2GRL, ModelShape
+from m2grl.train.sampling import NegativeSampler, node_counts, random_walks, skipgram_pairs
+from m2grl.views import View
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundStats:
+    version: int
+    full: bool
+    seconds: float
+    pairs: int
+    steps: int
+    losses: dict[str, float] = field(default_factory=dict)
+    sigma2: dict[str, float] = field(default_factory=dict)
+    new_ids: dict[str, int] = field(default_factory=dict)
+    watermark_ms: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.seconds else 0.0
+
+
+class Trainer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.train
+        self.views = settings.views.viewset.all
+        self.item = self.views[0].name
+        self._stores: dict[tuple[str, str], GraphStore] = {}
+        self.graphs = {view.name: ViewGraph(view.name) for view in self.views}
+        self.members: dict[str, dict[int, int]] = {view.name: {} for view in self.views[1:]}
+        self.model: M2GRL | None = None
+        self.watermarks: dict[str, int] = {}
+        self.version = 0
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+        self._loaded = False  # the mirrors start empty in every process
+        self._restore()
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _store(self, view_name: str) -> GraphStore:
+        target = self.settings.neo4j_for(self.settings.views.viewset.by_name(view_name))
+        key = (target.bolt_uri, target.database)
+        if key not in self._stores:
+            self._stores[key] = GraphStore(target)
+        return self._stores[key]
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+
+    def _restore(self) -> None:
+        """Warm start: the id maps, model and watermarks of the last published checkpoint."""
+        checkpoint = snapshots.load_checkpoint(self.cfg.snapshot_dir)
+        if checkpoint is None:
+            return
+        for view, ids in checkpoint["ids"].items():
+            if view in self.graphs:
+                self.graphs[view] = ViewGraph(view, IdMap(ids))
+        shape = ModelShape(**checkpoint["shape"])
+        if shape.views == tuple(v.name for v in self.views) and shape.dim == self.cfg.dim:
+            self.model = M2GRL(shape)
+            self.model.load_state_dict(checkpoint["model"])
+        else:
+            log.warning("checkpoint has views %s / dim %d, settings say %s / %d: training from scratch",
+                        shape.views, shape.dim, [v.name for v in self.views], self.cfg.dim)
+        self.watermarks = dict(checkpoint["watermarks"])
+        self.version = int(checkpoint["version"])
+        log.info("resumed from snapshot version %d", self.version)
+
+    # -- one round ---------------------------------------------------------------------------------
+
+    def round(self, *, full: bool = False, progress: bool = False) -> RoundStats:
+        started = time.perf_counter()
+        full = full or self.model is None
+        touched = self._refresh()
+        new_ids = self._grow(fresh=full)
+        walks = self._walk(touched, everything=full)
+        pairs = {view: skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
+        samplers = {view: NegativeSampler(node_counts(w, len(self.graphs[view].ids)) + 1) for view, w in walks.items()}
+        losses, steps = self._train(pairs, samplers, progress=progress)
+        self.version += 1
+        stats = RoundStats(version=self.version, full=full, seconds=0.0, steps=steps,
+                           pairs=int(sum(len(c) for c, _ in pairs.values())), losses=losses,
+                           sigma2={task: float(self.model.sigma2(task)) for task in self.model.shape.tasks},
+                           new_ids=new_ids, watermark_ms=dict(self.watermarks))
+        self._publish(stats)
+        stats.seconds = time.perf_counter() - started
+        return stats
+
+    def _refresh(self) -> dict[str, Tensor]:
+        """Merge what changed in each view since its watermark into the mirrors; return the touched
+        node indices per view. A process starts with empty mirrors, so its first round loads each
+        view whole and counts as new work only what changed since the checkpoint it resumed from."""
+        overlap_ms = int(self.cfg.delta_overlap_s * 1000)
+        touched: dict[str, list[Tensor]] = defaultdict(list)
+        for view in self.views:
+            store = self._store(view.name)
+            since = self.watermarks.get(view.name)
+            if not self._loaded:
+                whole = read_view(store, view)
+                self._merge(view, whole)
+                read = whole if since is None else read_view(store, view, since - overlap_ms)
+            else:
+                read = read_view(store, view, since - overlap_ms if since is not None else None)
+            for name, nodes in self._merge(view, read).items():
+                touched[name].append(nodes)
+            self.watermarks[view.name] = read.watermark_ms
+        self._loaded = True
+        return {name: torch.unique(torch.cat(parts)) for name, parts in touched.items()}
+
+    def _merge(self, view: View, read: ViewRead) -> dict[str, Tensor]:
+        """Apply one read to the mirrors (idempotent: weights are absolute); the nodes it touched."""
+        graph = self.graphs[view.name]
+        touched = {view.name: graph.apply(read)}
+        if not view.is_item and read.member_items:
+            items = self.graphs[self.item]
+            item_idx = items.ids.add(read.member_items)
+            value_idx = graph.ids.add(read.member_values)
+            items.ensure_nodes()
+            graph.ensure_nodes()
+            self.members[view.name].update(zip(item_idx.tolist(), value_idx.tolist()))
+            touched[view.name] = torch.cat([touched[view.name], value_idx])
+            touched[self.item] = item_idx
+        return touched
+
+    def _grow(self, *, fresh: bool) -> dict[str, int]:
+        """Size the tables to the mirrors; new item rows start from their side views."""
+        rows = tuple(max(len(self.graphs[v.name].ids), 1) for v in self.views)
+        if fresh or self.model is None:
+            self.model = M2GRL(ModelShape(tuple(v.name for v in self.views), rows, self.cfg.dim))
+            return {v.name: r for v, r in zip(self.views, rows)}
+        before = dict(zip(self.model.shape.views, self.model.shape.rows))
+        for view, count in zip(self.views, rows):
+            self.model.grow(view.name, count)
+        self._init_new_items(before[self.item])
+        return {view: self.model.shape.rows[i] - before[view] for i, view in enumerate(self.model.shape.views)}
+
+    @torch.no_grad()
+    def _init_new_items(self, first_new: int) -> None:
+        """A new item's first vector: the mean input vector of the trained items sharing its side
+        values, or, where none exist yet, the side value's context vector (which the alignment
+        projection maps to the same point, so the item scores highest against its own value)."""
+        table = self.model.inputs[self.item].weight
+        for new in range(first_new, table.shape[0]):
+            guesses = []
+            for side, links in self.members.items():
+                value = links.get(new)
+                if value is None:
+                    continue
+                peers = [item for item, v in links.items() if v == value and item < first_new]
+                if peers:
+                    guesses.append(table[peers].mean(0))
+                elif self.model.contexts[side].weight[value].abs().sum() > 0:
+                    guesses.append(self.model.contexts[side].weight[value])
+            if guesses:
+                table[new] = torch.stack(guesses).mean(0)
+
+    def _walk(self, touched: dict[str, Tensor], *, everything: bool) -> dict[str, Tensor]:
+        walks = {}
+        for view in self.views:
+            graph = self.graphs[view.name]
+            n = graph.graph.num_nodes()
+            if n == 0:
+                continue
+            if everything:
+                starts = torch.arange(n)
+            else:
+                starts = touched.get(view.name, torch.empty(0, dtype=torch.long))
+                replay = int(len(starts) * self.cfg.replay_share)
+                if replay:
+                    starts = torch.cat([starts, torch.randint(0, n, (replay,), generator=self.generator)])
+            if len(starts) == 0:
+                continue
+            starts = starts.repeat(self.cfg.walks_per_node)
+            walks[view.name] = random_walks(graph.graph, starts, self.cfg.walk_length,
+                                            p=self.cfg.node2vec_p, q=self.cfg.node2vec_q)
+        return walks
+
+    def _train(self, pairs: dict[str, tuple[Tensor, Tensor]], samplers: dict[str, NegativeSampler], *,
+               progress: bool) -> tuple[dict[str, float], int]:
+        model, cfg = self.model, self.cfg
+        sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.lr)
+        dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
+        shuffled = {}
+        for view, (centers, contexts) in pairs.items():
+            order = torch.randperm(len(centers), generator=self.generator)
+            shuffled[view] = (centers[order], contexts[order])
+        batches = {view: max(1, math.ceil(len(c) / cfg.batch_size)) for view, (c, _) in shuffled.items() if len(c)}
+        if not batches:
+            return {}, 0
+        steps = max(batches.values()) * cfg.epochs
+        member_of = {side: self._member_tensor(side) for side in self.members}
+        sums: dict[str, float] = {}
+        for step in tqdm(range(steps), desc=f"round {self.version + 1}", unit="step", disable=not progress):
+            losses: dict[str, Tensor] = {}
+            for view, count in batches.items():
+                lo = (step % count) * cfg.batch_size
+                centers, contexts = (t[lo:lo + cfg.batch_size] for t in shuffled[view])
+                negatives = samplers[view].draw(cfg.negatives, self.generator)
+                losses[f"intra:{view}"] = model.intra_loss(view, centers, contexts, negatives)
+                if view == self.item:
+                    for side, lookup in member_of.items():
+                        values = lookup[centers]
+                        linked = values >= 0
+                        if linked.any() and side in samplers:
+                            losses[f"inter:{side}"] = model.inter_loss(
+                                side, centers[linked], values[linked], samplers[side].draw(cfg.negatives, self.generator))
+            total = model.weighted_total(losses)
+            sparse.zero_grad()
+            dense.zero_grad()
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.dense_parameters(), cfg.grad_clip)
+            sparse.step()
+            dense.step()
+            for task, loss in losses.items():
+                sums[task] = 0.9 * sums.get(task, float(loss)) + 0.1 * float(loss)  # smoothed for reporting
+        return sums, steps
+
+    def _member_tensor(self, side: str) -> Tensor:
+        lookup = torch.full((self.model.shape.rows[0],), -1, dtype=torch.long)
+        links = self.members[side]
+        if links:
+            lookup[torch.tensor(list(links.keys()))] = torch.tensor(list(links.values()))
+        return lookup
+
+    def _publish(self, stats: RoundStats) -> None:
+        model = self.model
+        ids = {view: list(self.graphs[view].ids.ids) for view in model.shape.views}
+        vectors = {}
+        for view, rows in zip(model.shape.views, model.shape.rows):
+            vectors[view] = model.inputs[view].weight.detach().numpy()[: len(ids[view])].astype(np.float32)
+        manifest = snapshots.Manifest(
+            version=stats.version, created_ms=int(time.time() * 1000), watermark_ms=dict(self.watermarks),
+            views=list(model.shape.views), dim=model.shape.dim, rows={v: len(ids[v]) for v in ids},
+            losses=stats.losses, sigma2=stats.sigma2, new_ids=stats.new_ids)
+        checkpoint = {"version": stats.version, "shape": model.shape.__dict__, "model": model.state_dict(),
+                      "ids": ids, "watermarks": dict(self.watermarks), "settings": self.cfg.model_dump(mode="json")}
+        snapshots.publish(self.cfg.snapshot_dir, manifest, vectors, ids, checkpoint, keep=self.cfg.keep_snapshots)
