@@ -12,7 +12,7 @@ from m2grl.settings import Settings
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from m2grl.cli import print_json, stop_on_signals
     from m2grl.ingest.consumer import IngestConsumer
-    from m2grl.ingest.metrics import serve_metrics
+    from m2grl.metrics import serve_metrics
 
     if args.group_id:
         settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(

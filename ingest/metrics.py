@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_IN = Counter("m2grl_ingest_events_total", "Messages read from the behaviour topic", ["topic"])
 EVENTS_APPLIED = Counter("m2grl_ingest_events_applied_total", "Valid events applied to the graphs", ["topic"])
@@ -19,8 +19,3 @@ RETRIES = Counter("m2grl_ingest_retries_total", "Batches retried after an outage
 LAG = Gauge("m2grl_ingest_consumer_lag", "Messages between the consumer's position and the partition end",
             ["topic", "partition"])
 
-
-def serve_metrics(host: str, port: int) -> None:
-    """Expose the default registry over HTTP (port 0: metrics stay in-process only)."""
-    if port:
-        start_http_server(port, addr=host)

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from m2grl.graphstore import commands as graph_commands
     from m2grl.ingest import commands as ingest_commands
     from m2grl.services import commands as services_commands
+    from m2grl.train import commands as train_commands
 
     parser = argparse.ArgumentParser(
         prog="m2grl",
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     services_commands.register(commands)
     ingest_commands.register(commands)
     graph_commands.register(commands)
+    train_commands.register(commands)
 
     config = commands.add_parser("config", help="inspect the effective settings")
     config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -93,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_commands.register_bench(benches)
 
     for command, issue, summary in (
-        ("train", 4, "train the M2GRL embeddings on a schedule and publish snapshots"),
         ("serve", 5, "serve the newest snapshot over gRPC"),
     ):
         stage = commands.add_parser(command, help=f"{summary} (not in this release yet)")

@@ -175,6 +175,7 @@ class TrainSettings(_Section):
     keep_snapshots: int = Field(5, ge=1, description="Snapshot versions kept; older ones are deleted after a publish.")
     seed: int = Field(0, description="Seed of walks, negatives and initialisation.")
     metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus metrics port of `m2grl train` (0: off).")
+    metrics_host: str = Field("127.0.0.1", description="Address the trainer's metrics endpoint binds to.")
 
 
 class DataSettings(_Section):

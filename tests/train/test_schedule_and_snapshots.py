@@ -1,0 +1,93 @@
+"""Scheduling and publishing, without services: rounds never overlap, readers never see half a snapshot."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m2grl.errors import ConfigError
+from m2grl.settings import load_settings
+from m2grl.train import snapshots
+from m2grl.train.service import exclusive_trainer, run_scheduled
+from m2grl.train.trainer import RoundStats
+
+
+def test_rounds_never_overlap_and_missed_ticks_coalesce() -> None:
+    running, peak, calls, fulls = 0, 0, 0, []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def slow_round(*, full: bool) -> RoundStats:
+        nonlocal running, peak, calls
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            calls += 1
+        fulls.append(full)
+        time.sleep(0.3)  # six ticks' worth
+        with lock:
+            running -= 1
+        return RoundStats(version=calls, full=full, seconds=0.3, pairs=0, steps=0)
+
+    worker = threading.Thread(target=lambda: run_scheduled(slow_round, 0.05, stop, first_full=True))
+    worker.start()
+    time.sleep(1.25)
+    stop.set()
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+    assert peak == 1
+    assert 2 <= calls <= 6  # ~4 back to back, not one per 50 ms tick
+    assert fulls[0] is True and not any(fulls[1:])
+
+
+def write_version(root: Path, version: int, rows: int) -> None:
+    manifest = snapshots.Manifest(version=version, created_ms=0, watermark_ms={"item": version}, views=["item"],
+                                  dim=4, rows={"item": rows}, losses={}, sigma2={})
+    vectors = {"item": np.full((rows, 4), float(version), dtype=np.float32)}
+    ids = {"item": [f"i{n}" for n in range(rows)]}
+    snapshots.publish(root, manifest, vectors, ids, {"version": version}, keep=3)
+
+
+def test_readers_only_ever_see_whole_versions(tmp_path: Path) -> None:
+    root = tmp_path / "snapshots"
+    write_version(root, 1, 101)
+    seen: list[int] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                snap = snapshots.load(root)
+            except FileNotFoundError:
+                continue  # pruned while we read an old version: a clean miss, the caller retries
+            except Exception as exc:  # noqa: BLE001 - any other failure is what this test looks for
+                errors.append(repr(exc))
+                continue
+            version = snap.manifest.version
+            if not ((snap.vectors["item"] == version).all() and len(snap.ids["item"]) == 100 + version):
+                errors.append(f"mixed snapshot at version {version}")
+            seen.append(version)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for version in range(2, 30):
+        write_version(root, version, 100 + version)
+    done.set()
+    thread.join()
+    assert not errors
+    assert seen == sorted(seen) and seen[-1] == 29
+    kept = sorted(p.name for p in (root / snapshots.VERSIONS).iterdir())
+    assert kept == ["v000027", "v000028", "v000029"]
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    settings = load_settings(train={"snapshot_dir": str(tmp_path)})
+    with exclusive_trainer(settings):
+        with pytest.raises(ConfigError, match="another trainer"):
+            with exclusive_trainer(settings):
+                pass

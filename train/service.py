@@ -1,0 +1,97 @@
+"""`m2grl train`: rounds on an APScheduler interval, one at a time, until SIGTERM.
+
+Rounds never overlap (one worker, max_instances=1), missed ticks coalesce into one, and a second
+trainer on the same snapshot folder is refused (a file lock), since two writers would race on
+versions. A failed round is logged and counted; the next tick tries again from the last snapshot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from m2grl.errors import ConfigError, M2grlError
+from m2grl.settings import Settings
+from m2grl.train import metrics
+from m2grl.train.trainer import RoundStats
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def exclusive_trainer(settings: Settings) -> Iterator[None]:
+    folder = settings.train.snapshot_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".trainer.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another trainer is already publishing to {folder}") from None
+        yield
+
+
+def record(stats: RoundStats) -> None:
+    metrics.ROUNDS.labels("full" if stats.full else "incremental").inc()
+    metrics.ROUND_SECONDS.observe(stats.seconds)
+    metrics.PAIRS_PER_S.set(stats.pairs_per_s)
+    metrics.SNAPSHOT_VERSION.set(stats.version)
+    for task, value in stats.losses.items():
+        metrics.TASK_LOSS.labels(task).set(value)
+    for task, value in stats.sigma2.items():
+        metrics.TASK_SIGMA2.labels(task).set(value)
+    if stats.watermark_ms:
+        oldest = min(stats.watermark_ms.values()) / 1000
+        metrics.STALENESS.set_function(lambda: time.time() - oldest)
+
+
+def describe(stats: RoundStats) -> str:
+    sigma = ", ".join(f"{task} {value:.3f}" for task, value in stats.sigma2.items())
+    grown = ", ".join(f"{view} +{count}" for view, count in stats.new_ids.items() if count)
+    return (f"round {stats.version} ({'full' if stats.full else 'incremental'}): {stats.steps} steps, "
+            f"{stats.pairs:,} pairs in {stats.seconds:.1f} s ({stats.pairs_per_s:,.0f} pairs/s); "
+            f"σ²: {sigma}" + (f"; new ids: {grown}" if grown else ""))
+
+
+def run_scheduled(run_round: Callable[..., RoundStats], interval_s: float, stop: threading.Event, *,
+                  first_full: bool = False, on_round: Callable[[RoundStats], None] | None = None) -> int:
+    """Call ``run_round(full=...)`` every ``interval_s`` until ``stop`` is set; returns the rounds run."""
+    rounds = 0
+    pending_full = first_full
+
+    def tick() -> None:
+        nonlocal rounds, pending_full
+        try:
+            stats = run_round(full=pending_full)
+        except M2grlError as exc:
+            metrics.ROUND_FAILURES.inc()
+            log.warning("training round failed, will retry at the next tick: %s", exc)
+            return
+        pending_full = False
+        rounds += 1
+        record(stats)
+        log.info(describe(stats))
+        if on_round is not None:
+            on_round(stats)
+
+    scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)},
+                                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+    scheduler.add_job(tick, "interval", seconds=interval_s, next_run_time=_now(), id="round")
+    scheduler.start()
+    try:
+        stop.wait()
+    finally:
+        scheduler.shutdown(wait=True)  # lets a running round finish and publish
+    return rounds
+
+
+def _now():  # noqa: ANN202 - apscheduler wants an aware datetime
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
