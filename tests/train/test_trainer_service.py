@@ -59,3 +59,40 @@ def test_rounds_publish_grow_and_resume(ingest_settings: Settings, movielens_sam
     assert resumed.round().version == 3
     assert snapshots.load(settings.train.snapshot_dir).ids["item"][: len(snap.ids["item"])] == snap.ids["item"]
     resumed.close()
+
+
+def test_kill_9_mid_round_then_restart_resumes(ingest_settings: Settings, movielens_sample: list[Event],
+                                              tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from m2grl.settings import settings_env
+    from tests.conftest import REPO_ROOT
+
+    settings = small_training(ingest_settings, tmp_path / "snapshots")
+    replay(settings, movielens_sample, progress=False)
+    run_ingest(settings)
+    env = {**os.environ, **settings_env(settings)}
+    command = [sys.executable, "-m", "m2grl", "train", "--once"]
+    assert subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, timeout=600).returncode == 0
+    assert snapshots.current_version(settings.train.snapshot_dir) == 1
+
+    slow = {**env, "M2GRL_TRAIN_WALKS_PER_NODE": "40", "M2GRL_TRAIN_BATCH_SIZE": "256"}  # a round long enough to kill
+    trainer = subprocess.Popen([*command, "--full"], env=slow, cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    seen = b""
+    while b"round 2:" not in seen:  # the progress bar of the second round has started
+        chunk = trainer.stderr.read1(4096)
+        assert chunk, f"trainer ended before its round started: {seen[-2000:]!r}"
+        seen += chunk
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    assert snapshots.current_version(settings.train.snapshot_dir) == 1  # the half round left no trace
+    assert snapshots.load(settings.train.snapshot_dir).manifest.version == 1
+
+    again = subprocess.run([*command, "--json"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert snapshots.current_version(settings.train.snapshot_dir) == 2
+    assert snapshots.load(settings.train.snapshot_dir).ids["item"][: len(snapshots.load(
+        settings.train.snapshot_dir, 1).ids["item"])] == snapshots.load(settings.train.snapshot_dir, 1).ids["item"]
