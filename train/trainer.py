@@ -97,10 +97,12 @@ class Trainer:
 
     # -- one round ---------------------------------------------------------------------------------
 
-    def round(self, *, full: bool = False, progress: bool = False) -> RoundStats:
+    def round(self, *, full: bool = False, progress: bool = False,
+              reads: dict[str, ViewRead] | None = None, publish: bool = True) -> RoundStats:
+        """One round over what changed in Neo4j, or over ``reads`` given directly (evaluation)."""
         started = time.perf_counter()
         full = full or self.model is None
-        touched = self._refresh()
+        touched = self._refresh() if reads is None else self._merge_reads(reads)
         new_ids = self._grow(fresh=full)
         walks = self._walk(touched, everything=full)
         pairs = {view: skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
@@ -111,9 +113,23 @@ class Trainer:
                            pairs=int(sum(len(c) for c, _ in pairs.values())), losses=losses,
                            sigma2={task: float(self.model.sigma2(task)) for task in self.model.shape.tasks},
                            new_ids=new_ids, watermark_ms=dict(self.watermarks))
-        self._publish(stats)
+        if publish:
+            self._publish(stats)
         stats.seconds = time.perf_counter() - started
         return stats
+
+    def _merge_reads(self, reads: dict[str, ViewRead]) -> dict[str, Tensor]:
+        touched: dict[str, list[Tensor]] = defaultdict(list)
+        for view in self.views:
+            if view.name in reads:
+                for name, nodes in self._merge(view, reads[view.name]).items():
+                    touched[name].append(nodes)
+        return {name: torch.unique(torch.cat(parts)) for name, parts in touched.items()}
+
+    def vectors(self, view: str) -> tuple[list[str], np.ndarray]:
+        """The ids of ``view`` and their input vectors, as the snapshot would hold them."""
+        ids = self.graphs[view].ids.ids
+        return list(ids), self.model.inputs[view].weight.detach().numpy()[: len(ids)]
 
     def _refresh(self) -> dict[str, Tensor]:
         """Merge what changed in each view since its watermark into the mirrors; return the touched
