@@ -36,10 +36,9 @@ def tiny_model() -> M2GRL:
 def test_inter_view_loss_projects_items_values_and_negatives() -> None:
     model = tiny_model()
     loss = model.inter_loss("category", torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
-    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
-    f_item = [sig(1.0), sig(0.0)]
-    f_pos = [sig(2.0), sig(0.0)]
-    f_neg = [sig(0.0), sig(-1.0)]
+    f_item = [math.tanh(1.0), math.tanh(0.0)]
+    f_pos = [math.tanh(2.0), math.tanh(0.0)]
+    f_neg = [math.tanh(0.0), math.tanh(-1.0)]
     dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
     expected = -(log_sigmoid(dot(f_item, f_pos)) + log_sigmoid(-dot(f_item, f_neg)))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
