@@ -23,7 +23,7 @@ from m2grl.settings import Settings
 from m2grl.train import snapshots
 from m2grl.train.mirror import IdMap, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
-from m2grl.train.sampling import NegativeSampler, node_counts, random_walks, skipgram_pairs
+from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, skipgram_pairs
 from m2grl.views import View
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,8 @@ class Trainer:
                 table[new] = torch.stack(guesses).mean(0)
 
     def _walk(self, touched: dict[str, Tensor], *, everything: bool) -> dict[str, Tensor]:
+        # Seeded per round: reruns reproduce, and methods compared on one graph walk it identically.
+        dgl.seed(self.cfg.seed + self.version)
         walks = {}
         for view in self.views:
             graph = self.graphs[view.name]
