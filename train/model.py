@@ -7,8 +7,8 @@ Tasks, each with its own learned uncertainty:
   passed through f(x) = tanh(x W_k), score f(U_item[i])·f(V_side[s]) against projected negatives.
   The paper's demo code uses σ(x W_k); its outputs are all positive, so every projected pair starts
   with a dot product near d/4, the negative term dominates, and on Taobao the item vectors collapsed
-  (HR@10 0.002 against DeepWalk's 0.042). tanh is the zero-centred version of the same squashing
-  (tanh(x) = 2σ(2x) - 1) and gives 0.052 (BENCHMARKS.md).
+  (HR@10 0.002). tanh is the zero-centred version of the same squashing (tanh(x) = 2σ(2x) - 1) and
+  brings HR@10 to 0.047 (BENCHMARKS.md).
 Total: Σ_k L_k / (2 σ_k²) + log σ_k² with s_k = log σ_k² learned and σ_k² floored at 0.05.
 
 No I/O here: the trainer feeds index tensors in, takes losses out. Tables are sparse embeddings so
