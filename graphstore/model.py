@@ -60,6 +60,3 @@ class GraphDelta:
             self.transitions.setdefault(view.name, {})
             if not view.is_item:
                 self.memberships.setdefault(view.name, {})
-
-    def edge_rows(self) -> int:
-        return sum(map(len, self.transitions.values())) + sum(map(len, self.memberships.values()))

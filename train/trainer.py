@@ -185,15 +185,24 @@ class Trainer:
         values, or, where none exist yet, the side value's context vector (which the alignment
         projection maps to the same point, so the item scores highest against its own value)."""
         table = self.model.inputs[self.item].weight
+        if first_new >= table.shape[0]:
+            return
+        # Trained items per side value, built once: a round may bring thousands of new items.
+        peers: dict[str, dict[int, list[int]]] = {}
+        for side, links in self.members.items():
+            by_value: dict[int, list[int]] = defaultdict(list)
+            for item, value in links.items():
+                if item < first_new:
+                    by_value[value].append(item)
+            peers[side] = by_value
         for new in range(first_new, table.shape[0]):
             guesses = []
             for side, links in self.members.items():
                 value = links.get(new)
                 if value is None:
                     continue
-                peers = [item for item, v in links.items() if v == value and item < first_new]
-                if peers:
-                    guesses.append(table[peers].mean(0))
+                if peers[side].get(value):
+                    guesses.append(table[peers[side][value]].mean(0))
                 elif self.model.contexts[side].weight[value].abs().sum() > 0:
                     guesses.append(self.model.contexts[side].weight[value])
             if guesses:
@@ -271,10 +280,9 @@ class Trainer:
 
     def _publish(self, stats: RoundStats) -> None:
         model = self.model
-        ids = {view: list(self.graphs[view].ids.ids) for view in model.shape.views}
-        vectors = {}
-        for view, rows in zip(model.shape.views, model.shape.rows):
-            vectors[view] = model.inputs[view].weight.detach().numpy()[: len(ids[view])].astype(np.float32)
+        ids, vectors = {}, {}
+        for view in model.shape.views:
+            ids[view], vectors[view] = self.vectors(view)
         manifest = snapshots.Manifest(
             version=stats.version, created_ms=int(time.time() * 1000), watermark_ms=dict(self.watermarks),
             views=list(model.shape.views), dim=model.shape.dim, rows={v: len(ids[v]) for v in ids},
