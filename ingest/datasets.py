@@ -180,6 +180,14 @@ def resolve_dataset(name_or_path: str, *, shared_dir: Path, cache_dir: Path, fmt
     return DatasetRef(path, fmt or guess_format(path))
 
 
+def load_dataset(name_or_path: str, *, shared_dir: Path, cache_dir: Path, fmt: str | None = None,
+                 layout: CsvLayout | None = None, limit: int | None = None) -> tuple[DatasetRef, list[Event]]:
+    """A data set's events in time order (the first ``limit`` of them), by name or path."""
+    ref = resolve_dataset(name_or_path, shared_dir=shared_dir, cache_dir=cache_dir, fmt=fmt)
+    events = load_events(ref.path, ref.fmt, layout)
+    return ref, events if limit is None else events[:limit]
+
+
 def fetch_movielens(cache_dir: Path) -> Path:
     """MovieLens-100K from the recbole wheel on PyPI, extracted once into ``cache_dir/ml-100k``."""
     target = cache_dir / "ml-100k"

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print JSON (each measures its baseline in the same run)")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     ingest_commands.register_bench(benches)
+    train_commands.register_bench(benches)
 
     for command, issue, summary in (
         ("serve", 5, "serve the newest snapshot over gRPC"),

@@ -8,11 +8,13 @@ Tasks, each with its own learned uncertainty:
   The paper's demo code uses σ(x W_k); its outputs are all positive, so every projected pair starts
   with a dot product near d/4, the negative term dominates, and on Taobao the item vectors collapsed
   (HR@10 0.002). tanh is the zero-centred version of the same squashing (tanh(x) = 2σ(2x) - 1) and
-  brings HR@10 to 0.047 (BENCHMARKS.md).
+  does not collapse (BENCHMARKS.md).
 Total: Σ_k L_k / (2 σ_k²) + log σ_k² with s_k = log σ_k² learned and σ_k² floored at 0.05.
 
-No I/O here: the trainer feeds index tensors in, takes losses out. Tables are sparse embeddings so
-an optimiser step moves only the rows a batch touched.
+No I/O here: the trainer feeds index tensors in, takes losses out. Table rows are gathered into a
+RowBatch for each step and updated in place by row-wise Adagrad, so a step moves only the rows its
+batch touched and keeps one number of optimiser state per row: SparseAdam's coalescing made a step
+3.5× slower. The dense parameters (projections, uncertainties) use Adam.
 """
 
 from __future__ import annotations
@@ -43,32 +45,107 @@ class ModelShape:
         return (*(f"intra:{v}" for v in self.views), *(f"inter:{v}" for v in self.side_views))
 
 
-def _input_table(rows: int, dim: int) -> nn.Embedding:
-    table = nn.Embedding(rows, dim, sparse=True)
-    nn.init.uniform_(table.weight, -0.5 / dim, 0.5 / dim)  # word2vec's input init
-    return table
+class Table(nn.Module):
+    """An embedding table written row by row through RowBatch, with its row-wise Adagrad
+    accumulator. The accumulator persists across rounds and checkpoints: rows trained for long take
+    small steps in an incremental round, new rows large ones (restarting it let every touched row
+    jump by the full learning rate again, and an incremental round undid most of a full one)."""
+
+    def __init__(self, rows: int, dim: int, *, init: str) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(rows, dim), requires_grad=False)
+        self.register_buffer("square", torch.zeros(rows))
+        if init == "uniform":
+            nn.init.uniform_(self.weight, -0.5 / dim, 0.5 / dim)  # word2vec's input init
+        else:
+            nn.init.zeros_(self.weight)  # word2vec's context init
+        self.init = init
+
+    def __len__(self) -> int:
+        return self.weight.shape[0]
+
+    @torch.no_grad()
+    def grown(self, rows: int) -> Table:
+        """A copy with ``rows`` rows: existing rows and accumulators exact, new rows freshly initialised."""
+        table = Table(rows, self.weight.shape[1], init=self.init)
+        table.weight[: len(self)] = self.weight
+        table.square[: len(self)] = self.square
+        return table
 
 
-def _context_table(rows: int, dim: int) -> nn.Embedding:
-    table = nn.Embedding(rows, dim, sparse=True)
-    nn.init.zeros_(table.weight)  # word2vec's context init
-    return table
+class RowBatch:
+    """The table rows one step reads, and the row-wise Adagrad update that writes them back.
+
+    Each task's loss is a mean over its pairs; ``apply`` first multiplies every row's gradient by
+    the pair count (the gradient word2vec would apply pair by pair), then divides it by the root of
+    the row's accumulated mean squared gradient, as PyTorch-BigGraph does. Plain SGD diverged at
+    useful rates: a shared negative row takes hundreds of pairs' pushes in one step, which word2vec
+    applies one at a time, each correcting the last. Repeated indices accumulate (index_add_)."""
+
+    def __init__(self) -> None:
+        self._taken: list[tuple[Table, Tensor, Tensor, int]] = []
+
+    def take(self, table: Table, index: Tensor, pairs: int) -> Tensor:
+        rows = table.weight.index_select(0, index).requires_grad_()
+        self._taken.append((table, index, rows, pairs))
+        return rows
+
+    @torch.no_grad()
+    def apply(self, lr: float) -> None:
+        for table, index, rows, pairs in self._taken:
+            if rows.grad is None:
+                continue
+            grad = rows.grad.mul_(pairs)
+            table.square.index_add_(0, index, grad.square().mean(-1))
+            grad.mul_(table.square.index_select(0, index).sqrt_().add_(1e-9).reciprocal_().mul_(-lr).unsqueeze(-1))
+            table.weight.index_add_(0, index, grad)  # alpha= is 2.5× slower than the in-place scaling
 
 
-def sgns_loss(center: Tensor, context: Tensor, negatives: Tensor) -> Tensor:
-    """Mean skip-gram negative-sampling loss. center, context: (B, d); negatives: (K, d), shared by
-    the whole batch so the negative scores are one (B × d)·(d × K) product."""
-    positive = F.logsigmoid((center * context).sum(-1))
-    negative = F.logsigmoid(-(center @ negatives.T)).sum(-1)
-    return -(positive + negative).mean()
+LOSS_SAMPLE = 1024  # pairs whose negative term is evaluated for the reported loss
+
+
+class _SharedNegativeSGNS(torch.autograd.Function):
+    """Skip-gram negative-sampling loss with hand-written gradients: autograd's generic graph for it
+    (log-sigmoid forward and backward, zero-filled buffers) cost twice the three products below.
+
+    The loss value feeds the uncertainty weights and the reports, not the table gradients, so its
+    negative term is the mean over the first LOSS_SAMPLE pairs (unbiased: batches are shuffled)."""
+
+    @staticmethod
+    def forward(ctx, center: Tensor, context: Tensor, pool: Tensor, scale: float) -> Tensor:
+        positive = (center * context).sum(-1)
+        scores = center @ pool.T
+        loss = F.softplus(-positive).mean() + scale * F.softplus(scores[:LOSS_SAMPLE]).sum(-1).mean()
+        ctx.save_for_backward(center, context, pool, (torch.sigmoid(positive) - 1).unsqueeze(-1),
+                              torch.sigmoid(scores).mul_(scale))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        center, context, pool, pull, push = ctx.saved_tensors
+        per_pair = grad / len(center)
+        d_center = torch.addmm(pull * context, push, pool).mul_(per_pair)
+        d_context = (pull * center).mul_(per_pair)
+        d_pool = (push.T @ center).mul_(per_pair)
+        return d_center, d_context, d_pool, None
+
+
+def sgns_loss(center: Tensor, context: Tensor, pool: Tensor, negatives: float) -> Tensor:
+    """Mean skip-gram negative-sampling loss with a negative pool shared by the whole batch.
+
+    center, context: (B, d); pool: (K, d). The negative scores are one (B × d)·(d × K) product; the
+    pool's term is scaled to ``negatives`` draws per pair, so each pair pushes away as hard as with
+    word2vec's ``negatives`` private draws, and each pool row is pushed as often in expectation.
+    L = -log σ(u·v) - (negatives / K) Σ_k log σ(-u·p_k), averaged over the batch."""
+    return _SharedNegativeSGNS.apply(center, context, pool, negatives / len(pool))
 
 
 class M2GRL(nn.Module):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.shape = shape
-        self.inputs = nn.ModuleDict({v: _input_table(n, shape.dim) for v, n in zip(shape.views, shape.rows)})
-        self.contexts = nn.ModuleDict({v: _context_table(n, shape.dim) for v, n in zip(shape.views, shape.rows)})
+        self.inputs = nn.ModuleDict({v: Table(n, shape.dim, init="uniform") for v, n in zip(shape.views, shape.rows)})
+        self.contexts = nn.ModuleDict({v: Table(n, shape.dim, init="zeros") for v, n in zip(shape.views, shape.rows)})
         self.projections = nn.ModuleDict({v: nn.Linear(shape.dim, shape.dim, bias=False) for v in shape.side_views})
         # s_k = log σ_k²; 0 means every task starts with weight 1/2, as in the paper's formulation.
         self.log_vars = nn.ParameterDict({self._key(t): nn.Parameter(torch.zeros(())) for t in shape.tasks})
@@ -77,18 +154,39 @@ class M2GRL(nn.Module):
     def _key(task: str) -> str:
         return task.replace(":", "__")  # ParameterDict keys cannot hold ":"
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this model trains, in report order."""
+        return self.shape.tasks
+
+    @property
+    def aligns(self) -> bool:
+        return any(task.startswith("inter:") for task in self.tasks)
+
+    def attach_members(self, members: dict[str, Tensor]) -> None:
+        """Item → side value lookups (-1: none). M2GRL gets them through the alignment losses."""
+
+    def vectors(self, view: str) -> Tensor:
+        """What serving uses for ``view``: its input vectors."""
+        return self.inputs[view].weight.detach()
+
     def project(self, side_view: str, vectors: Tensor) -> Tensor:
         """f(x) = tanh(x W_k): the space where items and their side values are aligned."""
         return torch.tanh(self.projections[side_view](vectors))
 
-    def intra_loss(self, view: str, centers: Tensor, contexts: Tensor, negatives: Tensor) -> Tensor:
-        return sgns_loss(self.inputs[view](centers), self.contexts[view](contexts), self.contexts[view](negatives))
+    def intra_loss(self, view: str, centers: Tensor, contexts: Tensor, pool: Tensor, rows: RowBatch,
+                   negatives: float) -> Tensor:
+        pairs = len(centers)
+        return sgns_loss(rows.take(self.inputs[view], centers, pairs), rows.take(self.contexts[view], contexts, pairs),
+                         rows.take(self.contexts[view], pool, pairs), negatives)
 
-    def inter_loss(self, side_view: str, items: Tensor, values: Tensor, negatives: Tensor) -> Tensor:
+    def inter_loss(self, side_view: str, items: Tensor, values: Tensor, pool: Tensor, rows: RowBatch,
+                   negatives: float) -> Tensor:
+        pairs = len(items)
         item_view = self.shape.views[0]
-        return sgns_loss(self.project(side_view, self.inputs[item_view](items)),
-                         self.project(side_view, self.contexts[side_view](values)),
-                         self.project(side_view, self.contexts[side_view](negatives)))
+        return sgns_loss(self.project(side_view, rows.take(self.inputs[item_view], items, pairs)),
+                         self.project(side_view, rows.take(self.contexts[side_view], values, pairs)),
+                         self.project(side_view, rows.take(self.contexts[side_view], pool, pairs)), negatives)
 
     def sigma2(self, task: str) -> Tensor:
         return self.log_vars[self._key(task)].exp().clamp(min=SIGMA2_FLOOR)
@@ -103,25 +201,19 @@ class M2GRL(nn.Module):
 
     @torch.no_grad()
     def grow(self, view: str, rows: int) -> None:
-        """Extend ``view``'s tables to ``rows``: existing rows keep their exact values, new input rows
-        get the usual random init and new context rows zeros."""
+        """Extend ``view``'s tables to ``rows``: existing rows keep their exact values (and Adagrad
+        state), new input rows get the usual random init and new context rows zeros."""
         index = self.shape.views.index(view)
         old = self.shape.rows[index]
         if rows < old:
             raise ValueError(f"{view}: cannot shrink a table from {old} to {rows} rows")
         if rows == old:
             return
-        grown_in = _input_table(rows, self.shape.dim)
-        grown_in.weight[:old] = self.inputs[view].weight
-        grown_ctx = _context_table(rows, self.shape.dim)
-        grown_ctx.weight[:old] = self.contexts[view].weight
-        self.inputs[view], self.contexts[view] = grown_in, grown_ctx
+        self.inputs[view] = self.inputs[view].grown(rows)
+        self.contexts[view] = self.contexts[view].grown(rows)
         new_rows = list(self.shape.rows)
         new_rows[index] = rows
         self.shape = ModelShape(self.shape.views, tuple(new_rows), self.shape.dim)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [*self.projections.parameters(), *self.log_vars.parameters()]
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [*self.inputs.parameters(), *self.contexts.parameters()]

@@ -55,7 +55,7 @@ def describe(stats: RoundStats) -> str:
     sigma = ", ".join(f"{task} {value:.3f}" for task, value in stats.sigma2.items())
     grown = ", ".join(f"{view} +{count}" for view, count in stats.new_ids.items() if count)
     return (f"round {stats.version} ({'full' if stats.full else 'incremental'}): {stats.steps} steps, "
-            f"{stats.pairs:,} pairs in {stats.seconds:.1f} s ({stats.pairs_per_s:,.0f} pairs/s); "
+            f"{stats.pairs:,} pairs trained at {stats.pairs_per_s:,.0f} pairs/s, {stats.seconds:.1f} s in all; "
             f"σ²: {sigma}" + (f"; new ids: {grown}" if grown else ""))
 
 

@@ -22,7 +22,7 @@ from m2grl.graphstore.reads import ViewRead, read_view
 from m2grl.settings import Settings
 from m2grl.train import snapshots
 from m2grl.train.mirror import IdMap, ViewGraph
-from m2grl.train.model import M2GRL, ModelShape
+from m2grl.train.model import M2GRL, ModelShape, RowBatch
 from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, skipgram_pairs
 from m2grl.views import View
 
@@ -40,15 +40,22 @@ class RoundStats:
     sigma2: dict[str, float] = field(default_factory=dict)
     new_ids: dict[str, int] = field(default_factory=dict)
     watermark_ms: dict[str, int] = field(default_factory=dict)
+    # About a hundred points per round: {"step": n, "loss": {task: ...}, "sigma2": {task: ...}}.
+    curve: list[dict] = field(default_factory=list, repr=False)
+
+    train_seconds: float = 0.0  # the optimisation steps alone, without reading, walking and publishing
 
     @property
     def pairs_per_s(self) -> float:
-        return self.pairs / self.seconds if self.seconds else 0.0
+        """Training throughput: (center, context) pairs per second of optimisation steps."""
+        return self.pairs / self.train_seconds if self.train_seconds else 0.0
 
 
 class Trainer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, architecture: type[M2GRL] = M2GRL) -> None:
+        """``architecture``: M2GRL, or a baseline sharing its tables and updates (train/eges.py)."""
         self.settings = settings
+        self.architecture = architecture
         self.cfg = settings.train
         self.views = settings.views.viewset.all
         self.item = self.views[0].name
@@ -86,7 +93,7 @@ class Trainer:
                 self.graphs[view] = ViewGraph(view, IdMap(ids))
         shape = ModelShape(**checkpoint["shape"])
         if shape.views == tuple(v.name for v in self.views) and shape.dim == self.cfg.dim:
-            self.model = M2GRL(shape)
+            self.model = self.architecture(shape)
             self.model.load_state_dict(checkpoint["model"])
         else:
             log.warning("checkpoint has views %s / dim %d, settings say %s / %d: training from scratch",
@@ -97,26 +104,43 @@ class Trainer:
 
     # -- one round ---------------------------------------------------------------------------------
 
-    def round(self, *, full: bool = False, progress: bool = False,
+    def round(self, *, full: bool = False, progress: bool | str = False,
               reads: dict[str, ViewRead] | None = None, publish: bool = True) -> RoundStats:
-        """One round over what changed in Neo4j, or over ``reads`` given directly (evaluation)."""
+        """One round over what changed in Neo4j, or over ``reads`` given directly (evaluation).
+        ``progress``: show a progress bar (a string labels it)."""
         started = time.perf_counter()
         full = full or self.model is None
         touched = self._refresh() if reads is None else self._merge_reads(reads)
         new_ids = self._grow(fresh=full)
         walks = self._walk(touched, everything=full)
-        pairs = {view: skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
+        pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
         samplers = {view: NegativeSampler(node_counts(w, len(self.graphs[view].ids)) + 1) for view, w in walks.items()}
-        losses, steps = self._train(pairs, samplers, progress=progress)
+        if self.model.aligns:
+            pairs.update(self._alignment_pairs(touched, walks, samplers, everything=full))
+        train_started = time.perf_counter()
+        losses, steps, curve = self._train(pairs, samplers, progress=progress)
+        train_seconds = time.perf_counter() - train_started
+        if self.model.aligns:
+            self._cover_items_without_walks()
         self.version += 1
         stats = RoundStats(version=self.version, full=full, seconds=0.0, steps=steps,
-                           pairs=int(sum(len(c) for c, _ in pairs.values())), losses=losses,
-                           sigma2={task: float(self.model.sigma2(task)) for task in self.model.shape.tasks},
-                           new_ids=new_ids, watermark_ms=dict(self.watermarks))
+                           pairs=int(sum(len(c) for c, _ in pairs.values()) * self.cfg.epochs), losses=losses,
+                           sigma2={task: float(self.model.sigma2(task)) for task in self.model.tasks},
+                           new_ids=new_ids, watermark_ms=dict(self.watermarks), curve=curve,
+                           train_seconds=train_seconds)
         if publish:
             self._publish(stats)
         stats.seconds = time.perf_counter() - started
         return stats
+
+    def item_corpus(self, reads: dict[str, ViewRead]) -> list[list[str]]:
+        """The item walks (as id sequences) that a full round over ``reads`` by a fresh trainer with
+        these settings trains on: for comparing other trainers on the same corpus."""
+        touched = self._merge_reads(reads)
+        self._grow(fresh=True)
+        ids = self.graphs[self.item].ids.ids
+        walks = self._walk(touched, everything=True).get(self.item, torch.empty(0, 1, dtype=torch.long))
+        return [[ids[node] for node in walk if node >= 0] for walk in walks.tolist()]
 
     def _merge_reads(self, reads: dict[str, ViewRead]) -> dict[str, Tensor]:
         touched: dict[str, list[Tensor]] = defaultdict(list)
@@ -129,7 +153,7 @@ class Trainer:
     def vectors(self, view: str) -> tuple[list[str], np.ndarray]:
         """The ids of ``view`` and their input vectors, as the snapshot would hold them."""
         ids = self.graphs[view].ids.ids
-        return list(ids), self.model.inputs[view].weight.detach().numpy()[: len(ids)]
+        return list(ids), self.model.vectors(view).numpy()[: len(ids)]
 
     def _refresh(self) -> dict[str, Tensor]:
         """Merge what changed in each view since its watermark into the mirrors; return the touched
@@ -171,42 +195,52 @@ class Trainer:
         """Size the tables to the mirrors; new item rows start from their side views."""
         rows = tuple(max(len(self.graphs[v.name].ids), 1) for v in self.views)
         if fresh or self.model is None:
-            self.model = M2GRL(ModelShape(tuple(v.name for v in self.views), rows, self.cfg.dim))
+            self.model = self.architecture(ModelShape(tuple(v.name for v in self.views), rows, self.cfg.dim))
             return {v.name: r for v, r in zip(self.views, rows)}
         before = dict(zip(self.model.shape.views, self.model.shape.rows))
         for view, count in zip(self.views, rows):
             self.model.grow(view.name, count)
-        self._init_new_items(before[self.item])
+        first_new = before[self.item]
+        old = torch.arange(self.model.shape.rows[0]) < first_new
+        self._from_side_views(torch.arange(first_new, self.model.shape.rows[0]), peers=old)
         return {view: self.model.shape.rows[i] - before[view] for i, view in enumerate(self.model.shape.views)}
 
     @torch.no_grad()
-    def _init_new_items(self, first_new: int) -> None:
-        """A new item's first vector: the mean input vector of the trained items sharing its side
-        values, or, where none exist yet, the side value's context vector (which the alignment
-        projection maps to the same point, so the item scores highest against its own value)."""
+    def _from_side_views(self, rows: Tensor, peers: Tensor) -> None:
+        """Give each item in ``rows`` a vector from its side views: per side value, the mean input
+        vector of the ``peers`` (a boolean mask over items) that share it, or, where the value has
+        no peers yet, the value's context vector (which the alignment projection maps to the same
+        point, so the item scores highest against its own value); averaged over the side views."""
         table = self.model.inputs[self.item].weight
-        if first_new >= table.shape[0]:
+        if len(rows) == 0:
             return
-        # Trained items per side value, built once: a round may bring thousands of new items.
-        peers: dict[str, dict[int, list[int]]] = {}
+        # Peers per side value, built once: a round may bring thousands of new items.
+        by_value: dict[str, dict[int, list[int]]] = {}
         for side, links in self.members.items():
-            by_value: dict[int, list[int]] = defaultdict(list)
+            grouped: dict[int, list[int]] = defaultdict(list)
             for item, value in links.items():
-                if item < first_new:
-                    by_value[value].append(item)
-            peers[side] = by_value
-        for new in range(first_new, table.shape[0]):
+                if item < len(peers) and peers[item]:
+                    grouped[value].append(item)
+            by_value[side] = grouped
+        for row in rows.tolist():
             guesses = []
             for side, links in self.members.items():
-                value = links.get(new)
+                value = links.get(row)
                 if value is None:
                     continue
-                if peers[side].get(value):
-                    guesses.append(table[peers[side][value]].mean(0))
+                if by_value[side].get(value):
+                    guesses.append(table[by_value[side][value]].mean(0))
                 elif self.model.contexts[side].weight[value].abs().sum() > 0:
                     guesses.append(self.model.contexts[side].weight[value])
             if guesses:
-                table[new] = torch.stack(guesses).mean(0)
+                table[row] = torch.stack(guesses).mean(0)
+
+    def _cover_items_without_walks(self) -> None:
+        """Items with no transition of their own (seen once, or only through a membership) learn
+        nothing from the item view's walks; serve them their side views' vector instead."""
+        graph = self.graphs[self.item].graph
+        walked = (graph.in_degrees() + graph.out_degrees()) > 0
+        self._from_side_views(torch.nonzero(~walked).flatten(), peers=walked)
 
     def _walk(self, touched: dict[str, Tensor], *, everything: bool) -> dict[str, Tensor]:
         # Seeded per round: reruns reproduce, and methods compared on one graph walk it identically.
@@ -215,7 +249,7 @@ class Trainer:
         for view in self.views:
             graph = self.graphs[view.name]
             n = graph.graph.num_nodes()
-            if n == 0:
+            if n == 0 or f"intra:{view.name}" not in self.model.tasks:
                 continue
             if everything:
                 starts = torch.arange(n)
@@ -231,45 +265,70 @@ class Trainer:
                                             p=self.cfg.node2vec_p, q=self.cfg.node2vec_q)
         return walks
 
+    def _alignment_pairs(self, touched: dict[str, Tensor], walks: dict[str, Tensor],
+                         samplers: dict[str, NegativeSampler], *, everything: bool) -> dict[str, tuple[Tensor, Tensor]]:
+        """(item, its side value) for every linked item of this round, ``alignment_repeats`` times:
+        all items in a full round; in an incremental one, those touched or walked through. Per item
+        rather than per walk occurrence, so a rarely seen item gets as much pull towards its side
+        values as a popular one (for which it is a negligible share of its updates)."""
+        item_walks = walks.get(self.item, torch.empty(0, dtype=torch.long))
+        in_round = torch.cat([touched.get(self.item, torch.empty(0, dtype=torch.long)), item_walks.reshape(-1)])
+        out = {}
+        for side in self.members:
+            lookup = self._member_tensor(side)
+            items = torch.nonzero(lookup >= 0).flatten()
+            if not everything:
+                mask = torch.zeros(len(lookup), dtype=torch.bool)
+                mask[in_round[in_round >= 0]] = True
+                items = items[mask[items]]
+            if len(items) and side in samplers:
+                items = items.repeat(self.cfg.alignment_repeats)
+                out[f"inter:{side}"] = (items, lookup[items])
+        return out
+
     def _train(self, pairs: dict[str, tuple[Tensor, Tensor]], samplers: dict[str, NegativeSampler], *,
-               progress: bool) -> tuple[dict[str, float], int]:
+               progress: bool | str) -> tuple[dict[str, float], int, list[dict]]:
+        """Every task's pairs once per epoch, spread evenly over the steps the biggest task needs at
+        ``batch_size``: a small task is not cycled (and overfitted) while the item view catches up."""
         model, cfg = self.model, self.cfg
-        sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.lr)
-        dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.lr)
+        dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.dense_lr)
         shuffled = {}
-        for view, (centers, contexts) in pairs.items():
-            order = torch.randperm(len(centers), generator=self.generator)
-            shuffled[view] = (centers[order], contexts[order])
-        batches = {view: max(1, math.ceil(len(c) / cfg.batch_size)) for view, (c, _) in shuffled.items() if len(c)}
-        if not batches:
-            return {}, 0
-        steps = max(batches.values()) * cfg.epochs
-        member_of = {side: self._member_tensor(side) for side in self.members}
-        sums: dict[str, float] = {}
-        for step in tqdm(range(steps), desc=f"round {self.version + 1}", unit="step", disable=not progress):
+        for task, (left, right) in pairs.items():
+            if len(left):
+                order = torch.randperm(len(left), generator=self.generator)
+                shuffled[task] = (left[order], right[order])
+        if not shuffled:
+            return {}, 0, []
+        per_epoch = max(math.ceil(len(left) / cfg.batch_size) for left, _ in shuffled.values())
+        steps = per_epoch * cfg.epochs
+        model.attach_members({side: self._member_tensor(side) for side in self.members})
+        smoothed: dict[str, float] = {}
+        curve: list[dict] = []
+        label = progress if isinstance(progress, str) else f"round {self.version + 1}"
+        for step in tqdm(range(steps), desc=label, unit="step", disable=not progress):
             losses: dict[str, Tensor] = {}
-            for view, count in batches.items():
-                lo = (step % count) * cfg.batch_size
-                centers, contexts = (t[lo:lo + cfg.batch_size] for t in shuffled[view])
-                negatives = samplers[view].draw(cfg.negatives, self.generator)
-                losses[f"intra:{view}"] = model.intra_loss(view, centers, contexts, negatives)
-                if view == self.item:
-                    for side, lookup in member_of.items():
-                        values = lookup[centers]
-                        linked = values >= 0
-                        if linked.any() and side in samplers:
-                            losses[f"inter:{side}"] = model.inter_loss(
-                                side, centers[linked], values[linked], samplers[side].draw(cfg.negatives, self.generator))
+            rows = RowBatch()
+            at = step % per_epoch
+            for task, (left, right) in shuffled.items():
+                lo, hi = at * len(left) // per_epoch, (at + 1) * len(left) // per_epoch
+                if hi == lo:
+                    continue
+                kind, view = task.split(":", 1)
+                loss = model.intra_loss if kind == "intra" else model.inter_loss
+                pool = samplers[view].draw(cfg.negative_pool, self.generator)
+                losses[task] = loss(view, left[lo:hi], right[lo:hi], pool, rows, cfg.negatives)
             total = model.weighted_total(losses)
-            sparse.zero_grad()
             dense.zero_grad()
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.dense_parameters(), cfg.grad_clip)
-            sparse.step()
+            rows.apply(cfg.lr * max(1.0 - step / steps, 1e-4))  # word2vec's linear decay
             dense.step()
-            for task, loss in losses.items():
-                sums[task] = 0.9 * sums.get(task, float(loss)) + 0.1 * float(loss)  # smoothed for reporting
-        return sums, steps
+            for task, loss_value in losses.items():
+                smoothed[task] = 0.9 * smoothed.get(task, float(loss_value)) + 0.1 * float(loss_value)
+            if step % max(1, steps // 100) == 0 or step == steps - 1:
+                curve.append({"step": step, "loss": dict(smoothed),
+                              "sigma2": {task: float(model.sigma2(task)) for task in smoothed}})
+        return smoothed, steps, curve
 
     def _member_tensor(self, side: str) -> Tensor:
         lookup = torch.full((self.model.shape.rows[0],), -1, dtype=torch.long)

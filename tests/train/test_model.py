@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from m2grl.train.model import M2GRL, SIGMA2_FLOOR, ModelShape, sgns_loss
+from m2grl.train.eges import EGES
+from m2grl.train.model import M2GRL, SIGMA2_FLOOR, ModelShape, RowBatch, Table, sgns_loss
 
 
 def log_sigmoid(x: float) -> float:
@@ -21,7 +22,25 @@ def test_sgns_loss_matches_the_formula() -> None:
     # row 0: u·c = 0.5; u·n = 1, 0.  row 1: u·c = 2; u·n = -2, 2.
     expected = -((log_sigmoid(0.5) + log_sigmoid(-1) + log_sigmoid(0))
                  + (log_sigmoid(2) + log_sigmoid(2) + log_sigmoid(-2))) / 2
-    assert sgns_loss(center, context, negatives).item() == pytest.approx(expected, rel=1e-6)
+    assert sgns_loss(center, context, negatives, negatives=2).item() == pytest.approx(expected, rel=1e-6)
+    # One negative per pair: the shared pool's term counts half.
+    expected_one = -((log_sigmoid(0.5) + (log_sigmoid(-1) + log_sigmoid(0)) / 2)
+                     + (log_sigmoid(2) + (log_sigmoid(2) + log_sigmoid(-2)) / 2)) / 2
+    assert sgns_loss(center, context, negatives, negatives=1).item() == pytest.approx(expected_one, rel=1e-6)
+
+
+def test_hand_written_gradients_equal_autograd_of_the_formula() -> None:
+    torch.manual_seed(1)
+    center, context, pool = (torch.randn(n, 6, dtype=torch.float64, requires_grad=True) for n in (7, 7, 4))
+    sgns_loss(center, context, pool, negatives=5).backward()
+    ours = [t.grad.clone() for t in (center, context, pool)]
+    for t in (center, context, pool):
+        t.grad = None
+    reference = -(torch.nn.functional.logsigmoid((center * context).sum(-1))
+                  + torch.nn.functional.logsigmoid(-(center @ pool.T)).sum(-1) * 5 / 4).mean()
+    reference.backward()
+    for mine, theirs in zip(ours, (center.grad, context.grad, pool.grad)):
+        assert torch.allclose(mine, theirs, atol=1e-12)
 
 
 def tiny_model() -> M2GRL:
@@ -35,7 +54,7 @@ def tiny_model() -> M2GRL:
 
 def test_inter_view_loss_projects_items_values_and_negatives() -> None:
     model = tiny_model()
-    loss = model.inter_loss("category", torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    loss = model.inter_loss("category", torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), RowBatch(), 1)
     f_item = [math.tanh(1.0), math.tanh(0.0)]
     f_pos = [math.tanh(2.0), math.tanh(0.0)]
     f_neg = [math.tanh(0.0), math.tanh(-1.0)]
@@ -70,6 +89,8 @@ def test_growing_tables_keeps_old_rows_bit_identical() -> None:
     model = M2GRL(ModelShape(views=("item", "category"), rows=(5, 2), dim=8))
     with torch.no_grad():
         model.contexts["item"].weight.normal_()
+        model.inputs["item"].square.uniform_()
+    before_square = model.inputs["item"].square.clone()
     before_in = model.inputs["item"].weight.detach().clone()
     before_ctx = model.contexts["item"].weight.detach().clone()
     model.grow("item", 9)
@@ -78,6 +99,8 @@ def test_growing_tables_keeps_old_rows_bit_identical() -> None:
     assert torch.equal(model.contexts["item"].weight[:5], before_ctx)
     assert torch.count_nonzero(model.inputs["item"].weight[5:]) > 0
     assert torch.count_nonzero(model.contexts["item"].weight[5:]) == 0
+    assert torch.equal(model.inputs["item"].square[:5], before_square)  # Adagrad state kept
+    assert torch.count_nonzero(model.inputs["item"].square[5:]) == 0
     with pytest.raises(ValueError, match="cannot shrink"):
         model.grow("item", 4)
 
@@ -88,9 +111,42 @@ def test_a_step_moves_only_the_rows_the_batch_touched() -> None:
     with torch.no_grad():
         model.contexts["item"].weight.normal_(std=0.1)
     before = model.inputs["item"].weight.detach().clone()
-    sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=0.01)
-    loss = model.intra_loss("item", torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5, 6]))
+    rows = RowBatch()
+    loss = model.intra_loss("item", torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5, 6]), rows, 5)
     loss.backward()
-    sparse.step()
+    rows.apply(0.1)
     changed = (model.inputs["item"].weight != before).any(dim=1).nonzero().flatten().tolist()
     assert changed == [1, 2]
+
+
+def test_row_wise_adagrad_update_by_hand() -> None:
+    table = Table(3, 2, init="zeros")
+    with torch.no_grad():
+        table.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0], [2.0, -2.0]]))
+    rows = RowBatch()
+    taken = rows.take(table, torch.tensor([0, 2, 0]), pairs=2)
+    # loss = mean over the batch of (3·x0 + 1·x1): per row gradient [3, 1] / 3, times 2 pairs.
+    (taken @ torch.tensor([3.0, 1.0])).mean().backward()
+    rows.apply(0.5)
+    g = torch.tensor([3.0, 1.0]) * 2 / 3
+    mean_square = float((g ** 2).mean())
+    # Row 0 appears twice: its accumulator holds both squares before either step is scaled by it.
+    row0 = torch.tensor([1.0, 1.0]) - 2 * 0.5 * g / math.sqrt(2 * mean_square)
+    row2 = torch.tensor([2.0, -2.0]) - 0.5 * g / math.sqrt(mean_square)
+    assert torch.allclose(table.weight[0], row0, atol=1e-5)
+    assert torch.allclose(table.weight[2], row2, atol=1e-5)
+    assert torch.equal(table.weight[1], torch.zeros(2))
+    assert table.square.tolist() == pytest.approx([2 * mean_square, 0.0, mean_square])
+
+
+def test_eges_fuses_item_and_side_vectors_by_learned_weights() -> None:
+    model = EGES(ModelShape(views=("item", "category"), rows=(2, 1), dim=2))
+    with torch.no_grad():
+        model.inputs["item"].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+        model.inputs["category"].weight.copy_(torch.tensor([[0.0, 2.0]]))
+        model.attention.weight.copy_(torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]]))
+    model.attach_members({"category": torch.tensor([0, -1])})  # item 1 has no category
+    vectors = model.vectors("item")
+    assert torch.allclose(vectors[0], torch.tensor([0.25, 1.5]))  # weights 1/4, 3/4
+    assert torch.allclose(vectors[1], torch.tensor([0.0, 4.0]))  # only its own vector
+    assert model.tasks == ("intra:item",) and not model.aligns

@@ -80,7 +80,9 @@ def test_readers_only_ever_see_whole_versions(tmp_path: Path) -> None:
     done.set()
     thread.join()
     assert not errors
-    assert seen == sorted(seen) and seen[-1] == 29
+    # The reader may be mid-read when the last write lands, so the final version is checked here.
+    assert seen and seen == sorted(seen)
+    assert snapshots.load(root).manifest.version == 29
     kept = sorted(p.name for p in (root / snapshots.VERSIONS).iterdir())
     assert kept == ["v000027", "v000028", "v000029"]
 

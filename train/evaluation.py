@@ -6,24 +6,29 @@ the target's final run. Methods rank all items by cosine similarity to the query
 excluded); HitRate@K counts targets in the top K, MRR@20 averages 1/rank within the top 20. A query
 the method has no vector for is a miss; the share of queries with a vector is the cold-query coverage.
 
-Every learned method gets the same walks budget (the same walk settings and seed) from the same
-training events.
+Methods: M2GRL (all views), DeepWalk (our trainer, item view only, no alignment), an EGES-style
+fusion (train/eges.py) and popularity. Every learned method trains one full round with the same
+settings and seed on the same training events, so the item view's walks are identical.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from m2grl.errors import ConfigError
 from m2grl.graphstore.reads import ViewRead
 from m2grl.ingest.events import Event
 from m2grl.ingest.sessions import extract
 from m2grl.settings import Settings
-from m2grl.train.trainer import Trainer
+from m2grl.train.eges import EGES
+from m2grl.train.model import M2GRL
+from m2grl.train.trainer import RoundStats, Trainer
 from m2grl.views import ViewSet
 
 KS = (10, 20, 50)
@@ -112,26 +117,66 @@ def popularity_scores(train: list[Event], cases: list[Case]) -> dict[str, float]
     return {**{f"hr@{k}": hits[k] / n for k in KS}, "mrr@20": reciprocal / n, "coverage": 1.0}
 
 
-def _trained(settings: Settings, side: tuple[str, ...], reads: dict[str, ViewRead]) -> Trainer:
-    scratch = Path(tempfile.mkdtemp(prefix="m2grl-eval-"))
+METHODS = ("m2grl", "deepwalk", "eges", "popularity")
+
+
+@dataclass
+class MethodResult:
+    scores: dict[str, float]
+    seconds: float = 0.0
+    pairs_per_s: float = 0.0
+    sigma2: dict[str, float] = field(default_factory=dict)
+    curve: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    views: list[str]
+    train_events: int
+    cases: int
+    methods: dict[str, MethodResult]
+
+    def to_json(self) -> dict[str, object]:
+        return {"dataset": self.dataset, "views": self.views, "train_events": self.train_events, "cases": self.cases,
+                "methods": {name: {"scores": {k: round(v, 4) for k, v in r.scores.items()},
+                                   "seconds": round(r.seconds, 1), "pairs_per_s": round(r.pairs_per_s),
+                                   "sigma2": {k: round(v, 4) for k, v in r.sigma2.items()}}
+                            for name, r in self.methods.items()}}
+
+
+def _train_method(settings: Settings, method: str, side: tuple[str, ...], reads: dict[str, ViewRead], *,
+                  progress: bool) -> tuple[Trainer, RoundStats]:
+    """One full round of ``method`` on ``reads`` in a scratch snapshot folder. DeepWalk is M2GRL
+    without side views; EGES sees the side views' memberships but trains on the item walks only."""
+    views = {"m2grl": side, "deepwalk": (), "eges": side}[method]
     local = settings.model_copy(update={
-        "views": settings.views.model_copy(update={"side": side, "stores": {}}),
-        "train": settings.train.model_copy(update={"snapshot_dir": scratch}),
+        "views": settings.views.model_copy(update={"side": views, "stores": {}}),
+        "train": settings.train.model_copy(update={"snapshot_dir": Path(tempfile.mkdtemp(prefix="m2grl-eval-"))}),
     })
-    trainer = Trainer(local)
-    trainer.round(full=True, reads={v: r for v, r in reads.items() if v == "item" or v in side}, publish=False)
-    return trainer
+    trainer = Trainer(local, EGES if method == "eges" else M2GRL)
+    used = {v: r for v, r in reads.items() if v == "item" or v in views}
+    return trainer, trainer.round(full=True, reads=used, publish=False, progress=progress and method)
 
 
-def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...]) -> dict[str, object]:
+def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, dataset: str = "",
+             methods: tuple[str, ...] = METHODS, progress: bool = False) -> EvalReport:
+    """Every method in ``methods`` on the same training events, walk settings and seed."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ConfigError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     train, cases = leave_last_out(events)
-    viewset = ViewSet(side)
-    reads = reads_from_events(train, viewset, int(settings.ingest.session_gap_s * 1000))
-    results: dict[str, dict[str, float]] = {}
-    m2grl = _trained(settings, side, reads)
-    results["m2grl"] = rank_scores(*m2grl.vectors("item"), cases)
-    deepwalk = _trained(settings, (), reads)
-    results["deepwalk"] = rank_scores(*deepwalk.vectors("item"), cases)
-    results["popularity"] = popularity_scores(train, cases)
-    return {"cases": len(cases), "train_events": len(train), "views": ["item", *side], "methods": results,
-            "sigma2": {task: float(m2grl.model.sigma2(task)) for task in m2grl.model.shape.tasks}}
+    if not cases:
+        raise ConfigError("no user has two distinct items: nothing to evaluate")
+    reads = reads_from_events(train, ViewSet(side), int(settings.ingest.session_gap_s * 1000))
+    results: dict[str, MethodResult] = {}
+    for method in methods:
+        if method == "popularity":
+            results[method] = MethodResult(popularity_scores(train, cases))
+            continue
+        started = time.perf_counter()
+        trainer, stats = _train_method(settings, method, side, reads, progress=progress)
+        results[method] = MethodResult(rank_scores(*trainer.vectors("item"), cases),
+                                       seconds=time.perf_counter() - started, pairs_per_s=stats.pairs_per_s,
+                                       sigma2=stats.sigma2, curve=stats.curve)
+    return EvalReport(dataset, ["item", *side], len(train), len(cases), results)

@@ -1,0 +1,54 @@
+"""`m2grl eval` and `m2grl bench train` as a user runs them, on MovieLens-100K (fetched from PyPI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "m2grl", *args], cwd=REPO_ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_eval_compares_every_method_and_draws_the_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "eval.png"
+    result = run_cli("eval", "movielens-100k", "--views", "genre", "--limit", "30000", "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report["methods"]) == {"m2grl", "deepwalk", "eges", "popularity"}
+    assert report["cases"] > 100 and report["views"] == ["item", "genre"]
+    for name, method in report["methods"].items():
+        assert 0 <= method["scores"]["hr@10"] <= method["scores"]["hr@20"] <= method["scores"]["hr@50"] <= 1, name
+    learned = {name: report["methods"][name]["scores"]["hr@50"] for name in ("m2grl", "deepwalk", "eges")}
+    assert min(learned.values()) > report["methods"]["popularity"]["scores"]["hr@50"]  # the graphs carry signal
+    assert set(report["methods"]["m2grl"]["sigma2"]) == {"intra:item", "intra:genre", "inter:genre"}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_names_the_views_the_data_has() -> None:
+    result = run_cli("eval", "movielens-100k", "--views", "brand", "--limit", "1000")
+    assert result.returncode != 0
+    assert "has no brand attribute (it has: genre)" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_train_reports_both_comparisons() -> None:
+    result = run_cli("bench", "train", "--dataset", "movielens-100k", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    ours, gensim = report["throughput"]["ours"], report["throughput"]["gensim"]
+    assert ours["pairs"] > 0 and [run["epochs"] for run in gensim] == [1, 5]
+    assert report["throughput"]["ratio"] == pytest.approx(ours["pairs_per_s"] / gensim[0]["pairs_per_s"], rel=1e-2)
+    incremental = report["incremental"]
+    assert 0 < incremental["incremental"]["pairs"] < incremental["full_rebuild"]["pairs"]
+    assert set(report["targets"]["met"]) == {"throughput", "incremental_time", "incremental_quality"}
+    assert report["peak_rss_mb"]["whole_run"] > 0

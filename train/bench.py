@@ -1,0 +1,144 @@
+"""`m2grl bench train`: our trainer against gensim's Word2Vec on the same walk corpus, and an
+incremental round against a full rebuild, each pair measured in the same run.
+
+1. Throughput: the item view's walks of a full round (same seed, so identical for both), trained
+   by our trainer (item view only: the DeepWalk configuration) and by gensim 4.4 skip-gram with the
+   same dimension, window (not shrunk, so both see every pair), negatives and 2 workers, for 1 epoch
+   and for the issue's reference 5 epochs. Pairs/s counts (center, context) pairs per second of
+   training; HR@20 uses the evaluation protocol of train/evaluation.py.
+2. Incremental: full M2GRL round on the first 95 % of the training events, then an incremental
+   round over what the last 5 % changed, against a full rebuild over all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from m2grl.graphstore.reads import ViewRead
+from m2grl.ingest import datasets
+from m2grl.settings import Settings
+from m2grl.train.evaluation import Case, leave_last_out, rank_scores, reads_from_events
+from m2grl.train.trainer import Trainer
+from m2grl.views import ViewSet
+
+TARGET_RATIO = 1.0
+TARGET_INCREMENTAL_TIME = 0.10
+TARGET_INCREMENTAL_QUALITY = 0.98
+INCREMENTAL_SHARE = 0.05
+GENSIM_EPOCHS = (1, 5)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _scratch(settings: Settings, side: tuple[str, ...]) -> Settings:
+    return settings.model_copy(update={
+        "views": settings.views.model_copy(update={"side": side, "stores": {}}),
+        "train": settings.train.model_copy(update={"snapshot_dir": Path(tempfile.mkdtemp(prefix="m2grl-bench-"))}),
+    })
+
+
+def _hr20(trainer: Trainer, cases: list[Case]) -> float:
+    return rank_scores(*trainer.vectors("item"), cases)["hr@20"]
+
+
+def _corpus_pairs(corpus: list[list[str]], window: int) -> int:
+    """Pairs a full (unshrunk) window yields over ``corpus``, both directions."""
+    total = 0
+    for walk in corpus:
+        n = len(walk)
+        total += sum(min(i, window) + min(n - 1 - i, window) for i in range(n))
+    return total
+
+
+def _gensim(corpus: list[list[str]], settings: Settings, epochs: int, cases: list[Case]) -> dict[str, Any]:
+    from gensim.models import Word2Vec
+
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    cfg = settings.train
+    started = time.perf_counter()
+    model = Word2Vec(sentences=corpus, vector_size=cfg.dim, window=cfg.window, negative=cfg.negatives, sg=1,
+                     min_count=1, sample=0, workers=2, epochs=epochs, shrink_windows=False, seed=cfg.seed)
+    seconds = time.perf_counter() - started
+    pairs = _corpus_pairs(corpus, cfg.window) * epochs
+    hr20 = rank_scores(list(model.wv.index_to_key), model.wv.vectors, cases)["hr@20"]
+    return {"epochs": epochs, "seconds": round(seconds, 2), "pairs": pairs, "pairs_per_s": round(pairs / seconds),
+            "hr@20": round(hr20, 4)}
+
+
+def _delta(before: dict[str, ViewRead], after: dict[str, ViewRead]) -> dict[str, ViewRead]:
+    """What ingest's delta read would return: edges new or changed, memberships new."""
+    out = {}
+    for view, read in after.items():
+        old = before.get(view)
+        weights = dict(zip(zip(old.src, old.dst), old.weight)) if old else {}
+        links = set(zip(old.member_items, old.member_values)) if old else set()
+        changed = [(s, d, w) for s, d, w in zip(read.src, read.dst, read.weight) if weights.get((s, d)) != w]
+        added = [(i, v) for i, v in zip(read.member_items, read.member_values) if (i, v) not in links]
+        out[view] = ViewRead(view, read.watermark_ms, [s for s, _, _ in changed], [d for _, d, _ in changed],
+                             [w for _, _, w in changed], [i for i, _ in added], [v for _, v in added])
+    return out
+
+
+def run_train_bench(settings: Settings, *, dataset: str | None) -> dict[str, Any]:
+    name = dataset or ("taobao-head" if (settings.data.shared_dir / "taobao").exists() else "movielens-100k")
+    _, events = datasets.load_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
+    side = tuple(sorted({view for e in events[:10_000] for view in e.side}))
+    train, cases = leave_last_out(events)
+    gap_ms = int(settings.ingest.session_gap_s * 1000)
+    item_only = _scratch(settings, ())
+
+    # 1. Throughput on one corpus.
+    reads = reads_from_events(train, ViewSet(()), gap_ms)
+    corpus = Trainer(item_only).item_corpus(reads)
+    ours = Trainer(item_only)
+    stats = ours.round(full=True, reads=reads, publish=False)
+    ours_result = {"epochs": settings.train.epochs, "seconds": round(stats.train_seconds, 2), "pairs": stats.pairs,
+                   "pairs_per_s": round(stats.pairs_per_s), "hr@20": round(_hr20(ours, cases), 4)}
+    ours_rss = _peak_rss_mb()
+    gensim = [_gensim(corpus, settings, epochs, cases) for epochs in GENSIM_EPOCHS]
+    ratio = ours_result["pairs_per_s"] / gensim[0]["pairs_per_s"]
+
+    # 2. Incremental round after the last 5 % of the log against a full rebuild.
+    split = int(len(train) * (1 - INCREMENTAL_SHARE))
+    early = reads_from_events(train[:split], ViewSet(side), gap_ms)
+    everything = reads_from_events(train, ViewSet(side), gap_ms)
+    all_views = _scratch(settings, side)
+    warm = Trainer(all_views)
+    warm.round(full=True, reads=early, publish=False)
+    incremental = warm.round(reads=_delta(early, everything), publish=False)
+    incremental_hr = _hr20(warm, cases)
+    rebuilt = Trainer(_scratch(settings, side))
+    full = rebuilt.round(full=True, reads=everything, publish=False)
+    full_hr = _hr20(rebuilt, cases)
+    time_ratio = incremental.seconds / full.seconds
+    quality_ratio = incremental_hr / full_hr if full_hr else 0.0
+    return {
+        "benchmark": "train",
+        "dataset": name,
+        "train_events": len(train),
+        "test_users": len(cases),
+        "settings": {k: getattr(settings.train, k) for k in
+                     ("dim", "walks_per_node", "walk_length", "window", "negatives", "negative_pool", "batch_size",
+                      "epochs", "lr")},
+        "throughput": {"ours": ours_result, "gensim": gensim, "ratio": round(ratio, 3)},
+        "incremental": {
+            "views": ["item", *side], "new_events": len(train) - split,
+            "incremental": {"seconds": round(incremental.seconds, 2), "pairs": incremental.pairs,
+                            "hr@20": round(incremental_hr, 4)},
+            "full_rebuild": {"seconds": round(full.seconds, 2), "pairs": full.pairs, "hr@20": round(full_hr, 4)},
+            "time_ratio": round(time_ratio, 3), "quality_ratio": round(quality_ratio, 3)},
+        "peak_rss_mb": {"after_our_training": round(ours_rss), "whole_run": round(_peak_rss_mb())},
+        "targets": {
+            "ratio": TARGET_RATIO, "incremental_time_ratio": TARGET_INCREMENTAL_TIME,
+            "incremental_quality_ratio": TARGET_INCREMENTAL_QUALITY,
+            "met": {"throughput": ratio >= TARGET_RATIO and ours_result["hr@20"] >= gensim[0]["hr@20"],
+                    "incremental_time": time_ratio <= TARGET_INCREMENTAL_TIME,
+                    "incremental_quality": quality_ratio >= TARGET_INCREMENTAL_QUALITY}},
+    }
