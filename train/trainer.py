@@ -214,26 +214,29 @@ class Trainer:
         table = self.model.inputs[self.item].weight
         if len(rows) == 0:
             return
-        # Peers per side value, built once: a round may bring thousands of new items.
-        by_value: dict[str, dict[int, list[int]]] = {}
-        for side, links in self.members.items():
-            grouped: dict[int, list[int]] = defaultdict(list)
-            for item, value in links.items():
-                if item < len(peers) and peers[item]:
-                    grouped[value].append(item)
-            by_value[side] = grouped
-        for row in rows.tolist():
-            guesses = []
-            for side, links in self.members.items():
-                value = links.get(row)
-                if value is None:
-                    continue
-                if by_value[side].get(value):
-                    guesses.append(table[by_value[side][value]].mean(0))
-                elif self.model.contexts[side].weight[value].abs().sum() > 0:
-                    guesses.append(self.model.contexts[side].weight[value])
-            if guesses:
-                table[row] = torch.stack(guesses).mean(0)
+        guesses = torch.zeros(len(rows), table.shape[1])
+        sources = torch.zeros(len(rows))
+        for side in self.members:
+            values = self._member_tensor(side)
+            contexts = self.model.contexts[side].weight
+            is_peer = torch.zeros(len(values), dtype=torch.bool)
+            is_peer[: len(peers)] = peers[: len(values)]
+            linked = is_peer & (values >= 0)
+            # Mean vector of the peers per side value, for all values at once.
+            sums = torch.zeros(len(contexts), table.shape[1]).index_add_(0, values[linked], table[linked])
+            counts = torch.zeros(len(contexts)).index_add_(0, values[linked], torch.ones(int(linked.sum())))
+            value = values[rows]
+            has_value = value >= 0
+            value = value.clamp(min=0)
+            peer_mean = sums[value] / counts[value].clamp(min=1).unsqueeze(-1)
+            from_peers = has_value & (counts[value] > 0)
+            from_context = has_value & ~from_peers & (contexts[value].abs().sum(-1) > 0)
+            guess = torch.where(from_peers.unsqueeze(-1), peer_mean, contexts[value])
+            usable = from_peers | from_context
+            guesses[usable] += guess[usable]
+            sources += usable.float()
+        covered = sources > 0
+        table[rows[covered]] = guesses[covered] / sources[covered].unsqueeze(-1)
 
     def _cover_items_without_walks(self) -> None:
         """Items with no transition of their own (seen once, or only through a membership) learn
