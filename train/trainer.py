@@ -42,7 +42,6 @@ class RoundStats:
     watermark_ms: dict[str, int] = field(default_factory=dict)
     # About a hundred points per round: {"step": n, "loss": {task: ...}, "sigma2": {task: ...}}.
     curve: list[dict] = field(default_factory=list, repr=False)
-
     train_seconds: float = 0.0  # the optimisation steps alone, without reading, walking and publishing
 
     @property
@@ -94,7 +93,12 @@ class Trainer:
         shape = ModelShape(**checkpoint["shape"])
         if shape.views == tuple(v.name for v in self.views) and shape.dim == self.cfg.dim:
             self.model = self.architecture(shape)
-            self.model.load_state_dict(checkpoint["model"])
+            try:
+                self.model.load_state_dict(checkpoint["model"])
+            except RuntimeError as exc:  # written by an older release with other parameters
+                log.warning("checkpoint's model does not fit this release (%s): the next round trains from "
+                            "scratch; ids keep their rows", str(exc).splitlines()[0])
+                self.model = None
         else:
             log.warning("checkpoint has views %s / dim %d, settings say %s / %d: training from scratch",
                         shape.views, shape.dim, [v.name for v in self.views], self.cfg.dim)

@@ -11,6 +11,7 @@ import torch
 from m2grl.graphstore.reads import ViewRead
 from m2grl.ingest import datasets
 from m2grl.settings import Settings, load_settings
+from m2grl.train import snapshots
 from m2grl.train.eges import EGES
 from m2grl.train.evaluation import evaluate
 from m2grl.train.trainer import Trainer
@@ -104,3 +105,20 @@ def test_m2grl_beats_the_item_only_baseline_on_taobao(tmp_path: Path) -> None:
     m2grl, deepwalk = (report.methods[m].scores for m in ("m2grl", "deepwalk"))
     assert m2grl["hr@20"] > deepwalk["hr@20"], report.to_json()
     assert m2grl["coverage"] > deepwalk["coverage"]  # cold items are servable from their category
+
+
+def test_a_checkpoint_from_an_older_model_layout_restarts_training_keeping_ids(tmp_path: Path) -> None:
+    settings = tiny_settings(tmp_path)
+    trainer = Trainer(settings)
+    trainer.round(full=True, reads=two_clusters())
+    root = settings.train.snapshot_dir
+    path = snapshots.version_dir(root, snapshots.current_version(root)) / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if not k.endswith(".square")}
+    torch.save(checkpoint, path)
+
+    restarted = Trainer(settings)
+    assert restarted.model is None and restarted.version == 1
+    assert restarted.graphs["item"].ids.ids == trainer.graphs["item"].ids.ids
+    stats = restarted.round(reads=two_clusters())
+    assert stats.full and stats.version == 2
