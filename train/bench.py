@@ -22,7 +22,7 @@ from typing import Any
 from m2grl.graphstore.reads import ViewRead
 from m2grl.ingest import datasets
 from m2grl.settings import Settings
-from m2grl.train.evaluation import Case, leave_last_out, rank_scores, reads_from_events
+from m2grl.train.evaluation import Case, leave_last_out, offline_settings, rank_scores, reads_from_events
 from m2grl.train.trainer import Trainer
 from m2grl.views import ViewSet
 
@@ -35,13 +35,6 @@ GENSIM_EPOCHS = (1, 5)
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _scratch(settings: Settings, side: tuple[str, ...]) -> Settings:
-    return settings.model_copy(update={
-        "views": settings.views.model_copy(update={"side": side, "stores": {}}),
-        "train": settings.train.model_copy(update={"snapshot_dir": Path(tempfile.mkdtemp(prefix="m2grl-bench-"))}),
-    })
 
 
 def _hr20(trainer: Trainer, cases: list[Case]) -> float:
@@ -57,7 +50,8 @@ def _corpus_pairs(corpus: list[list[str]], window: int) -> int:
     return total
 
 
-def _gensim(corpus: list[list[str]], settings: Settings, epochs: int, cases: list[Case]) -> dict[str, Any]:
+def _gensim(corpus: list[list[str]], pairs_per_epoch: int, settings: Settings, epochs: int,
+            cases: list[Case]) -> dict[str, Any]:
     from gensim.models import Word2Vec
 
     logging.getLogger("gensim").setLevel(logging.WARNING)
@@ -66,7 +60,7 @@ def _gensim(corpus: list[list[str]], settings: Settings, epochs: int, cases: lis
     model = Word2Vec(sentences=corpus, vector_size=cfg.dim, window=cfg.window, negative=cfg.negatives, sg=1,
                      min_count=1, sample=0, workers=2, epochs=epochs, shrink_windows=False, seed=cfg.seed)
     seconds = time.perf_counter() - started
-    pairs = _corpus_pairs(corpus, cfg.window) * epochs
+    pairs = pairs_per_epoch * epochs
     hr20 = rank_scores(list(model.wv.index_to_key), model.wv.vectors, cases)["hr@20"]
     return {"epochs": epochs, "seconds": round(seconds, 2), "pairs": pairs, "pairs_per_s": round(pairs / seconds),
             "hr@20": round(hr20, 4)}
@@ -87,12 +81,17 @@ def _delta(before: dict[str, ViewRead], after: dict[str, ViewRead]) -> dict[str,
 
 
 def run_train_bench(settings: Settings, *, dataset: str | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="m2grl-bench-") as scratch:
+        return _run(settings, dataset, Path(scratch))
+
+
+def _run(settings: Settings, dataset: str | None, scratch: Path) -> dict[str, Any]:
     name = dataset or ("taobao-head" if (settings.data.shared_dir / "taobao").exists() else "movielens-100k")
     _, events = datasets.load_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
     side = tuple(sorted({view for e in events[:10_000] for view in e.side}))
     train, cases = leave_last_out(events)
     gap_ms = int(settings.ingest.session_gap_s * 1000)
-    item_only = _scratch(settings, ())
+    item_only = offline_settings(settings, (), scratch / "item-only")
 
     # 1. Throughput on one corpus.
     reads = reads_from_events(train, ViewSet(()), gap_ms)
@@ -102,19 +101,19 @@ def run_train_bench(settings: Settings, *, dataset: str | None) -> dict[str, Any
     ours_result = {"epochs": settings.train.epochs, "seconds": round(stats.train_seconds, 2), "pairs": stats.pairs,
                    "pairs_per_s": round(stats.pairs_per_s), "hr@20": round(_hr20(ours, cases), 4)}
     ours_rss = _peak_rss_mb()
-    gensim = [_gensim(corpus, settings, epochs, cases) for epochs in GENSIM_EPOCHS]
+    corpus_pairs = _corpus_pairs(corpus, settings.train.window)
+    gensim = [_gensim(corpus, corpus_pairs, settings, epochs, cases) for epochs in GENSIM_EPOCHS]
     ratio = ours_result["pairs_per_s"] / gensim[0]["pairs_per_s"]
 
     # 2. Incremental round after the last 5 % of the log against a full rebuild.
     split = int(len(train) * (1 - INCREMENTAL_SHARE))
     early = reads_from_events(train[:split], ViewSet(side), gap_ms)
     everything = reads_from_events(train, ViewSet(side), gap_ms)
-    all_views = _scratch(settings, side)
-    warm = Trainer(all_views)
+    warm = Trainer(offline_settings(settings, side, scratch / "incremental"))
     warm.round(full=True, reads=early, publish=False)
     incremental = warm.round(reads=_delta(early, everything), publish=False)
     incremental_hr = _hr20(warm, cases)
-    rebuilt = Trainer(_scratch(settings, side))
+    rebuilt = Trainer(offline_settings(settings, side, scratch / "rebuild"))
     full = rebuilt.round(full=True, reads=everything, publish=False)
     full_hr = _hr20(rebuilt, cases)
     time_ratio = incremental.seconds / full.seconds

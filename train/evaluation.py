@@ -145,16 +145,20 @@ class EvalReport:
                             for name, r in self.methods.items()}}
 
 
-def _train_method(settings: Settings, method: str, side: tuple[str, ...], reads: dict[str, ViewRead], *,
-                  progress: bool) -> tuple[Trainer, RoundStats]:
-    """One full round of ``method`` on ``reads`` in a scratch snapshot folder. DeepWalk is M2GRL
-    without side views; EGES sees the side views' memberships but trains on the item walks only."""
-    views = {"m2grl": side, "deepwalk": (), "eges": side}[method]
-    local = settings.model_copy(update={
-        "views": settings.views.model_copy(update={"side": views, "stores": {}}),
-        "train": settings.train.model_copy(update={"snapshot_dir": Path(tempfile.mkdtemp(prefix="m2grl-eval-"))}),
+def offline_settings(settings: Settings, side: tuple[str, ...], scratch: Path) -> Settings:
+    """Settings for a trainer fed reads directly: these side views, snapshots (if any) in ``scratch``."""
+    return settings.model_copy(update={
+        "views": settings.views.model_copy(update={"side": side, "stores": {}}),
+        "train": settings.train.model_copy(update={"snapshot_dir": scratch}),
     })
-    trainer = Trainer(local, EGES if method == "eges" else M2GRL)
+
+
+def _train_method(settings: Settings, method: str, side: tuple[str, ...], reads: dict[str, ViewRead], *,
+                  scratch: Path, progress: bool) -> tuple[Trainer, RoundStats]:
+    """One full round of ``method`` on ``reads``. DeepWalk is M2GRL without side views; EGES sees
+    the side views' memberships but trains on the item walks only."""
+    views = {"m2grl": side, "deepwalk": (), "eges": side}[method]
+    trainer = Trainer(offline_settings(settings, views, scratch / method), EGES if method == "eges" else M2GRL)
     used = {v: r for v, r in reads.items() if v == "item" or v in views}
     return trainer, trainer.round(full=True, reads=used, publish=False, progress=progress and method)
 
@@ -170,13 +174,14 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
         raise ConfigError("no user has two distinct items: nothing to evaluate")
     reads = reads_from_events(train, ViewSet(side), int(settings.ingest.session_gap_s * 1000))
     results: dict[str, MethodResult] = {}
-    for method in methods:
-        if method == "popularity":
-            results[method] = MethodResult(popularity_scores(train, cases))
-            continue
-        started = time.perf_counter()
-        trainer, stats = _train_method(settings, method, side, reads, progress=progress)
-        results[method] = MethodResult(rank_scores(*trainer.vectors("item"), cases),
-                                       seconds=time.perf_counter() - started, pairs_per_s=stats.pairs_per_s,
-                                       sigma2=stats.sigma2, curve=stats.curve)
+    with tempfile.TemporaryDirectory(prefix="m2grl-eval-") as scratch:
+        for method in methods:
+            if method == "popularity":
+                results[method] = MethodResult(popularity_scores(train, cases))
+                continue
+            started = time.perf_counter()
+            trainer, stats = _train_method(settings, method, side, reads, scratch=Path(scratch), progress=progress)
+            results[method] = MethodResult(rank_scores(*trainer.vectors("item"), cases),
+                                           seconds=time.perf_counter() - started, pairs_per_s=stats.pairs_per_s,
+                                           sigma2=stats.sigma2, curve=stats.curve)
     return EvalReport(dataset, ["item", *side], len(train), len(cases), results)
