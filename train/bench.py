@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,12 +81,13 @@ def _delta(before: dict[str, ViewRead], after: dict[str, ViewRead]) -> dict[str,
     return out
 
 
-def run_train_bench(settings: Settings, *, dataset: str | None) -> dict[str, Any]:
+def run_train_bench(settings: Settings, *, dataset: str | None, progress: bool = True) -> dict[str, Any]:
+    """Progress (bars for our rounds, a line per gensim run) goes to stderr."""
     with tempfile.TemporaryDirectory(prefix="m2grl-bench-") as scratch:
-        return _run(settings, dataset, Path(scratch))
+        return _run(settings, dataset, Path(scratch), progress)
 
 
-def _run(settings: Settings, dataset: str | None, scratch: Path) -> dict[str, Any]:
+def _run(settings: Settings, dataset: str | None, scratch: Path, progress: bool) -> dict[str, Any]:
     name = dataset or ("taobao-head" if (settings.data.shared_dir / "taobao").exists() else "movielens-100k")
     _, events = datasets.load_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
     side = tuple(sorted({view for e in events[:10_000] for view in e.side}))
@@ -97,12 +99,16 @@ def _run(settings: Settings, dataset: str | None, scratch: Path) -> dict[str, An
     reads = reads_from_events(train, ViewSet(()), gap_ms)
     corpus = Trainer(item_only).item_corpus(reads)
     ours = Trainer(item_only)
-    stats = ours.round(full=True, reads=reads, publish=False)
+    stats = ours.round(full=True, reads=reads, publish=False, progress=progress and "ours, item view")
     ours_result = {"epochs": settings.train.epochs, "seconds": round(stats.train_seconds, 2), "pairs": stats.pairs,
                    "pairs_per_s": round(stats.pairs_per_s), "hr@20": round(_hr20(ours, cases), 4)}
     ours_rss = _peak_rss_mb()
     corpus_pairs = _corpus_pairs(corpus, settings.train.window)
-    gensim = [_gensim(corpus, corpus_pairs, settings, epochs, cases) for epochs in GENSIM_EPOCHS]
+    gensim = []
+    for epochs in GENSIM_EPOCHS:
+        if progress:
+            print(f"gensim Word2Vec, {epochs} epoch(s) …", file=sys.stderr, flush=True)
+        gensim.append(_gensim(corpus, corpus_pairs, settings, epochs, cases))
     ratio = ours_result["pairs_per_s"] / gensim[0]["pairs_per_s"]
 
     # 2. Incremental round after the last 5 % of the log against a full rebuild.
@@ -110,11 +116,12 @@ def _run(settings: Settings, dataset: str | None, scratch: Path) -> dict[str, An
     early = reads_from_events(train[:split], ViewSet(side), gap_ms)
     everything = reads_from_events(train, ViewSet(side), gap_ms)
     warm = Trainer(offline_settings(settings, side, scratch / "incremental"))
-    warm.round(full=True, reads=early, publish=False)
-    incremental = warm.round(reads=_delta(early, everything), publish=False)
+    warm.round(full=True, reads=early, publish=False, progress=progress and "M2GRL on the first 95 %")
+    incremental = warm.round(reads=_delta(early, everything), publish=False,
+                             progress=progress and "incremental round")
     incremental_hr = _hr20(warm, cases)
     rebuilt = Trainer(offline_settings(settings, side, scratch / "rebuild"))
-    full = rebuilt.round(full=True, reads=everything, publish=False)
+    full = rebuilt.round(full=True, reads=everything, publish=False, progress=progress and "full rebuild")
     full_hr = _hr20(rebuilt, cases)
     time_ratio = incremental.seconds / full.seconds
     quality_ratio = incremental_hr / full_hr if full_hr else 0.0
