@@ -181,6 +181,13 @@ class TrainSettings(_Section):
     metrics_host: str = Field("127.0.0.1", description="Address the trainer's metrics endpoint binds to.")
 
 
+class RpcSettings(_Section):
+    exact_below: int = Field(50_000, ge=1, description="Views with fewer vectors are searched exactly; larger ones through an HNSW index.")
+    hnsw_m: int = Field(32, ge=4, description="HNSW links per node (memory and recall grow with it).")
+    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW candidate list while building the index.")
+    hnsw_ef_search: int = Field(256, ge=8, description="HNSW candidate list per query (recall and latency grow with it).")
+
+
 class DataSettings(_Section):
     shared_dir: Path = Field(
         default_factory=lambda: Path(__file__).resolve().parents[1].parent / "shared" / "data",
@@ -207,6 +214,7 @@ class Settings(BaseSettings):
     views: ViewsSettings = ViewsSettings()
     ingest: IngestSettings = IngestSettings()
     train: TrainSettings = TrainSettings()
+    rpc: RpcSettings = RpcSettings()
     data: DataSettings = DataSettings()
 
     def neo4j_for(self, view: View) -> Neo4jSettings:
