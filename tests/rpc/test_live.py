@@ -1,0 +1,69 @@
+"""Hot swap of published snapshots: only sound versions go live, the last good one keeps serving."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from m2grl.rpc.live import LiveSnapshots
+from m2grl.settings import RpcSettings
+from m2grl.train import snapshots
+
+
+def publish(root: Path, version: int, rows: int, fill: float | None = None) -> None:
+    manifest = snapshots.Manifest(version=version, created_ms=version, watermark_ms={"item": version}, views=["item"],
+                                  dim=4, rows={"item": rows}, losses={}, sigma2={"intra:item": 1.0})
+    vectors = {"item": np.random.default_rng(version).normal(size=(rows, 4)).astype(np.float32)}
+    if fill is not None:
+        vectors["item"][0] = fill
+    snapshots.publish(root, manifest, vectors, {"item": [f"i{n}" for n in range(rows)]}, {"version": version}, keep=3)
+
+
+def test_new_versions_go_live_with_their_index_and_added_ids(tmp_path: Path) -> None:
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    assert live.current is None and not live.refresh()
+    publish(tmp_path, 1, 10)
+    assert live.refresh() and live.current.version == 1 and len(live.current.indexes["item"]) == 10
+    assert not live.refresh()  # nothing new
+    publish(tmp_path, 2, 14)
+    assert live.refresh()
+    assert live.current.version == 2 and live.current.ids_added == {"item": 4}
+    assert [n.id for n in live.current.indexes["item"].similar_to("i13", 3)]  # the new rows are searchable
+
+
+def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(tmp_path: Path) -> None:
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    publish(tmp_path, 1, 10)
+    live.refresh()
+    publish(tmp_path, 2, 10, fill=float("nan"))
+    assert not live.refresh()
+    assert live.current.version == 1 and "NaN" in live.refused[2]
+    publish(tmp_path, 3, 10)
+    (snapshots.version_dir(tmp_path, 3) / "item.vectors.npy").write_bytes(b"\x93NUMPY truncated")
+    assert not live.refresh() and live.current.version == 1 and 3 in live.refused
+    publish(tmp_path, 4, 12)
+    assert live.refresh() and live.current.version == 4 and live.current.ids_added == {"item": 2}
+
+
+def test_watchers_get_every_version_exactly_once(tmp_path: Path) -> None:
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    seen: list[int] = []
+
+    def watch() -> None:
+        last = 0
+        while last < 5:
+            fresh = live.went_live_after(last, timeout=10)
+            assert fresh, "timed out"
+            seen.extend(served.version for served in fresh)
+            last = fresh[-1].version
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for version in (1, 2, 3, 4, 5):  # faster than the watcher may loop
+        publish(tmp_path, version, 5 + version)
+        live.refresh()
+    watcher.join(timeout=10)
+    assert not watcher.is_alive()
+    assert seen == [1, 2, 3, 4, 5]
