@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from m2grl import __version__
-from m2grl.errors import ConfigError, M2grlError
+from m2grl.errors import M2grlError
 from m2grl.settings import Settings, load_settings, masked_dict, render_toml
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -26,7 +26,7 @@ def setup_logging(verbose: bool = False) -> None:
     """Log lines for long-running commands; third-party chatter only from WARNING up."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for noisy in ("neo4j", "apscheduler"):
+    for noisy in ("neo4j", "apscheduler", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # kafka-python logs every refused connection as an error; our own code reports outages once.
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
@@ -53,16 +53,10 @@ def _config_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _not_in_this_release(command: str, issue: int) -> Handler:
-    def handler(args: argparse.Namespace, settings: Settings) -> int:
-        raise ConfigError(f"`m2grl {command}` is not part of this release yet (tracked in issue #{issue})")
-
-    return handler
-
-
 def build_parser() -> argparse.ArgumentParser:
     from m2grl.graphstore import commands as graph_commands
     from m2grl.ingest import commands as ingest_commands
+    from m2grl.rpc import commands as rpc_commands
     from m2grl.services import commands as services_commands
     from m2grl.train import commands as train_commands
 
@@ -83,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_commands.register(commands)
     graph_commands.register(commands)
     train_commands.register(commands)
+    rpc_commands.register(commands)
 
     config = commands.add_parser("config", help="inspect the effective settings")
     config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -94,12 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     ingest_commands.register_bench(benches)
     train_commands.register_bench(benches)
+    rpc_commands.register_bench(benches)
 
-    for command, issue, summary in (
-        ("serve", 5, "serve the newest snapshot over gRPC"),
-    ):
-        stage = commands.add_parser(command, help=f"{summary} (not in this release yet)")
-        stage.set_defaults(handler=_not_in_this_release(command, issue))
     return parser
 
 

@@ -14,8 +14,15 @@ single line and exits non-zero.
      ├── GraphStoreError           Neo4j refused or failed a request
      │    ├── GraphStoreUnavailable    transient (server down, leader change): retry later
      │    └── StaleOffsetsError    another writer moved a partition's stored offset first
-     └── StreamError               Kafka refused or failed a request
-          └── StreamUnavailable        transient (broker down, no leader): retry later
+     ├── StreamError               Kafka refused or failed a request
+     │    └── StreamUnavailable        transient (broker down, no leader): retry later
+     ├── QueryError                the served snapshot cannot answer a query as asked (server side;
+     │    │                        rpc/service.py maps each to its gRPC status)
+     │    ├── InvalidQuery         malformed, or over a configured limit      → INVALID_ARGUMENT
+     │    ├── UnknownView          no such view in the served snapshot         → NOT_FOUND
+     │    ├── NotServing           no snapshot has been published yet          → UNAVAILABLE
+     │    └── CannotAnswer         the snapshot lacks what the query needs     → FAILED_PRECONDITION
+     └── RpcError                  a gRPC call failed (client side): status code name and detail
 """
 
 from __future__ import annotations
@@ -75,3 +82,32 @@ class StreamError(M2grlError):
 
 class StreamUnavailable(StreamError):
     """Kafka cannot be reached right now; the same request may succeed later."""
+
+
+class QueryError(M2grlError):
+    """The served snapshot cannot answer a query as asked."""
+
+
+class InvalidQuery(QueryError):
+    """A malformed query, or one over a configured limit."""
+
+
+class UnknownView(QueryError):
+    """The query names a view the served snapshot does not have."""
+
+
+class NotServing(QueryError):
+    """No snapshot has been published yet (or none that passed its checks)."""
+
+
+class CannotAnswer(QueryError):
+    """The served snapshot lacks what the query needs (e.g. memberships of the diversity view)."""
+
+
+class RpcError(M2grlError):
+    """A gRPC call failed; ``code`` is the status code's name (e.g. "INVALID_ARGUMENT")."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail

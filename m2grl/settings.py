@@ -182,10 +182,38 @@ class TrainSettings(_Section):
 
 
 class RpcSettings(_Section):
-    exact_below: int = Field(50_000, ge=1, description="Views with fewer vectors are searched exactly; larger ones through an HNSW index.")
-    hnsw_m: int = Field(32, ge=4, description="HNSW links per node (memory and recall grow with it).")
-    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW candidate list while building the index.")
-    hnsw_ef_search: int = Field(256, ge=8, description="HNSW candidate list per query (recall and latency grow with it).")
+    host: str = Field("127.0.0.1", description="Address `m2grl serve` binds to (loopback by default; 0.0.0.0 for all interfaces).")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port of `m2grl serve` (0: any free port, logged at start-up).")
+    workers: int = Field(16, ge=1, description="Threads answering calls; each open WatchSnapshots stream holds one.")
+    token: SecretStr | None = Field(None, description="Bearer token every call must carry (`authorization: Bearer <token>`); unset: no auth. Health checks need none.")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain of the server; with tls_key, the server speaks TLS only.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_ca: Path | None = Field(None, description="PEM certificates that clients (`m2grl query`, benchmarks) trust; unset: tls_cert itself (self-signed).")
+    max_ids: int = Field(10_000, ge=1, description="Most ids in one GetEmbeddings call, and most recent or excluded ids in other calls.")
+    max_k: int = Field(1_000, ge=1, description="Most results one SimilarItems or Recommend call may ask for.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request accepted; larger ones get INVALID_ARGUMENT.")
+    poll_s: float = Field(1.0, gt=0, description="Seconds between checks for a newly published snapshot.")
+    poller_niceness: int = Field(10, ge=0, le=19, description="Scheduling niceness of the thread that reads and indexes new snapshots, so calls keep their CPU.")
+    grace_s: float = Field(10.0, ge=0, description="On shutdown, how long in-flight calls may take to finish.")
+    diversity_view: str = Field("category", description="Side view whose neighbourhood Recommend's diversity route explores.")
+    nearby_values: int = Field(5, ge=1, description="Nearby values of diversity_view (not among the user's) that Recommend's diversity route draws from.")
+    metrics_port: int = Field(9110, ge=0, le=65535, description="Prometheus metrics port of `m2grl serve` (0: off).")
+    metrics_host: str = Field("127.0.0.1", description="Address the server's metrics endpoint binds to.")
+    exact_below: int = Field(50_000, ge=1, description="Views with fewer vectors are searched exactly; larger ones through an IVF index.")
+    ivf_lists: int = Field(0, ge=0, description="Inverted lists (clusters) of the IVF index; 0: 4·√rows.")
+    ivf_probe: int = Field(512, ge=1, description="Lists searched per query (recall and latency grow with it).")
+    ivf_train_per_list: int = Field(40, ge=10, description="Vectors sampled per list to train the IVF centroids.")
+    ivf_retrain_share: float = Field(0.5, gt=0, le=1, description="A new version with more than this share of rows changed or new is indexed from scratch, centroids retrained; fewer are updated in a copy of the live index.")
+
+    @model_validator(mode="after")
+    def _tls_needs_both(self) -> RpcSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 class DataSettings(_Section):

@@ -6,6 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from m2grl import protos_build
 from m2grl.protos import embedding_pb2, embedding_pb2_grpc
 
@@ -22,13 +24,12 @@ def test_embedding_service_methods_and_streaming() -> None:
 
 
 def test_messages_round_trip_float32_vectors_and_per_id_misses() -> None:
-    response = embedding_pb2.GetEmbeddingsResponse(snapshot_version=7, embeddings=[
-        embedding_pb2.Embedding(id="a", found=True, vector=embedding_pb2.Vector(values=[0.5, -1.25])),
-        embedding_pb2.Embedding(id="zz", found=False)])
+    vectors = np.array([[0.5, -1.25], [3.0, 0.125]], dtype="<f4")
+    response = embedding_pb2.GetEmbeddingsResponse(snapshot_version=7, dimension=2, found=[True, False, True],
+                                                   vectors=vectors.tobytes())
     decoded = embedding_pb2.GetEmbeddingsResponse.FromString(response.SerializeToString())
-    assert decoded.snapshot_version == 7
-    assert [(e.id, e.found, list(e.vector.values)) for e in decoded.embeddings] == [("a", True, [0.5, -1.25]),
-                                                                                     ("zz", False, [])]
+    assert decoded.snapshot_version == 7 and list(decoded.found) == [True, False, True]
+    assert np.frombuffer(decoded.vectors, "<f4").reshape(-1, decoded.dimension).tolist() == vectors.tolist()
     request = embedding_pb2.SimilarItemsRequest(view="item", id="a", k=10)
     assert request.WhichOneof("query") == "id"
     request.vector.values.extend([1.0, 0.0])

@@ -110,7 +110,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "settings, same seed, so the same item walks) and ranks all items by cosine to the query. Prints "
         "HitRate@10/20/50, MRR@20 and cold-query coverage per method. No Kafka or Neo4j needed.")
     from m2grl.ingest.commands import add_dataset_arguments
-    from m2grl.train.evaluation import METHODS
+    from m2grl.train import EVAL_METHODS as METHODS
 
     add_dataset_arguments(evaluation, "use only the first N events (in time order)")
     evaluation.add_argument("--views", help="comma-separated side views (default: the configured ones the data has)")

@@ -26,6 +26,7 @@ from m2grl.graphstore.reads import ViewRead
 from m2grl.ingest.events import Event
 from m2grl.ingest.sessions import extract
 from m2grl.settings import Settings
+from m2grl.train import EVAL_METHODS
 from m2grl.train.eges import EGES
 from m2grl.train.model import M2GRL
 from m2grl.train.trainer import RoundStats, Trainer
@@ -117,7 +118,7 @@ def popularity_scores(train: list[Event], cases: list[Case]) -> dict[str, float]
     return {**{f"hr@{k}": hits[k] / n for k in KS}, "mrr@20": reciprocal / n, "coverage": 1.0}
 
 
-METHODS = ("m2grl", "deepwalk", "eges", "popularity")
+METHODS = EVAL_METHODS
 
 
 @dataclass

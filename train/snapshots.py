@@ -1,13 +1,16 @@
 """Versioned snapshots, published atomically: readers never see a half-written one.
 
-Layout (format 1):
+Layout (format 2):
 
     <snapshot_dir>/
       CURRENT                      the live version's name, replaced atomically (write, fsync, rename)
       versions/v000042/            immutable once renamed into place
         manifest.json              version, time, watermark, views, dims, per-task losses and σ²
-        <view>.ids.json            external ids, row i of the vectors is ids[i]
+        <view>.ids.jsonl           external ids, one JSON string per line: line i names row i. Rows
+                                   are append-only across versions, so each file extends the last
+                                   one's and a reader that has it can read only the new tail
         <view>.vectors.npy         float32 (rows, dim): the input vectors U, what serving uses
+        <side>.members.npy         int64 (item rows,): row of each item's value in side view <side>, -1 if none
         checkpoint.pt              full model state, id maps and trainer state, for warm starts
 
 A publish writes everything into a hidden temporary folder, fsyncs it, renames it to its version
@@ -26,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 
@@ -42,6 +45,8 @@ class Manifest:
     losses: dict[str, float]
     sigma2: dict[str, float]
     new_ids: dict[str, int] = field(default_factory=dict)
+    # Side views whose item memberships the snapshot holds (<side>.members.npy).
+    members: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -83,8 +88,9 @@ def version_dir(root: Path, version: int) -> Path:
 
 
 def publish(root: Path, manifest: Manifest, vectors: dict[str, np.ndarray], ids: dict[str, list[str]],
-            checkpoint: Any, *, keep: int) -> Path:
-    """Write a new version and make it current, atomically. Returns its folder."""
+            checkpoint: Any, *, keep: int, members: dict[str, np.ndarray] | None = None) -> Path:
+    """Write a new version and make it current, atomically. Returns its folder. ``members``: per
+    side view, the row of each item's value there (-1: none); the manifest must list them."""
     import torch  # only publishing needs torch; readers of snapshots do not
 
     versions = root / VERSIONS
@@ -95,7 +101,9 @@ def publish(root: Path, manifest: Manifest, vectors: dict[str, np.ndarray], ids:
     staging.mkdir()
     for view, matrix in vectors.items():
         _write_file(staging / f"{view}.vectors.npy", lambda fh, m=matrix: np.save(fh, m.astype(np.float32)))
-        _write_file(staging / f"{view}.ids.json", lambda fh, v=view: fh.write(json.dumps(ids[v]).encode()))
+        _write_file(staging / f"{view}.ids.jsonl", lambda fh, v=view: fh.write(encode_ids(ids[v])))
+    for side, rows in (members or {}).items():
+        _write_file(staging / f"{side}.members.npy", lambda fh, r=rows: np.save(fh, r.astype(np.int64)))
     _write_file(staging / "checkpoint.pt", lambda fh: torch.save(checkpoint, fh))
     _write_file(staging / "manifest.json", lambda fh: fh.write(json.dumps(asdict(manifest), indent=2).encode()))
     _fsync_dir(staging)
@@ -129,6 +137,46 @@ class Snapshot:
     ids: dict[str, list[str]]
     vectors: dict[str, np.ndarray]
     path: Path
+    members: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def encode_ids(ids: list[str]) -> bytes:
+    return "".join(json.dumps(ext) + "\n" for ext in ids).encode()
+
+
+def read_ids(folder: Path, view: str, *, offset: int = 0) -> tuple[list[str], int]:
+    """The ids of ``view`` from byte ``offset`` on (the end of a shorter version's file, whose ids a
+    reader already holds), and the file's size: the offset to pass for the next version."""
+    with (folder / f"{view}.ids.jsonl").open("rb") as fh:
+        fh.seek(max(offset - 1, 0))
+        tail = fh.read()
+    if offset:
+        # The cheap half of the append-only promise: a line must end where the known ids did.
+        if not tail.startswith(b"\n") or (len(tail) > 1 and tail[1:2] != b'"'):
+            raise ValueError(f"{folder}: {view} ids do not continue at byte {offset}; the file was rewritten")
+        tail = tail[1:]
+    return [json.loads(line) for line in tail.splitlines()], offset + len(tail)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    return Manifest.from_json((folder / "manifest.json").read_text())
+
+
+def read_vectors(folder: Path, manifest: Manifest, view: str) -> np.ndarray:
+    vectors = np.load(folder / f"{view}.vectors.npy")
+    if vectors.shape != (manifest.rows[view], manifest.dim) or vectors.dtype != np.float32:
+        raise ValueError(f"snapshot {folder}: {view} vectors are {vectors.dtype} {vectors.shape}, manifest says "
+                         f"float32 {manifest.rows[view]} x {manifest.dim}")
+    return vectors
+
+
+def read_members(folder: Path, manifest: Manifest, side: str) -> np.ndarray:
+    rows = np.load(folder / f"{side}.members.npy")
+    items = manifest.rows[manifest.views[0]]
+    if rows.shape != (items,) or (items and not -1 <= rows.min() <= rows.max() < manifest.rows[side]):
+        raise ValueError(f"snapshot {folder}: {side} memberships do not fit {items} items and "
+                         f"{manifest.rows[side]} {side} values")
+    return rows
 
 
 def load(root: Path, version: int | None = None) -> Snapshot:
@@ -137,15 +185,15 @@ def load(root: Path, version: int | None = None) -> Snapshot:
     if version is None:
         raise FileNotFoundError(f"no snapshot published under {root}")
     folder = version_dir(root, version)
-    manifest = Manifest.from_json((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     ids, vectors = {}, {}
     for view in manifest.views:
-        ids[view] = json.loads((folder / f"{view}.ids.json").read_text())
-        vectors[view] = np.load(folder / f"{view}.vectors.npy")
-        if vectors[view].shape != (manifest.rows[view], manifest.dim) or len(ids[view]) != manifest.rows[view]:
-            raise ValueError(f"snapshot {folder}: {view} has shape {vectors[view].shape} and {len(ids[view])} ids, "
-                             f"manifest says {manifest.rows[view]} x {manifest.dim}")
-    return Snapshot(manifest, ids, vectors, folder)
+        ids[view], _ = read_ids(folder, view)
+        vectors[view] = read_vectors(folder, manifest, view)
+        if len(ids[view]) != manifest.rows[view]:
+            raise ValueError(f"snapshot {folder}: {len(ids[view])} {view} ids, manifest says {manifest.rows[view]}")
+    members = {side: read_members(folder, manifest, side) for side in manifest.members}
+    return Snapshot(manifest, ids, vectors, folder, members)
 
 
 def load_checkpoint(root: Path) -> Any | None:

@@ -352,7 +352,9 @@ class Trainer:
         manifest = snapshots.Manifest(
             version=stats.version, created_ms=int(time.time() * 1000), watermark_ms=dict(self.watermarks),
             views=list(model.shape.views), dim=model.shape.dim, rows={v: len(ids[v]) for v in ids},
-            losses=stats.losses, sigma2=stats.sigma2, new_ids=stats.new_ids)
+            losses=stats.losses, sigma2=stats.sigma2, new_ids=stats.new_ids, members=list(self.members))
         checkpoint = {"version": stats.version, "shape": model.shape.__dict__, "model": model.state_dict(),
                       "ids": ids, "watermarks": dict(self.watermarks), "settings": self.cfg.model_dump(mode="json")}
-        snapshots.publish(self.cfg.snapshot_dir, manifest, vectors, ids, checkpoint, keep=self.cfg.keep_snapshots)
+        members = {side: self._member_tensor(side).numpy()[: len(ids[self.item])] for side in self.members}
+        snapshots.publish(self.cfg.snapshot_dir, manifest, vectors, ids, checkpoint, keep=self.cfg.keep_snapshots,
+                          members=members)

@@ -12,25 +12,34 @@ from m2grl.settings import RpcSettings
 from m2grl.train import snapshots
 
 
-def publish(root: Path, version: int, rows: int, fill: float | None = None) -> None:
+def publish(root: Path, version: int, rows: int, fill: float | None = None) -> np.ndarray:
     manifest = snapshots.Manifest(version=version, created_ms=version, watermark_ms={"item": version}, views=["item"],
                                   dim=4, rows={"item": rows}, losses={}, sigma2={"intra:item": 1.0})
     vectors = {"item": np.random.default_rng(version).normal(size=(rows, 4)).astype(np.float32)}
     if fill is not None:
         vectors["item"][0] = fill
     snapshots.publish(root, manifest, vectors, {"item": [f"i{n}" for n in range(rows)]}, {"version": version}, keep=3)
+    return vectors["item"]
 
 
 def test_new_versions_go_live_with_their_index_and_added_ids(tmp_path: Path) -> None:
     live = LiveSnapshots(tmp_path, RpcSettings())
     assert live.current is None and not live.refresh()
     publish(tmp_path, 1, 10)
-    assert live.refresh() and live.current.version == 1 and len(live.current.indexes["item"]) == 10
+    assert live.refresh() and live.current.version == 1 and live.current.views["item"].rows == 10
     assert not live.refresh()  # nothing new
-    publish(tmp_path, 2, 14)
+    first = live.current
+    vectors = publish(tmp_path, 2, 14)
     assert live.refresh()
+    second = live.current.views["item"]
     assert live.current.version == 2 and live.current.ids_added == {"item": 4}
-    assert [n.id for n in live.current.indexes["item"].similar_to("i13", 3)]  # the new rows are searchable
+    assert second.row("i13") == 13 and second.id(13) == "i13"
+    assert np.frombuffer(second.vector_bytes([13, 2]), "<f4").reshape(2, 4).tolist() == vectors[[13, 2]].tolist()
+    assert second.rows_of(["i2", "nobody", "i13"]) == [2, -1, 13]
+    assert second.index.search(second.unit(13), 1)[0][0] == 13  # the new rows are searchable
+    # The version served before still answers as it did: the ids added since are not its own.
+    assert first.views["item"].row("i13") is None and first.views["item"].row("i3") == 3
+    assert first.views["item"].rows_of(["i13", "i3"]) == [-1, 3]
 
 
 def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(tmp_path: Path) -> None:
@@ -45,6 +54,19 @@ def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(tmp_pa
     assert not live.refresh() and live.current.version == 1 and 3 in live.refused
     publish(tmp_path, 4, 12)
     assert live.refresh() and live.current.version == 4 and live.current.ids_added == {"item": 2}
+
+
+def test_a_rewritten_id_file_is_read_afresh(tmp_path: Path) -> None:
+    """Training restarted in an emptied folder numbers rows anew; the server must not mix them up."""
+    live = LiveSnapshots(tmp_path / "a", RpcSettings())
+    publish(tmp_path / "a", 1, 10)
+    live.refresh()
+    manifest = snapshots.Manifest(version=2, created_ms=2, watermark_ms={}, views=["item"], dim=4, rows={"item": 12},
+                                  losses={}, sigma2={})
+    snapshots.publish(tmp_path / "a", manifest, {"item": np.ones((12, 4), dtype=np.float32)},
+                      {"item": [f"other{n}" for n in range(12)]}, {}, keep=3)
+    assert live.refresh()
+    assert live.current.views["item"].row("other11") == 11 and live.current.views["item"].row("i1") is None
 
 
 def test_watchers_get_every_version_exactly_once(tmp_path: Path) -> None:

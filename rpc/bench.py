@@ -1,0 +1,325 @@
+"""`m2grl bench rpc`: latency and throughput of the server on a 1M × 64 snapshot, each method against
+an empty handler on the same server in the same run, then again while snapshots are swapped.
+
+Three processes, as in production: the server (`python -m m2grl.rpc.bench serve`, the real
+EmbeddingServer plus the Baseline service of protos/benchmark.proto), a publisher that writes a
+new snapshot version every second (`… publish`), and this process, the client. Latency comes from
+one call at a time; throughput from ``concurrency`` callers. Vectors are generated around many
+centres (the shape trained embeddings have); recall@k is checked against exact search here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from tqdm import tqdm
+
+from m2grl.protos import benchmark_pb2_grpc as baseline_grpc
+from m2grl.protos import embedding_pb2 as pb
+from m2grl.protos import embedding_pb2_grpc as pb_grpc
+from m2grl.settings import Settings
+
+TARGET_EMBEDDINGS_RATIO = 0.7
+TARGET_SIMILAR_P99_MS = 10.0
+TARGET_RECALL = 0.95
+TARGET_SPIKE = 3.0  # × the idle p99
+IDS_PER_CALL = 100
+K = 100
+CHANGED_PER_SWAP = 0.01  # share of rows a new version moves, as an incremental round does
+ADDED_PER_SWAP = 1000
+
+
+def _ids(start: int, stop: int) -> list[str]:
+    return [f"item-{n}" for n in range(start, stop)]
+
+
+def generated_vectors(rows: int, dim: int, seed: int) -> np.ndarray:
+    """About 50 vectors per centre: a query's 100 nearest span several clusters, as in trained
+    embeddings, rather than sitting in one easy blob."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(rows // 50, 1), dim)).astype(np.float32)
+    return centres[rng.integers(0, len(centres), rows)] + 0.5 * rng.normal(size=(rows, dim)).astype(np.float32)
+
+
+def publish_generated(root: Path, version: int, vectors: np.ndarray) -> None:
+    from m2grl.train import snapshots
+
+    manifest = snapshots.Manifest(version=version, created_ms=int(time.time() * 1000), watermark_ms={},
+                                  views=["item"], dim=vectors.shape[1], rows={"item": len(vectors)}, losses={},
+                                  sigma2={})
+    snapshots.publish(root, manifest, {"item": vectors}, {"item": _ids(0, len(vectors))}, {}, keep=3)
+
+
+# -- the server and publisher processes ------------------------------------------------------------
+
+class _EmptyBaseline(baseline_grpc.BaselineServicer):
+    def GetEmbeddings(self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
+        return pb.GetEmbeddingsResponse()
+
+    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
+        return pb.SimilarItemsResponse()
+
+
+def _serve(root: Path, port: int) -> None:
+    from m2grl.cli import stop_on_signals
+    from m2grl.rpc.server import EmbeddingServer
+    from m2grl.settings import load_settings
+
+    cfg = load_settings().rpc.model_copy(update={"port": port, "metrics_port": 0, "token": None,
+                                                 "tls_cert": None, "tls_key": None})
+    server = EmbeddingServer(root, cfg, also_serve=[
+        lambda grpc_server: baseline_grpc.add_BaselineServicer_to_server(_EmptyBaseline(), grpc_server)]).start()
+    server.wait(stop_on_signals())
+
+
+def _publish_every_second(root: Path, seconds: float) -> None:
+    """New versions as incremental training makes them: a share of rows moved, some ids appended."""
+    from m2grl.train import snapshots
+
+    snapshot = snapshots.load(root)
+    vectors, version = snapshot.vectors["item"], snapshot.manifest.version
+    rng = np.random.default_rng(version)
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        started = time.monotonic()
+        moved = rng.choice(len(vectors), int(CHANGED_PER_SWAP * len(vectors)), replace=False)
+        vectors = np.vstack([vectors, generated_vectors(ADDED_PER_SWAP, vectors.shape[1], version)])
+        vectors[moved] += 0.1 * rng.normal(size=(len(moved), vectors.shape[1])).astype(np.float32)
+        version += 1
+        publish_generated(root, version, vectors)
+        print(f"published {version} in {time.monotonic() - started:.2f} s", flush=True)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="helper processes of `m2grl bench rpc`")
+    parser.add_argument("role", choices=["serve", "publish"])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if args.role == "serve":
+        _serve(args.root, args.port)
+    else:
+        _publish_every_second(args.root, args.seconds)
+    return 0
+
+
+# -- the client ---------------------------------------------------------------------------------------
+
+@dataclass
+class Load:
+    latencies_ms: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    versions_went_back: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms or [0.0])
+        return {"calls": len(self.latencies_ms), "qps": round(len(self.latencies_ms) / max(self.seconds, 1e-9)),
+                "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                "max_ms": round(float(lat.max()), 3), "failures": dict(self.failures)}
+
+
+def _load(call: Callable[[int], Any], seconds: float, concurrency: int) -> Load:
+    """``concurrency`` threads calling ``call(n)`` back to back for ``seconds``."""
+    load = Load()
+    lock = threading.Lock()
+    ends = time.perf_counter() + seconds
+
+    def caller(offset: int) -> None:
+        latencies, failures, went_back, last, n = [], {}, 0, 0, offset
+        while time.perf_counter() < ends:
+            started = time.perf_counter()
+            try:
+                version = call(n).snapshot_version
+                latencies.append((time.perf_counter() - started) * 1000)
+                went_back += version < last
+                last = max(last, version)
+            except grpc.RpcError as exc:
+                failures[exc.code().name] = failures.get(exc.code().name, 0) + 1
+            n += concurrency
+        with lock:
+            load.latencies_ms.extend(latencies)
+            load.versions_went_back += went_back
+            for code, count in failures.items():
+                load.failures[code] = load.failures.get(code, 0) + count
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    load.seconds = time.perf_counter() - started
+    return load
+
+
+class _Calls:
+    """Pre-built requests, so the client spends its time on calls rather than on building them."""
+
+    def __init__(self, channel: grpc.Channel, rows: int, seed: int = 7) -> None:
+        rng = np.random.default_rng(seed)
+        self.service = pb_grpc.EmbeddingServiceStub(channel)
+        self.baseline = baseline_grpc.BaselineStub(channel)
+        self.embeddings = [pb.GetEmbeddingsRequest(view="item", ids=[f"item-{n}" for n in rng.integers(0, rows, IDS_PER_CALL)])
+                           for _ in range(512)]
+        self.queries = rng.integers(0, rows, 512)
+        self.similar = [pb.SimilarItemsRequest(view="item", id=f"item-{n}", k=K) for n in self.queries]
+
+    def __call__(self, kind: str) -> Callable[[int], Any]:
+        stub = self.baseline if kind.startswith("empty") else self.service
+        if kind.endswith("embeddings"):
+            return lambda n: stub.GetEmbeddings(self.embeddings[n % 512], timeout=10)
+        return lambda n: stub.SimilarItems(self.similar[n % 512], timeout=10)
+
+
+def _recall(calls: _Calls, vectors: np.ndarray, queries: int = 200) -> float:
+    import faiss
+
+    from m2grl.rpc.index import unit_rows
+
+    unit = unit_rows(vectors)
+    exact = faiss.IndexFlatIP(unit.shape[1])
+    exact.add(unit)
+    rows = calls.queries[:queries]
+    _, truth = exact.search(unit[rows], K + 1)
+    hits = 0
+    for row, request, expected in zip(rows, calls.similar, truth):
+        got = {int(ext.split("-")[1]) for ext in calls.service.SimilarItems(request, timeout=30).ids}
+        hits += len(got & (set(expected.tolist()) - {int(row)}))
+    return hits / (K * len(rows))
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _wait_serving(channel: grpc.Channel, server: subprocess.Popen, timeout: float) -> None:
+    stub = pb_grpc.EmbeddingServiceStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the benchmark's server exited with {server.returncode}")
+        try:
+            stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+            return
+        except grpc.RpcError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the benchmark's server was not serving after {timeout:.0f} s")
+
+
+def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, seconds: float = 5.0,
+                  concurrency: int = 4, swap_seconds: float = 20.0, progress: bool = True) -> dict[str, Any]:
+    from m2grl.services.launcher import free_port
+
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
+    env = {**os.environ, "M2GRL_CONFIG": os.environ.get("M2GRL_CONFIG", "")}
+    with tempfile.TemporaryDirectory(prefix="m2grl-bench-rpc-") as tmp:
+        root = Path(tmp)
+        say(f"generating a snapshot of {rows:,} × {dim} vectors")
+        vectors = generated_vectors(rows, dim, seed=1)
+        publish_generated(root, 1, vectors)
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "m2grl.rpc.bench", "serve", str(root), "--port", str(port)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)])
+            say("waiting for the server to load and index it")
+            started = time.monotonic()
+            _wait_serving(channel, server, timeout=900)
+            load_s = time.monotonic() - started
+            calls = _Calls(channel, rows)
+            _load(calls("embeddings"), 1.0, concurrency)  # warm-up
+            phases = [(kind, c) for c in (1, concurrency)
+                      for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")]
+            measured: dict[tuple[str, int], dict] = {}
+            for kind, c in tqdm(phases, desc="idle load", unit="phase", disable=not progress):
+                measured[kind, c] = _load(calls(kind), seconds, c).summary()
+            say("checking recall against exact search")
+            recall = _recall(calls, vectors)
+            del vectors
+            say(f"swapping a new version in every second for {swap_seconds:.0f} s under load")
+            swap = _under_swaps(calls, root, env, swap_seconds)
+            peak_rss = _peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return _report(measured, concurrency, recall, swap, rows, dim, load_s, peak_rss)
+
+
+def _under_swaps(calls: _Calls, root: Path, env: dict[str, str], seconds: float) -> dict[str, Any]:
+    watched: list[int] = []
+    stream = calls.service.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=seconds + 120)
+    watcher = threading.Thread(target=lambda: _collect(stream, watched), daemon=True)
+    watcher.start()
+    publisher = subprocess.Popen([sys.executable, "-m", "m2grl.rpc.bench", "publish", str(root), "--seconds",
+                                  str(seconds)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    embeddings = calls("embeddings")
+    similar = calls("similar")
+    load = _load(lambda n: (embeddings if n % 2 == 0 else similar)(n // 2), seconds, 1)
+    published, _ = publisher.communicate(timeout=300)
+    time.sleep(3)
+    stream.cancel()
+    return {"load": load, "published": published.count("published"), "went_live": len(watched) - 1,
+            "versions_went_back": load.versions_went_back}
+
+
+def _collect(stream: Any, into: list[int]) -> None:
+    try:
+        for event in stream:
+            into.append(event.snapshot_version)
+    except grpc.RpcError:
+        pass  # cancelled at the end
+
+
+def _report(measured: dict[tuple[str, int], dict], concurrency: int, recall: float, swap: dict[str, Any],
+            rows: int, dim: int, load_s: float, peak_rss: float) -> dict[str, Any]:
+    def ratio(kind: str) -> float:
+        return round(measured[kind, concurrency]["qps"] / max(measured[f"empty-{kind}", concurrency]["qps"], 1), 3)
+
+    load: Load = swap["load"]
+    idle_p99 = max(measured["embeddings", 1]["p99_ms"], measured["similar", 1]["p99_ms"])
+    return {
+        "snapshot": {"rows": rows, "dim": dim, "first_load_s": round(load_s, 1)},
+        "one_at_a_time": {kind: measured[kind, 1] for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")},
+        f"{concurrency}_callers": {kind: measured[kind, concurrency]
+                                   for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")},
+        "qps_ratio_to_empty": {"embeddings": ratio("embeddings"), "similar": ratio("similar")},
+        "similar_recall_at_100": round(recall, 4),
+        "during_swaps": {**load.summary(), "published": swap["published"], "went_live": swap["went_live"],
+                         "versions_went_back": swap["versions_went_back"],
+                         "max_over_idle_p99": round(load.summary()["max_ms"] / max(idle_p99, 1e-9), 2)},
+        "server_peak_rss_mb": round(peak_rss),
+        "targets": {"embeddings_qps_ratio": TARGET_EMBEDDINGS_RATIO, "similar_p99_ms": TARGET_SIMILAR_P99_MS,
+                    "recall": TARGET_RECALL, "spike_over_p99": TARGET_SPIKE},
+        "met": {
+            "embeddings_qps_ratio": ratio("embeddings") >= TARGET_EMBEDDINGS_RATIO,
+            "similar_p99": measured["similar", 1]["p99_ms"] <= TARGET_SIMILAR_P99_MS,
+            "recall": recall >= TARGET_RECALL,
+            "swaps_without_failures": not load.failures and swap["versions_went_back"] == 0,
+            "no_spike_during_swaps": load.summary()["max_ms"] <= TARGET_SPIKE * idle_p99,
+        },
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""What the service computes, from one served version, independent of gRPC: vectors of ids, nearest
+neighbours, and recommendations along the paper's two routes. Problems with a query raise the
+QueryError subclasses that rpc/service.py maps to gRPC status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from m2grl.errors import CannotAnswer, InvalidQuery, UnknownView
+from m2grl.rpc.live import ServedVersion, ServedView
+from m2grl.settings import RpcSettings
+
+
+class Route(Enum):
+    ITEM_NEIGHBOUR = "item-neighbour"
+    NEARBY_CATEGORY = "nearby-category"
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    ids: list[str]
+    scores: list[float]  # cosine similarities, best first
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    route: Route
+    via: str  # the recent item, or the nearby category value, it came from
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    results: list[Recommendation]
+    unknown_recent_ids: list[str]
+
+
+def view_of(served: ServedVersion, name: str) -> ServedView:
+    view = served.views.get(name)
+    if view is None:
+        raise UnknownView(f"no view {name!r} in snapshot {served.version} (it has: {', '.join(served.views)})")
+    return view
+
+
+def _within(what: str, count: int, limit: int, setting: str) -> None:
+    if count > limit:
+        raise InvalidQuery(f"{count} {what} in one call, at most {limit} allowed (rpc.{setting})")
+
+
+def _k(k: int, cfg: RpcSettings) -> int:
+    if k < 1:
+        raise InvalidQuery(f"k must be at least 1, got {k}")
+    _within("results", k, cfg.max_k, "max_k")
+    return k
+
+
+def embeddings(served: ServedVersion, view_name: str, ids: Sequence[str], cfg: RpcSettings) -> tuple[list[bool], bytes]:
+    """Per requested id, in order, whether it is known; and the vectors of the known ones, in order,
+    as float32 little-endian bytes."""
+    _within("ids", len(ids), cfg.max_ids, "max_ids")
+    view = view_of(served, view_name)
+    rows = view.rows_of(ids)
+    return [row >= 0 for row in rows], view.vector_bytes(rows)
+
+
+def similar(served: ServedVersion, view_name: str, *, k: int, cfg: RpcSettings, id: str | None = None,
+            vector: Sequence[float] | None = None, exclude: Sequence[str] = ()) -> Neighbours:
+    """The ``k`` nearest ids to an id of the view (itself excluded) or to a vector, best first."""
+    _k(k, cfg)
+    _within("excluded ids", len(exclude), cfg.max_ids, "max_ids")
+    view = view_of(served, view_name)
+    skip = set(view.rows_of(exclude)) - {-1}
+    if id is not None:
+        row = view.row(id)
+        if row is None:
+            raise InvalidQuery(f"id {id!r} is not in view {view_name!r} of snapshot {served.version}")
+        query = view.unit(row)
+        skip.add(row)
+    elif vector is not None:
+        query = _unit_query(np.asarray(vector, dtype=np.float32), view)
+    else:
+        raise InvalidQuery("give either an id or a vector to search from")
+    rows, scores = view.index.search(query, k, skip)
+    return Neighbours([view.id(row) for row in rows], scores)
+
+
+def _unit_query(vector: np.ndarray, view: ServedView) -> np.ndarray:
+    if vector.shape != (view.dim,):
+        raise InvalidQuery(f"the query vector has {vector.size} components, view {view.name!r} has {view.dim}")
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise InvalidQuery("the query vector must be finite and not all zeros")
+    return vector / norm
+
+
+def recommend(served: ServedVersion, recent_ids: Sequence[str], *, k: int, diversity: float,
+              cfg: RpcSettings) -> Recommendations:
+    """Items for a user from their recent items (most recent last). Route 1: item-view neighbours
+    of the recent items. Route 2, for round(k · diversity) of the results: items of the
+    diversity-view values (categories) nearest to the user's recent ones but not among them, ranked
+    by cosine to the mean of the recent items. Recent items are never recommended."""
+    _k(k, cfg)
+    _within("recent ids", len(recent_ids), cfg.max_ids, "max_ids")
+    if not 0.0 <= diversity <= 1.0:
+        raise InvalidQuery(f"diversity is a share of the results, from 0 to 1; got {diversity}")
+    items = served.views[served.item_view]
+    recent = list(dict.fromkeys(r for ext in reversed(recent_ids) if (r := items.row(ext)) is not None))
+    unknown = [ext for ext in recent_ids if items.row(ext) is None]
+    wanted_diverse = round(k * diversity)
+    if wanted_diverse and (cfg.diversity_view not in served.members or cfg.diversity_view not in served.views):
+        raise CannotAnswer(f"diversity needs the {cfg.diversity_view!r} view and its item memberships, which "
+                           f"snapshot {served.version} lacks (rpc.diversity_view; views: {', '.join(served.views)})")
+    if not recent:
+        return Recommendations([], unknown)
+    neighbours = _item_neighbours(items, recent, k)
+    diverse = _nearby_category_items(served, items, recent, wanted_diverse, cfg) if wanted_diverse else []
+    chosen = {r.item_id for r in diverse}
+    from_items = [r for r in neighbours if r.item_id not in chosen][: k - len(diverse)]
+    return Recommendations(from_items + diverse, unknown)
+
+
+def _item_neighbours(items: ServedView, recent: list[int], k: int) -> list[Recommendation]:
+    """Up to k neighbours of the recent items (most recent first wins ties), each scored by its best
+    cosine to any of them."""
+    best: dict[int, tuple[float, int]] = {}
+    skip = set(recent)
+    for source in recent:
+        rows, scores = items.index.search(items.unit(source), k, skip)
+        for row, score in zip(rows, scores):
+            if row not in best or score > best[row][0]:
+                best[row] = (score, source)
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
+    return [Recommendation(items.id(row), score, Route.ITEM_NEIGHBOUR, items.id(source))
+            for row, (score, source) in ranked]
+
+
+def _nearby_category_items(served: ServedVersion, items: ServedView, recent: list[int], wanted: int,
+                           cfg: RpcSettings) -> list[Recommendation]:
+    members = served.members[cfg.diversity_view]
+    categories = served.views[cfg.diversity_view]
+    own = {int(value) for value in members.of_item[recent] if value >= 0}
+    if not own:
+        return []
+    closeness: dict[int, float] = {}
+    for value in own:
+        rows, scores = categories.index.search(categories.unit(value), cfg.nearby_values, own)
+        for row, score in zip(rows, scores):
+            closeness[row] = max(score, closeness.get(row, -np.inf))
+    nearby = sorted(closeness, key=lambda value: -closeness[value])[: cfg.nearby_values]
+    user = items.unit(recent).mean(axis=0)
+    user /= max(float(np.linalg.norm(user)), 1e-12)
+    per_value = []
+    for value in nearby:
+        rows = members.items(value)
+        scores = items.unit(rows) @ user
+        best = np.argsort(-scores, kind="stable")[:wanted]
+        per_value.append([(int(rows[i]), float(scores[i]), value) for i in best])
+    # Round-robin over the nearby values, closest first, so no single category takes every slot.
+    picked = [ranked[rank] for rank in range(wanted) for ranked in per_value if rank < len(ranked)][:wanted]
+    return [Recommendation(items.id(row), score, Route.NEARBY_CATEGORY, categories.id(value))
+            for row, score, value in picked]

@@ -1,0 +1,92 @@
+"""`m2grl serve` and `m2grl query …` as a user runs them: separate processes, settings from the environment."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from m2grl.services.launcher import free_port
+from tests.rpc.conftest import CATEGORIES, ITEMS_PER_CATEGORY, publish
+
+
+def m2grl(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "m2grl", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A running `m2grl serve` over a published snapshot; yields the environment that points at it."""
+    root = tmp_path / "snapshots"
+    publish(root, 1)
+    env = {**os.environ, "M2GRL_TRAIN_SNAPSHOT_DIR": str(root), "M2GRL_RPC_PORT": str(free_port()),
+           "M2GRL_RPC_METRICS_PORT": str(free_port()), "M2GRL_RPC_TOKEN": "cli-token", "M2GRL_RPC_POLL_S": "0.1"}
+    server = subprocess.Popen([sys.executable, "-m", "m2grl", "serve"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while m2grl("query", "info", env=env).returncode != 0:
+        assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.stdout else ""
+        time.sleep(0.3)
+    yield env
+    server.send_signal(signal.SIGTERM)
+    output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0 and "gRPC server stopped" in output, output
+
+
+def test_query_commands_print_tables_and_json(served: dict[str, str]) -> None:
+    info = json.loads(m2grl("query", "--json", "info", env=served).stdout)
+    assert info["snapshot_version"] == 1
+    assert {v["name"]: v["count"] for v in info["views"]} == {"item": CATEGORIES * ITEMS_PER_CATEGORY,
+                                                              "category": CATEGORIES}
+    table = m2grl("query", "info", env=served).stdout
+    assert "snapshot 1" in table and "σ² inter:category" in table
+
+    similar = json.loads(m2grl("query", "--json", "similar", "item", "c0-1", "-k", "3", env=served).stdout)
+    assert len(similar["results"]) == 3 and all(r["id"].startswith("c0-") for r in similar["results"])
+    assert "1. c0-" in m2grl("query", "similar", "item", "c0-1", "-k", "3", env=served).stdout
+
+    embed = json.loads(m2grl("query", "--json", "embed", "item", "c0-1", "ghost", env=served).stdout)
+    assert [e["found"] for e in embed["embeddings"]] == [True, False]
+    assert "unknown id" in m2grl("query", "embed", "item", "ghost", env=served).stdout
+
+    recommend = m2grl("query", "recommend", "c2-0", "c2-1", "-k", "6", "--diversity", "0.5", env=served).stdout
+    assert "nearby-category" in recommend and "item-neighbour" in recommend
+
+    watch = m2grl("query", "watch", "--count", "1", env=served)
+    assert watch.returncode == 0 and "snapshot 1 live" in watch.stdout
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{served['M2GRL_RPC_METRICS_PORT']}/metrics").read().decode()
+    assert 'm2grl_rpc_requests_total{code="OK",method="SimilarItems"}' in metrics
+    assert "m2grl_rpc_snapshot_version 1.0" in metrics
+
+
+def test_query_errors_are_one_readable_line(served: dict[str, str]) -> None:
+    unknown = m2grl("query", "similar", "brand", "x", env=served)
+    assert unknown.returncode == 1 and unknown.stderr.startswith("m2grl: error: NOT_FOUND: no view 'brand'")
+    no_token = m2grl("query", "info", env={**served, "M2GRL_RPC_TOKEN": "wrong"})
+    assert no_token.returncode == 1 and "UNAUTHENTICATED" in no_token.stderr
+    nothing = m2grl("query", "--target", f"127.0.0.1:{free_port()}", "--timeout", "2", "info", env=served)
+    assert nothing.returncode == 1 and "UNAVAILABLE" in nothing.stderr
+
+
+@pytest.mark.slow
+def test_bench_rpc_measures_both_handlers_recall_and_swaps() -> None:
+    result = m2grl("bench", "rpc", "--rows", "60000", "--seconds", "0.5", "--swap-seconds", "4", "--json",
+                   env={**os.environ}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar"):
+        assert report["one_at_a_time"][kind]["calls"] > 0 and not report["one_at_a_time"][kind]["failures"]
+    assert 0 < report["qps_ratio_to_empty"]["embeddings"] and report["similar_recall_at_100"] >= 0.95
+    swaps = report["during_swaps"]
+    assert swaps["published"] >= 2 and swaps["went_live"] >= 1 and swaps["versions_went_back"] == 0
+    assert not swaps["failures"] and report["server_peak_rss_mb"] > 0

@@ -1,0 +1,282 @@
+"""The EmbeddingService end to end: a real server on a free port, the project's client, real snapshots."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
+
+from m2grl.errors import RpcError
+from m2grl.rpc.client import EmbeddingClient
+from m2grl.rpc.server import SERVICE, EmbeddingServer
+from tests.rpc.conftest import CATEGORIES, DIM, ITEMS_PER_CATEGORY, publish, version_marked, wait_for_version
+
+Start = Callable[..., tuple[EmbeddingServer, Path]]
+
+
+def client_of(server: EmbeddingServer, **kwargs: object) -> EmbeddingClient:
+    return EmbeddingClient(f"127.0.0.1:{server.port}", **kwargs)
+
+
+def serving(start_server: Start, **overrides: object) -> tuple[EmbeddingServer, Path, EmbeddingClient]:
+    server, root = start_server(**overrides)
+    publish(root, 1)
+    client = client_of(server, token=overrides.get("token"))
+    wait_for_version(client, 1)
+    return server, root, client
+
+
+def went_live(server: EmbeddingServer, version: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (server.live.current is None or server.live.current.version < version) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.live.current is not None and server.live.current.version >= version
+
+
+def code_of(call: Callable[[], object]) -> tuple[str, str]:
+    with pytest.raises(RpcError) as failure:
+        call()
+    return failure.value.code, failure.value.detail
+
+
+def test_every_method_answers_from_the_served_snapshot(start_server: Start) -> None:
+    server, _, client = serving(start_server)
+    with client:
+        answer = client.embeddings("item", ["c0-1", "nobody", "c2-3"])
+        assert answer.version == 1 and answer.ids == ["c0-1", "nobody", "c2-3"]
+        assert answer.found.tolist() == [True, False, True]
+        assert answer.vectors.shape == (3, DIM) and not answer.vectors[1].any()
+        assert version_marked(answer.vectors[answer.found]) == {1}
+
+        similar = client.similar("item", id="c0-1", k=5)
+        assert len(similar.ids) == 5 and "c0-1" not in similar.ids
+        assert all(ext.startswith("c0-") for ext in similar.ids)  # its own category's cluster
+        assert list(similar.scores) == sorted(similar.scores, reverse=True)
+        excluded = client.similar("item", id="c0-1", k=5, exclude=similar.ids[:2])
+        assert not set(similar.ids[:2]) & set(excluded.ids) and len(excluded.ids) == 5
+        by_vector = client.similar("category", vector=[1, 0, 0, 0, 0, 0, 0, 0], k=2)
+        assert by_vector.ids[0] == "cat0" and by_vector.scores[0] == pytest.approx(1.0, abs=1e-3)
+
+        info = client.info()
+        assert info.version == 1 and info.sigma2 == {"intra:item": 0.5, "inter:category": 0.9}
+        assert {(v.name, v.dimension, v.count) for v in info.views} == {
+            ("item", DIM, CATEGORIES * ITEMS_PER_CATEGORY), ("category", DIM, CATEGORIES)}
+
+        plain = client.recommend(["c1-0", "c1-1", "ghost"], k=6)
+        assert plain.unknown_recent_ids == ["ghost"] and len(plain.results) == 6
+        assert {r.route for r in plain.results} == {"item-neighbour"}
+        assert all(r.via in ("c1-0", "c1-1") and r.item_id not in ("c1-0", "c1-1") for r in plain.results)
+
+
+def test_recommend_with_diversity_reaches_nearby_categories_the_user_has_not_visited(start_server: Start) -> None:
+    _, _, client = serving(start_server)
+    with client:
+        answer = client.recommend(["c2-0", "c2-5", "c2-9"], k=10, diversity=0.4)
+    diverse = [r for r in answer.results if r.route == "nearby-category"]
+    assert len(answer.results) == 10 and len(diverse) == 4
+    assert all(not r.item_id.startswith("c2-") for r in diverse)  # outside the user's recent category
+    # Categories sit on a half circle 30° apart: 1 and 3 are next to 2, then 0 and 4; 5 is farthest.
+    # One item per nearby category in turn, closest first.
+    assert {r.via for r in diverse[:2]} == {"cat1", "cat3"} and {r.via for r in diverse[2:]} == {"cat0", "cat4"}
+    assert all(r.item_id.startswith(r.via.replace("cat", "c") + "-") for r in diverse)
+    assert all(r.item_id.startswith("c2-") for r in answer.results if r.route == "item-neighbour")
+
+
+def test_limits_and_unknown_views_get_their_status_codes(start_server: Start) -> None:
+    _, _, client = serving(start_server, max_ids=50, max_k=20, max_request_bytes=2048)
+    with client:
+        code, detail = code_of(lambda: client.embeddings("item", [f"x{n}" for n in range(51)]))
+        assert code == "INVALID_ARGUMENT" and "51 ids" in detail and "rpc.max_ids" in detail
+        code, detail = code_of(lambda: client.similar("item", id="c0-1", k=21))
+        assert code == "INVALID_ARGUMENT" and "rpc.max_k" in detail
+        assert code_of(lambda: client.similar("item", id="c0-1", k=0))[0] == "INVALID_ARGUMENT"
+        code, detail = code_of(lambda: client.embeddings("item", ["x" * 100] * 30))
+        assert code == "INVALID_ARGUMENT" and "rpc.max_request_bytes" in detail
+        code, detail = code_of(lambda: client.similar("item", vector=[1.0, 2.0], k=3))
+        assert code == "INVALID_ARGUMENT" and f"has {DIM}" in detail
+        assert code_of(lambda: client.similar("item", id="nobody", k=3))[0] == "INVALID_ARGUMENT"
+        assert code_of(lambda: client.recommend(["c0-1"], k=5, diversity=1.5))[0] == "INVALID_ARGUMENT"
+        code, detail = code_of(lambda: client.embeddings("brand", ["c0-1"]))
+        assert code == "NOT_FOUND" and "item, category" in detail
+
+
+def test_before_any_snapshot_calls_are_unavailable_and_health_says_not_serving(start_server: Start) -> None:
+    server, root = start_server()
+    with client_of(server) as client, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE)).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        assert code_of(lambda: client.info())[0] == "UNAVAILABLE"
+        publish(root, 1)
+        wait_for_version(client, 1)
+        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(start_server: Start) -> None:
+    server, _, _ = serving(start_server)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+def test_bearer_token_is_required_except_for_health_checks(start_server: Start) -> None:
+    server, _, client = serving(start_server, token="s3cret-token")
+    with client:
+        assert client.info().version == 1
+    with client_of(server) as anonymous, client_of(server, token="wrong") as wrong:
+        code, detail = code_of(lambda: anonymous.info())
+        assert code == "UNAUTHENTICATED" and "bearer token" in detail
+        assert code_of(lambda: wrong.embeddings("item", ["c0-1"]))[0] == "UNAUTHENTICATED"
+        assert code_of(lambda: list(wrong.watch(timeout=2)))[0] == "UNAUTHENTICATED"
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "server.pem", folder / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_serves_clients_that_trust_the_certificate_only(start_server: Start, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server, root = start_server(tls_cert=cert, tls_key=key, token="t0ken")
+    publish(root, 1)
+    with EmbeddingClient(f"localhost:{server.port}", tls_ca=cert, token="t0ken") as client:
+        wait_for_version(client, 1)
+        assert client.embeddings("item", ["c0-1"]).found.all()
+    with EmbeddingClient(f"localhost:{server.port}", token="t0ken", timeout=3) as plaintext:
+        assert code_of(lambda: plaintext.info())[0] == "UNAVAILABLE"
+
+
+def test_clients_see_only_whole_versions_in_order_while_ten_are_swapped(start_server: Start) -> None:
+    server, root, client = serving(start_server)
+    seen: list[int] = []
+    failures: list[str] = []
+    done = threading.Event()
+
+    def call_in_a_loop() -> None:
+        with client_of(server) as caller:
+            while not done.is_set():
+                answer = caller.embeddings("item", ["c0-0", "c3-7", "c5-19", "new-10"])
+                known = answer.vectors[answer.found]
+                if version_marked(known) != {answer.version}:
+                    failures.append(f"version {answer.version} answered with rows of {version_marked(known)}")
+                if answer.found[3] != (answer.version >= 11):
+                    failures.append(f"version {answer.version} {'knows' if answer.found[3] else 'lacks'} new-10")
+                seen.append(answer.version)
+
+    callers = [threading.Thread(target=call_in_a_loop) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for version in range(2, 12):
+        publish(root, version, extra_items=version)
+        time.sleep(0.15)
+    wait_for_version(client, 11)
+    time.sleep(0.2)
+    done.set()
+    for caller in callers:
+        caller.join()
+    client.close()
+    assert not failures, failures[:5]
+    assert seen[-1] == 11 and len(set(seen)) >= 3
+
+
+def test_watchers_get_each_version_exactly_once(start_server: Start) -> None:
+    server, root, client = serving(start_server)
+    received: list[int] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with client_of(server) as watcher:
+            for event in watcher.watch(timeout=30):
+                received.append(event.version)
+                ready.set()
+                if event.version == 11:
+                    return
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    assert ready.wait(10)
+    for version in range(2, 12):
+        publish(root, version, extra_items=version)
+        went_live(server, version)
+    thread.join(timeout=30)
+    client.close()
+    assert received == list(range(1, 12))
+
+
+def test_a_corrupt_snapshot_is_refused_and_the_old_one_keeps_serving(start_server: Start) -> None:
+    server, root, client = serving(start_server)
+    before = REGISTRY.get_sample_value("m2grl_rpc_snapshots_refused_total") or 0.0
+    publish(root, 2, poison=True)
+    deadline = time.monotonic() + 10
+    while 2 not in server.live.refused and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with client:
+        assert 2 in server.live.refused and "NaN" in server.live.refused[2]
+        assert client.info().version == 1
+        assert version_marked(client.embeddings("item", ["c0-0"]).vectors) == {1}
+        assert REGISTRY.get_sample_value("m2grl_rpc_snapshots_refused_total") == before + 1
+        publish(root, 3)
+        wait_for_version(client, 3)
+        assert client.info().version == 3
+
+
+def test_calls_are_counted_by_method_and_status(start_server: Start) -> None:
+    _, _, client = serving(start_server)
+
+    def count(method: str, code: str) -> float:
+        return REGISTRY.get_sample_value("m2grl_rpc_requests_total", {"method": method, "code": code}) or 0.0
+
+    ok, missing = count("SimilarItems", "OK"), count("SimilarItems", "NOT_FOUND")
+    with client:
+        client.similar("item", id="c0-0", k=3)
+        code_of(lambda: client.similar("nope", id="c0-0", k=3))
+    assert count("SimilarItems", "OK") == ok + 1 and count("SimilarItems", "NOT_FOUND") == missing + 1
+    assert REGISTRY.get_sample_value("m2grl_rpc_latency_seconds_count", {"method": "SimilarItems"}) >= 2
+
+
+def test_shutdown_ends_watch_streams_and_lets_calls_in_flight_finish(start_server: Start) -> None:
+    server, _, client = serving(start_server, workers=4)
+    events: list[int] = []
+    watcher = threading.Thread(target=lambda: events.extend(e.version for e in client.watch()))
+    watcher.start()
+    answered: list[int] = []
+    refused: list[str] = []
+
+    def call_until_refused() -> None:
+        while True:
+            try:
+                answered.append(client.recommend(["c0-0", "c1-0"], k=50, diversity=0.5).version)
+            except RpcError as exc:
+                refused.append(exc.code)
+                return
+
+    callers = [threading.Thread(target=call_until_refused) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    time.sleep(0.5)
+    server.stop(grace=5)
+    for thread in (watcher, *callers):
+        thread.join(timeout=10)
+    client.close()
+    assert events == [1] and not watcher.is_alive()
+    # Calls in flight were answered; only calls that arrived after the stop were turned away.
+    assert answered and set(answered) == {1}
+    assert set(refused) == {"UNAVAILABLE"} and len(refused) == 6
