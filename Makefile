@@ -8,11 +8,12 @@ PYTHON ?= python3
 VENV := .venv
 M2GRL := $(VENV)/bin/m2grl
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: env demo test services-up services-down clean help
 
 help:
-	@echo "make demo           install, start local Kafka and Neo4j, run the main job"
+	@echo "make demo           install, start local Kafka and Neo4j, run the main job (DEMO_ARGS='--no-eval')"
 	@echo "make test           install and run the tests (PYTEST_ARGS='-k kafka' to narrow)"
 	@echo "make env            only install (idempotent)"
 	@echo "make services-down  stop the local Kafka and Neo4j"
@@ -23,8 +24,7 @@ env:
 	@PYTHON=$(PYTHON) scripts/setup-env.sh
 
 demo: env
-	$(M2GRL) services up
-	$(M2GRL) services status
+	$(M2GRL) demo $(DEMO_ARGS)
 
 test: env
 	@scripts/ensure-tools.sh --test

@@ -58,3 +58,22 @@ def ensure_topics(settings: KafkaSettings, topics: list[TopicSpec], *, timeout_s
         finally:
             admin.close()
     return [t.name for t in missing]
+
+
+def consumer_lag(settings: KafkaSettings, group_id: str, topic: str, *, timeout_s: float = 10.0) -> int:
+    """Messages of ``topic`` the group has not committed yet, over all partitions (Kafka's own
+    committed offsets, which the consumer advances after each batch it applied)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    with translated_errors(settings.bootstrap_servers):
+        admin = _admin(settings, timeout_s)
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="m2grl-lag",
+                                 request_timeout_ms=int(timeout_s * 1000) + 1000)
+        try:
+            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            ends = consumer.end_offsets(partitions)
+            committed = admin.list_group_offsets({group_id: partitions}).get(group_id, {})
+        finally:
+            consumer.close()
+            admin.close()
+    return sum(max(ends[tp] - max(committed[tp].offset if tp in committed else 0, 0), 0) for tp in partitions)

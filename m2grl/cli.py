@@ -53,6 +53,14 @@ def _config_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from m2grl.demo import DemoOptions, run_demo
+
+    return run_demo(settings, DemoOptions(
+        dataset=args.dataset, limit=args.limit, rate=args.rate, interval_s=args.interval, evaluate=not args.no_eval,
+        keep_serving=args.keep_serving, wipe_graph=args.wipe_graph))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from m2grl.graphstore import commands as graph_commands
     from m2grl.ingest import commands as ingest_commands
@@ -78,6 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     graph_commands.register(commands)
     train_commands.register(commands)
     rpc_commands.register(commands)
+
+    demo = commands.add_parser(
+        "demo", help="the whole system on real data in a few minutes: stream, train, serve, query, evaluate",
+        description="Starts Kafka and Neo4j (unless configured ones are set), runs ingest, training (every "
+        "--interval seconds) and the gRPC server as separate processes, streams a real log (the Taobao head "
+        "from the shared data folder when present, otherwise MovieLens-100K), then shows neighbours and a "
+        "diverse recommendation served over gRPC, how fresh they are, and the offline evaluation of M2GRL "
+        "against DeepWalk, EGES-style and popularity with a plot. Each run has its own topic and snapshot "
+        "folder under services.state_dir/demo/; a local Neo4j's graph is wiped first.")
+    demo.add_argument("--dataset", help="data set name or path (default: taobao-head if present, else movielens-100k)")
+    demo.add_argument("--limit", type=int, metavar="N", help="use only the first N events (in time order)")
+    demo.add_argument("--rate", type=float, default=2000.0, help="events per second to stream (default 2000)")
+    demo.add_argument("--interval", type=float, default=10.0, help="seconds between training rounds (default 10)")
+    demo.add_argument("--no-eval", action="store_true", help="skip the offline evaluation (saves a few minutes)")
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="afterwards keep ingest, training and the server running until Ctrl-C")
+    demo.add_argument("--wipe-graph", action="store_true",
+                      help="with a configured (non-local) Neo4j: delete its graph first (required if it is not empty)")
+    demo.set_defaults(handler=_demo)
 
     config = commands.add_parser("config", help="inspect the effective settings")
     config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -171,9 +171,13 @@ def test_clients_see_only_whole_versions_in_order_while_ten_are_swapped(start_se
     done = threading.Event()
 
     def call_in_a_loop() -> None:
+        last = 0
         with client_of(server) as caller:
             while not done.is_set():
                 answer = caller.embeddings("item", ["c0-0", "c3-7", "c5-19", "new-10"])
+                if answer.version < last:
+                    failures.append(f"version {answer.version} after version {last}")
+                last = answer.version
                 known = answer.vectors[answer.found]
                 if version_marked(known) != {answer.version}:
                     failures.append(f"version {answer.version} answered with rows of {version_marked(known)}")
