@@ -66,12 +66,16 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 def test_show_masks_secrets_and_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("M2GRL_NEO4J_PASSWORD", "s3cret-value-42")
+    monkeypatch.setenv("M2GRL_RPC_TOKEN", "bearer-s3cret-7")
     monkeypatch.setenv("M2GRL_KAFKA_PORT", "9999")
     settings = load_settings()
+    assert settings.rpc.token.get_secret_value() == "bearer-s3cret-7"
     text = render_toml(masked_dict(settings))
     assert "s3cret-value-42" not in text and 'password = "********"' in text
+    assert "bearer-s3cret-7" not in text and 'token = "********"' in text
     # The printed configuration is itself a valid settings file (secrets aside).
     monkeypatch.delenv("M2GRL_KAFKA_PORT")
     dumped = tmp_path / "dumped.toml"
-    dumped.write_text(text.replace('password = "********"', 'password = "another-password"'))
+    dumped.write_text(text.replace('password = "********"', 'password = "another-password"')
+                      .replace('token = "********"', 'token = "another-token"'))
     assert load_settings(dumped).kafka.port == 9999

@@ -284,3 +284,19 @@ def test_shutdown_ends_watch_streams_and_lets_calls_in_flight_finish(start_serve
     # Calls in flight were answered; only calls that arrived after the stop were turned away.
     assert answered and set(answered) == {1}
     assert set(refused) == {"UNAVAILABLE"} and len(refused) == 6
+
+
+def test_two_servers_on_one_snapshot_folder_answer_alike(start_server: Start) -> None:
+    """Serving scales by replicas reading one snapshot store (docs/scaling.md)."""
+    first, root = start_server()
+    second, _ = start_server()
+    publish(root, 1)
+    with client_of(first) as a, client_of(second) as b:
+        wait_for_version(a, 1)
+        wait_for_version(b, 1)
+        assert a.similar("item", id="c3-3", k=10).ids == b.similar("item", id="c3-3", k=10).ids
+        assert a.embeddings("item", ["c1-1"]).vectors.tolist() == b.embeddings("item", ["c1-1"]).vectors.tolist()
+        publish(root, 2, extra_items=2)
+        wait_for_version(a, 2)
+        wait_for_version(b, 2)
+        assert a.info().version == b.info().version == 2
