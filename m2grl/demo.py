@@ -189,7 +189,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 
 def _fresh_graph(settings: Settings, wipe_requested: bool) -> None:
     from m2grl.graphstore import GraphStore
-    from m2grl.graphstore.maintenance import wipe_graph
+    from m2grl.graphstore.maintenance import holds_data, wipe_graph
 
     stores = {(s.bolt_uri, s.database): s for s in (settings.neo4j_for(v) for v in settings.views.viewset.all)}
     for target in stores.values():
@@ -197,7 +197,7 @@ def _fresh_graph(settings: Settings, wipe_requested: bool) -> None:
             if settings.neo4j.managed or wipe_requested:
                 wipe_graph(store)
                 _say(f"  wiped the graph in {target.bolt_uri} ({target.database}) for this run")
-            elif store.read("MATCH (n) RETURN count(n) > 0 AS any")[0]["any"]:
+            elif holds_data(store):
                 raise ConfigError(f"the configured Neo4j ({target.bolt_uri}) already holds a graph; the demo would "
                                   "mix its data in. Pass --wipe-graph to delete it first, or point at an empty one")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -15,10 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from m2grl.errors import RpcError
+from m2grl.errors import ConfigError, RpcError
 from m2grl.rpc import queries
 from m2grl.rpc.client import EmbeddingClient
 from m2grl.rpc.server import SERVICE, EmbeddingServer
+from m2grl.settings import RpcSettings
 from tests.rpc.conftest import CATEGORIES, DIM, ITEMS_PER_CATEGORY, publish, version_marked, wait_for_version
 
 Start = Callable[..., tuple[EmbeddingServer, Path]]
@@ -303,3 +305,12 @@ def test_two_servers_on_one_snapshot_folder_answer_alike(start_server: Start) ->
         wait_for_version(a, 2)
         wait_for_version(b, 2)
         assert a.info().version == b.info().version == 2
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port} \(rpc.host, rpc.port\)"):
+            EmbeddingServer(tmp_path, RpcSettings(port=port))
