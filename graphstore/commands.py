@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
 
 from m2grl.graphstore.connection import GraphStore
 from m2grl.graphstore.stats import ViewStats, view_stats
@@ -18,14 +17,8 @@ def collect_stats(settings: Settings) -> list[ViewStats]:
     return result
 
 
-def _format_time(ms: int | None) -> str:
-    if ms is None:
-        return "never"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
+    from m2grl.cli import format_utc, print_json
 
     stats = collect_stats(settings)
     if args.json:
@@ -34,7 +27,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'view':<12}{'nodes':>10}{'edges':>10}{'weight':>12}{'members':>10}  last update")
     for s in stats:
         print(f"{s.view:<12}{s.nodes:>10}{s.edges:>10}{s.total_weight:>12}{s.memberships:>10}  "
-              f"{_format_time(s.last_update_ms)}")
+              f"{format_utc(s.last_update_ms, missing='never')}")
     return 0
 
 

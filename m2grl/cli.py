@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def stop_on_signals() -> threading.Event:
 
 def print_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+def format_utc(ms: int | None, missing: str = "-") -> str:
+    """Milliseconds since the epoch as a UTC time for tables; ``missing`` for None or 0."""
+    if not ms:
+        return missing
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _config_show(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from typing import TYPE_CHECKING
 
 from m2grl.errors import ConfigError
@@ -32,10 +31,6 @@ def _client(args: argparse.Namespace, settings: Settings) -> EmbeddingClient:
     from m2grl.rpc.client import EmbeddingClient
 
     return EmbeddingClient.from_settings(settings, target=args.target, timeout=args.timeout)
-
-
-def _time(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ms else "-"
 
 
 def _query_embed(args: argparse.Namespace, settings: Settings) -> int:
@@ -99,7 +94,7 @@ def _query_recommend(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _query_info(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
+    from m2grl.cli import format_utc, print_json
 
     with _client(args, settings) as client:
         info = client.info()
@@ -108,17 +103,17 @@ def _query_info(args: argparse.Namespace, settings: Settings) -> int:
                     "views": [v.__dict__ for v in info.views], "watermark_ms": info.watermark_ms,
                     "sigma2": info.sigma2})
         return 0
-    print(f"snapshot {info.version}, published {_time(info.created_ms)}")
+    print(f"snapshot {info.version}, published {format_utc(info.created_ms)}")
     for view in info.views:
         print(f"  view {view.name:<12} {view.count:>10,} ids × {view.dimension} dims, graph seen up to "
-              f"{_time(info.watermark_ms.get(view.name, 0))}")
+              f"{format_utc(info.watermark_ms.get(view.name, 0))}")
     for task, value in sorted(info.sigma2.items()):
         print(f"  σ² {task:<20} {value:.4f}")
     return 0
 
 
 def _query_watch(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
+    from m2grl.cli import format_utc, print_json
 
     with _client(args, settings) as client:
         for count, event in enumerate(client.watch(timeout=args.seconds), 1):
@@ -126,7 +121,7 @@ def _query_watch(args: argparse.Namespace, settings: Settings) -> int:
                 print_json(event.__dict__)
             else:
                 added = ", ".join(f"{view} +{n:,}" for view, n in event.ids_added.items())
-                print(f"snapshot {event.version} live, published {_time(event.created_ms)}; new ids: {added}",
+                print(f"snapshot {event.version} live, published {format_utc(event.created_ms)}; new ids: {added}",
                       flush=True)
             if args.count and count >= args.count:
                 break
