@@ -38,9 +38,21 @@ def read_view(store: GraphStore, view: View, since_ms: int | None = None) -> Vie
     read = ViewRead(view=view.name, watermark_ms=watermark, src=[r["src"] for r in edges],
                     dst=[r["dst"] for r in edges], weight=[int(r["w"]) for r in edges])
     if not view.is_item:
-        links = store.read(
-            f"MATCH (i:Item)-[r:{view.membership_type}]->(v:{view.label}) WHERE r.updated_at >= $since "
-            "RETURN i.id AS item, v.id AS value", since=since)
-        read.member_items.extend(r["item"] for r in links)
-        read.member_values.extend(r["value"] for r in links)
+        _add_memberships(store, view, since, read)
     return read
+
+
+def read_memberships(store: GraphStore, view: View, since_ms: int) -> ViewRead:
+    """Only the item memberships of side view ``view`` linked at or after ``since_ms``: the cheap
+    read that finds brand-new items between training rounds."""
+    read = ViewRead(view=view.name, watermark_ms=database_time_ms(store))
+    _add_memberships(store, view, since_ms, read)
+    return read
+
+
+def _add_memberships(store: GraphStore, view: View, since: int, read: ViewRead) -> None:
+    links = store.read(
+        f"MATCH (i:Item)-[r:{view.membership_type}]->(v:{view.label}) WHERE r.updated_at >= $since "
+        "RETURN i.id AS item, v.id AS value", since=since)
+    read.member_items.extend(r["item"] for r in links)
+    read.member_values.extend(r["value"] for r in links)

@@ -173,6 +173,8 @@ class TrainSettings(_Section):
     node2vec_q: float = Field(1.0, gt=0, description="node2vec in-out parameter.")
     replay_share: float = Field(0.3, ge=0, description="Incremental rounds also walk from this many untouched nodes per touched node (against forgetting).")
     interval_s: float = Field(30.0, gt=0, description="Seconds between scheduled rounds of `m2grl train`.")
+    cold_start_interval_s: float = Field(1.0, ge=0, description="How often `m2grl train` looks for brand-new items and publishes them with a first vector from their side views, between rounds and during them (0: only rounds publish new items).")
+    cold_start_overlap_s: float = Field(10.0, ge=0, description="Those looks re-read memberships linked this long before the last one (ingest transactions commit after they stamp).")
     delta_overlap_s: float = Field(120.0, ge=0, description="Re-read edges updated this long before the last watermark (transactions commit after they stamp).")
     snapshot_dir: Path = Field(Path(".m2grl/snapshots"), description="Where versioned snapshots and checkpoints are published.")
     keep_snapshots: int = Field(5, ge=1, description="Snapshot versions kept; older ones are deleted after a publish.")

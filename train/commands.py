@@ -31,9 +31,11 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"published to {settings.train.snapshot_dir}")
             return 0
         serve_metrics(settings.train.metrics_host, settings.train.metrics_port)
-        trainer = Trainer(settings)
+        trainer = Trainer(settings, cold_start=True)
         try:
-            run_scheduled(trainer.round, settings.train.interval_s, stop_on_signals(), first_full=args.full)
+            run_scheduled(trainer.round, settings.train.interval_s, stop_on_signals(), first_full=args.full,
+                          between_rounds=trainer.admit_new_items,
+                          between_every_s=settings.train.cold_start_interval_s)
         finally:
             trainer.close()
         return 0
@@ -96,7 +98,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "last round, grows the tables for new ids (old ids keep their rows), gives new items a first vector "
         "from their side views, trains all M2GRL tasks on walks from the touched nodes plus a replay share, "
         "and publishes a versioned snapshot to train.snapshot_dir. Rounds never overlap; missed ticks "
-        "coalesce; SIGTERM lets the running round finish. A restart resumes from the last snapshot.")
+        "coalesce; SIGTERM lets the running round finish. A restart resumes from the last snapshot. Between "
+        "rounds and during them, about every train.cold_start_interval_s (default 1 s), brand-new items are "
+        "published with a first vector from their side views, so they are servable within seconds.")
     train.add_argument("--once", action="store_true", help="run one round with a progress bar, then exit")
     train.add_argument("--full", action="store_true",
                        help="rebuild from scratch: fresh tables (ids keep their rows), walks from every node")

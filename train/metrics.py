@@ -14,3 +14,5 @@ PAIRS_PER_S = Gauge("m2grl_train_pairs_per_second", "(center, context) pairs tra
 SNAPSHOT_VERSION = Gauge("m2grl_train_snapshot_version", "Version of the last published snapshot")
 STALENESS = Gauge("m2grl_train_staleness_seconds",
                   "Now minus the oldest view watermark of the last published snapshot")
+COLD_START_ITEMS = Counter("m2grl_train_cold_start_items_total",
+                           "Brand-new items published with a vector from their side views before a round trained them")

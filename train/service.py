@@ -60,8 +60,10 @@ def describe(stats: RoundStats) -> str:
 
 
 def run_scheduled(run_round: Callable[..., RoundStats], interval_s: float, stop: threading.Event, *,
-                  first_full: bool = False, on_round: Callable[[RoundStats], None] | None = None) -> int:
-    """Call ``run_round(full=...)`` every ``interval_s`` until ``stop`` is set; returns the rounds run."""
+                  first_full: bool = False, on_round: Callable[[RoundStats], None] | None = None,
+                  between_rounds: Callable[[], object] | None = None, between_every_s: float = 0.0) -> int:
+    """Call ``run_round(full=...)`` every ``interval_s`` until ``stop`` is set; returns the rounds run.
+    ``between_rounds`` (the cold-start lane) is called every ``between_every_s`` from its own thread."""
     rounds = 0
     pending_full = first_full
 
@@ -84,11 +86,26 @@ def run_scheduled(run_round: Callable[..., RoundStats], interval_s: float, stop:
                                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
     scheduler.add_job(tick, "interval", seconds=interval_s, next_run_time=_now(), id="round")
     scheduler.start()
+    lane = None
+    if between_rounds is not None and between_every_s > 0:
+        lane = threading.Thread(target=_every, args=(between_rounds, between_every_s, stop), name="cold-start",
+                                daemon=True)
+        lane.start()
     try:
         stop.wait()
     finally:
         scheduler.shutdown(wait=True)  # lets a running round finish and publish
+        if lane is not None:
+            lane.join()
     return rounds
+
+
+def _every(call: Callable[[], object], every_s: float, stop: threading.Event) -> None:
+    while not stop.wait(every_s):
+        try:
+            call()
+        except (M2grlError, OSError) as exc:
+            log.warning("publishing new items failed, will retry: %s", exc)
 
 
 def _now():  # noqa: ANN202 - apscheduler wants an aware datetime

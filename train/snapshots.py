@@ -11,7 +11,8 @@ Layout (format 2):
                                    one's and a reader that has it can read only the new tail
         <view>.vectors.npy         float32 (rows, dim): the input vectors U, what serving uses
         <side>.members.npy         int64 (item rows,): row of each item's value in side view <side>, -1 if none
-        checkpoint.pt              full model state, id maps and trainer state, for warm starts
+        checkpoint.pt              model state and trainer state, for warm starts; a version that
+                                   only appended new items links its base version's checkpoint
 
 A publish writes everything into a hidden temporary folder, fsyncs it, renames it to its version
 name, then points CURRENT at it; versions beyond the newest ``keep`` are deleted afterwards.
@@ -93,18 +94,53 @@ def publish(root: Path, manifest: Manifest, vectors: dict[str, np.ndarray], ids:
     side view, the row of each item's value there (-1: none); the manifest must list them."""
     import torch  # only publishing needs torch; readers of snapshots do not
 
-    versions = root / VERSIONS
-    versions.mkdir(parents=True, exist_ok=True)
-    final = versions / _name(manifest.version)
-    staging = versions / f".tmp-{_name(manifest.version)}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = _staging(root, manifest.version)
     for view, matrix in vectors.items():
         _write_file(staging / f"{view}.vectors.npy", lambda fh, m=matrix: np.save(fh, m.astype(np.float32)))
         _write_file(staging / f"{view}.ids.jsonl", lambda fh, v=view: fh.write(encode_ids(ids[v])))
     for side, rows in (members or {}).items():
         _write_file(staging / f"{side}.members.npy", lambda fh, r=rows: np.save(fh, r.astype(np.int64)))
     _write_file(staging / "checkpoint.pt", lambda fh: torch.save(checkpoint, fh))
+    return _make_current(root, staging, manifest, keep)
+
+
+def publish_appended(root: Path, base: int, manifest: Manifest, view: str, ids: list[str], vectors: np.ndarray,
+                     members: dict[str, np.ndarray], *, keep: int) -> Path:
+    """Publish version ``base`` with rows appended to ``view``: its ``ids`` and ``vectors`` and, for
+    the item view, each new item's value row per side view in ``members``. Every other file is
+    hard-linked from ``base``, the checkpoint included (it stays the base's model, whose tables the
+    next round grows). This is how new items become servable between training rounds."""
+    source = version_dir(root, base)
+    staging = _staging(root, manifest.version)
+    extended = {f"{view}.vectors.npy", f"{view}.ids.jsonl", *(f"{side}.members.npy" for side in members)}
+    for path in source.iterdir():
+        if path.name not in extended and path.name != "manifest.json":
+            os.link(path, staging / path.name)
+    old = np.load(source / f"{view}.vectors.npy", mmap_mode="r")
+    _write_file(staging / f"{view}.vectors.npy",
+                lambda fh: np.save(fh, np.concatenate([old, vectors.astype(np.float32)])))
+    known = (source / f"{view}.ids.jsonl").read_bytes()
+    _write_file(staging / f"{view}.ids.jsonl", lambda fh: fh.write(known + encode_ids(ids)))
+    for side, rows in members.items():
+        before = np.load(source / f"{side}.members.npy")
+        _write_file(staging / f"{side}.members.npy",
+                    lambda fh, b=before, r=rows: np.save(fh, np.concatenate([b, r.astype(np.int64)])))
+    return _make_current(root, staging, manifest, keep)
+
+
+def _staging(root: Path, version: int) -> Path:
+    versions = root / VERSIONS
+    versions.mkdir(parents=True, exist_ok=True)
+    staging = versions / f".tmp-{_name(version)}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _make_current(root: Path, staging: Path, manifest: Manifest, keep: int) -> Path:
+    """Add the manifest, rename the staged folder to its version and point CURRENT at it."""
+    versions = root / VERSIONS
+    final = versions / _name(manifest.version)
     _write_file(staging / "manifest.json", lambda fh: fh.write(json.dumps(asdict(manifest), indent=2).encode()))
     _fsync_dir(staging)
     if final.exists():
@@ -196,10 +232,15 @@ def load(root: Path, version: int | None = None) -> Snapshot:
     return Snapshot(manifest, ids, vectors, folder, members)
 
 
-def load_checkpoint(root: Path) -> Any | None:
+def load_checkpoint(root: Path) -> tuple[int, Any, dict[str, list[str]]] | None:
+    """The current version, its checkpoint and its ids per view (which may extend the checkpoint's
+    tables: rows appended between rounds), or None before a first publish."""
     import torch
 
     version = current_version(root)
     if version is None:
         return None
-    return torch.load(version_dir(root, version) / "checkpoint.pt", weights_only=False)
+    folder = version_dir(root, version)
+    manifest = read_manifest(folder)
+    ids = {view: read_ids(folder, view)[0] for view in manifest.views}
+    return version, torch.load(folder / "checkpoint.pt", weights_only=False), ids

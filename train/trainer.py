@@ -2,12 +2,20 @@
 mirrors → grow the tables and give new items a first vector → walk → make pairs → train all tasks
 jointly → publish a snapshot. The Trainer keeps mirrors and model between rounds (warm start) and
 restores both from the last published checkpoint after a restart.
+
+With ``cold_start`` on, brand-new items do not wait for a round: about every
+``train.cold_start_interval_s`` the trainer reads the memberships linked since it last looked, gives
+each new item whose side values it knows a vector from them, and publishes a version that appends
+those rows to the last one (``snapshots.publish_appended``). During a round this happens between its
+steps, in the round's own thread; between rounds a caller's thread does it under ``busy``. Either
+way one thread at a time touches the id maps, so rows stay append-only across every version.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,10 +25,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from m2grl.errors import M2grlError
 from m2grl.graphstore import GraphStore
-from m2grl.graphstore.reads import ViewRead, read_view
+from m2grl.graphstore.reads import ViewRead, read_memberships, read_view
 from m2grl.settings import Settings
-from m2grl.train import snapshots
+from m2grl.train import metrics, snapshots
 from m2grl.train.mirror import IdMap, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape, RowBatch
 from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, skipgram_pairs
@@ -51,8 +60,9 @@ class RoundStats:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, architecture: type[M2GRL] = M2GRL) -> None:
-        """``architecture``: M2GRL, or a baseline sharing its tables and updates (train/eges.py)."""
+    def __init__(self, settings: Settings, architecture: type[M2GRL] = M2GRL, *, cold_start: bool = False) -> None:
+        """``architecture``: M2GRL, or a baseline sharing its tables and updates (train/eges.py).
+        ``cold_start``: publish brand-new items between rounds and between a round's steps."""
         self.settings = settings
         self.architecture = architecture
         self.cfg = settings.train
@@ -67,6 +77,13 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self._loaded = False  # the mirrors start empty in every process
+        self.busy = threading.Lock()  # held by a round, and by admit_new_items between rounds
+        self.cold_start_every_s = self.cfg.cold_start_interval_s if cold_start else 0.0
+        self._cold_start_due = 0.0
+        self._cold_start_since: dict[str, int] = {}  # per side view: database time of the last membership read
+        # Item rows appended since the model's tables were last grown: row -> the vector published for it.
+        self._pending: dict[int, Tensor] = {}
+        self._published: dict[str, int] = {}  # rows per view in the current version
         self._restore()
 
     # -- setup -------------------------------------------------------------------------------------
@@ -84,12 +101,14 @@ class Trainer:
 
     def _restore(self) -> None:
         """Warm start: the id maps, model and watermarks of the last published checkpoint."""
-        checkpoint = snapshots.load_checkpoint(self.cfg.snapshot_dir)
-        if checkpoint is None:
+        restored = snapshots.load_checkpoint(self.cfg.snapshot_dir)
+        if restored is None:
             return
-        for view, ids in checkpoint["ids"].items():
+        version, checkpoint, published_ids = restored
+        for view, ids in published_ids.items():
             if view in self.graphs:
                 self.graphs[view] = ViewGraph(view, IdMap(ids))
+                self._published[view] = len(ids)
         shape = ModelShape(**checkpoint["shape"])
         if shape.views == tuple(v.name for v in self.views) and shape.dim == self.cfg.dim:
             self.model = self.architecture(shape)
@@ -103,7 +122,7 @@ class Trainer:
             log.warning("checkpoint has views %s / dim %d, settings say %s / %d: training from scratch",
                         shape.views, shape.dim, [v.name for v in self.views], self.cfg.dim)
         self.watermarks = dict(checkpoint["watermarks"])
-        self.version = int(checkpoint["version"])
+        self.version = version  # not the checkpoint's: versions that appended new items share it
         log.info("resumed from snapshot version %d", self.version)
 
     # -- one round ---------------------------------------------------------------------------------
@@ -112,11 +131,18 @@ class Trainer:
               reads: dict[str, ViewRead] | None = None, publish: bool = True) -> RoundStats:
         """One round over what changed in Neo4j, or over ``reads`` given directly (evaluation).
         ``progress``: show a progress bar (a string labels it)."""
+        with self.busy:
+            return self._round(full=full, progress=progress, reads=reads, publish=publish)
+
+    def _round(self, *, full: bool, progress: bool | str, reads: dict[str, ViewRead] | None,
+               publish: bool) -> RoundStats:
         started = time.perf_counter()
         full = full or self.model is None
         touched = self._refresh() if reads is None else self._merge_reads(reads)
         new_ids = self._grow(fresh=full)
+        self._cold_start_tick()
         walks = self._walk(touched, everything=full)
+        self._cold_start_tick()
         pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
         samplers = {view: NegativeSampler(node_counts(w, len(self.graphs[view].ids)) + 1) for view, w in walks.items()}
         if self.model.aligns:
@@ -198,6 +224,7 @@ class Trainer:
     def _grow(self, *, fresh: bool) -> dict[str, int]:
         """Size the tables to the mirrors; new item rows start from their side views."""
         rows = tuple(max(len(self.graphs[v.name].ids), 1) for v in self.views)
+        self._pending.clear()  # every row has a table row again; the one below is recomputed
         if fresh or self.model is None:
             self.model = self.architecture(ModelShape(tuple(v.name for v in self.views), rows, self.cfg.dim))
             return {v.name: r for v, r in zip(self.views, rows)}
@@ -211,27 +238,37 @@ class Trainer:
 
     @torch.no_grad()
     def _from_side_views(self, rows: Tensor, peers: Tensor) -> None:
-        """Give each item in ``rows`` a vector from its side views: per side value, the mean input
-        vector of the ``peers`` (a boolean mask over items) that share it, or, where the value has
-        no peers yet, the value's context vector (which the alignment projection maps to the same
-        point, so the item scores highest against its own value); averaged over the side views."""
-        table = self.model.inputs[self.item].weight
+        """Give each item in ``rows`` a vector from its side views (see ``_side_view_vectors``); the
+        ``peers`` are a boolean mask over items."""
         if len(rows) == 0:
             return
-        guesses = torch.zeros(len(rows), table.shape[1])
-        sources = torch.zeros(len(rows))
-        for side in self.members:
-            values = self._member_tensor(side)
+        values = {side: self._member_tensor(side)[rows] for side in self.members}
+        guesses, covered = self._side_view_vectors(values, peers)
+        self.model.inputs[self.item].weight[rows[covered]] = guesses[covered]
+
+    @torch.no_grad()
+    def _side_view_vectors(self, values: dict[str, Tensor], peers: Tensor) -> tuple[Tensor, Tensor]:
+        """Vectors for items with the given side values (per side view, one value row per item, -1:
+        none), and which items got one. Per side value: the mean input vector of the ``peers`` that
+        share it, or, where the value has no peers yet, the value's context vector (which the
+        alignment projection maps to the same point, so the item scores highest against its own
+        value); averaged over the side views."""
+        table = self.model.inputs[self.item].weight
+        count = len(next(iter(values.values()))) if values else 0
+        guesses = torch.zeros(count, table.shape[1])
+        sources = torch.zeros(count)
+        for side, value in values.items():
+            members = self._member_tensor(side)
             contexts = self.model.contexts[side].weight
-            is_peer = torch.zeros(len(values), dtype=torch.bool)
-            is_peer[: len(peers)] = peers[: len(values)]
-            linked = is_peer & (values >= 0)
+            is_peer = torch.zeros(len(members), dtype=torch.bool)
+            shared = min(len(peers), len(members))
+            is_peer[:shared] = peers[:shared]
+            linked = is_peer & (members >= 0)
             # Mean vector of the peers per side value, for all values at once.
-            sums = torch.zeros(len(contexts), table.shape[1]).index_add_(0, values[linked], table[linked])
-            counts = torch.zeros(len(contexts)).index_add_(0, values[linked], torch.ones(int(linked.sum())))
-            value = values[rows]
-            has_value = value >= 0
-            value = value.clamp(min=0)
+            sums = torch.zeros(len(contexts), table.shape[1]).index_add_(0, members[linked], table[linked])
+            counts = torch.zeros(len(contexts)).index_add_(0, members[linked], torch.ones(int(linked.sum())))
+            has_value = (value >= 0) & (value < len(contexts))
+            value = torch.where(has_value, value, 0)
             peer_mean = sums[value] / counts[value].clamp(min=1).unsqueeze(-1)
             from_peers = has_value & (counts[value] > 0)
             from_context = has_value & ~from_peers & (contexts[value].abs().sum(-1) > 0)
@@ -240,13 +277,18 @@ class Trainer:
             guesses[usable] += guess[usable]
             sources += usable.float()
         covered = sources > 0
-        table[rows[covered]] = guesses[covered] / sources[covered].unsqueeze(-1)
+        guesses[covered] /= sources[covered].unsqueeze(-1)
+        return guesses, covered
+
+    def _walked(self) -> Tensor:
+        """Which item rows have a transition of their own (their vectors learn from walks)."""
+        graph = self.graphs[self.item].graph
+        return (graph.in_degrees() + graph.out_degrees()) > 0
 
     def _cover_items_without_walks(self) -> None:
         """Items with no transition of their own (seen once, or only through a membership) learn
         nothing from the item view's walks; serve them their side views' vector instead."""
-        graph = self.graphs[self.item].graph
-        walked = (graph.in_degrees() + graph.out_degrees()) > 0
+        walked = self._walked()
         self._from_side_views(torch.nonzero(~walked).flatten(), peers=walked)
 
     def _walk(self, touched: dict[str, Tensor], *, everything: bool) -> dict[str, Tensor]:
@@ -332,29 +374,126 @@ class Trainer:
             dense.step()
             for task, loss_value in losses.items():
                 smoothed[task] = 0.9 * smoothed.get(task, float(loss_value)) + 0.1 * float(loss_value)
+            self._cold_start_tick()
             if step % max(1, steps // 100) == 0 or step == steps - 1:
                 curve.append({"step": step, "loss": dict(smoothed),
                               "sigma2": {task: float(model.sigma2(task)) for task in smoothed}})
         return smoothed, steps, curve
 
-    def _member_tensor(self, side: str) -> Tensor:
-        lookup = torch.full((self.model.shape.rows[0],), -1, dtype=torch.long)
-        links = self.members[side]
+    def _member_tensor(self, side: str, rows: int | None = None) -> Tensor:
+        """Value row in ``side`` of each of the first ``rows`` items (default: the table's), -1: none."""
+        rows = self.model.shape.rows[0] if rows is None else rows
+        lookup = torch.full((rows,), -1, dtype=torch.long)
+        links = [(item, value) for item, value in self.members[side].items() if item < rows]
         if links:
-            lookup[torch.tensor(list(links.keys()))] = torch.tensor(list(links.values()))
+            items, values = zip(*links)
+            lookup[torch.tensor(items)] = torch.tensor(values)
         return lookup
+
+    def _item_rows(self, start: int, end: int) -> Tensor | None:
+        """The item vectors to publish for rows ``start``..``end``: the table's where it has the
+        row, else the one given when the row was appended; None if a row has neither (ids merged
+        by a round that failed before growing the tables)."""
+        table = self.model.vectors(self.item)
+        parts = [table[start:min(end, len(table))]]
+        for row in range(max(start, len(table)), end):
+            if row not in self._pending:
+                return None
+            parts.append(self._pending[row].unsqueeze(0))
+        return torch.cat(parts)
 
     def _publish(self, stats: RoundStats) -> None:
         model = self.model
         ids, vectors = {}, {}
         for view in model.shape.views:
             ids[view], vectors[view] = self.vectors(view)
+        # Items the cold-start lane appended during this round have no table row yet.
+        vectors[self.item] = self._item_rows(0, len(ids[self.item])).numpy()
         manifest = snapshots.Manifest(
             version=stats.version, created_ms=int(time.time() * 1000), watermark_ms=dict(self.watermarks),
             views=list(model.shape.views), dim=model.shape.dim, rows={v: len(ids[v]) for v in ids},
             losses=stats.losses, sigma2=stats.sigma2, new_ids=stats.new_ids, members=list(self.members))
         checkpoint = {"version": stats.version, "shape": model.shape.__dict__, "model": model.state_dict(),
-                      "ids": ids, "watermarks": dict(self.watermarks), "settings": self.cfg.model_dump(mode="json")}
-        members = {side: self._member_tensor(side).numpy()[: len(ids[self.item])] for side in self.members}
+                      "watermarks": dict(self.watermarks), "settings": self.cfg.model_dump(mode="json")}
+        members = {side: self._member_tensor(side, len(ids[self.item])).numpy() for side in self.members}
         snapshots.publish(self.cfg.snapshot_dir, manifest, vectors, ids, checkpoint, keep=self.cfg.keep_snapshots,
                           members=members)
+        self._published = {view: len(rows) for view, rows in ids.items()}
+
+    # -- brand-new items between rounds ------------------------------------------------------------
+
+    def admit_new_items(self) -> int:
+        """Publish brand-new items with a first vector from their side views; the number published.
+        Returns 0 at once while a round runs: the round does this itself between its steps."""
+        if not self.busy.acquire(blocking=False):
+            return 0
+        try:
+            return self._admit_new_items()
+        finally:
+            self.busy.release()
+
+    def _cold_start_tick(self) -> None:
+        if self.cold_start_every_s and time.monotonic() >= self._cold_start_due:
+            try:
+                self._admit_new_items()
+            except (M2grlError, OSError) as exc:  # the round goes on; its own publish covers these items
+                log.warning("could not publish new items during the round: %s", exc)
+
+    def _admit_new_items(self) -> int:
+        self._cold_start_due = time.monotonic() + self.cold_start_every_s
+        if self.model is None or not self.model.aligns or not self._published:
+            return 0
+        self._append_new_items(self._new_items())
+        start, end = self._published[self.item], len(self.graphs[self.item].ids)
+        vectors = self._item_rows(start, end) if end > start else None
+        base = snapshots.current_version(self.cfg.snapshot_dir)
+        if vectors is None or base is None:
+            return 0
+        members = {side: self._member_tensor(side, end)[start:].numpy() for side in self.members}
+        for side, rows in members.items():
+            rows[rows >= self._published[side]] = -1  # a value the base version does not hold yet
+        before = snapshots.read_manifest(snapshots.version_dir(self.cfg.snapshot_dir, base))
+        manifest = snapshots.Manifest(
+            version=max(self.version, base) + 1, created_ms=int(time.time() * 1000),
+            watermark_ms=before.watermark_ms, views=before.views, dim=before.dim,
+            rows={**before.rows, self.item: end}, losses=before.losses, sigma2=before.sigma2,
+            new_ids={self.item: end - start}, members=before.members)
+        snapshots.publish_appended(self.cfg.snapshot_dir, base, manifest, self.item,
+                                   self.graphs[self.item].ids.ids[start:end], vectors.numpy(), members,
+                                   keep=self.cfg.keep_snapshots)
+        self.version = manifest.version
+        self._published[self.item] = end
+        metrics.COLD_START_ITEMS.inc(end - start)
+        metrics.SNAPSHOT_VERSION.set(self.version)
+        return end - start
+
+    def _new_items(self) -> dict[str, dict[str, int]]:
+        """Items linked to a side value since the last look that have no row yet: per item, the
+        row of its value in each side view whose value the tables already hold."""
+        known = self.graphs[self.item].ids.index
+        overlap_ms = int(self.cfg.cold_start_overlap_s * 1000)
+        found: dict[str, dict[str, int]] = {}
+        for view in self.views[1:]:
+            since = self._cold_start_since.get(view.name, self.watermarks.get(view.name, 0))
+            read = read_memberships(self._store(view.name), view, since - overlap_ms)
+            self._cold_start_since[view.name] = read.watermark_ms
+            values = self.graphs[view.name].ids.index
+            for item, value in zip(read.member_items, read.member_values):
+                row = values.get(value)
+                if item not in known and row is not None:
+                    found.setdefault(item, {})[view.name] = row
+        return found
+
+    def _append_new_items(self, found: dict[str, dict[str, int]]) -> None:
+        """Rows for the new items that their side views give a vector; the rest wait for a round."""
+        if not found:
+            return
+        items = list(found)
+        values = {side: torch.tensor([found[item].get(side, -1) for item in items]) for side in self.members}
+        guesses, covered = self._side_view_vectors(values, self._walked())
+        admitted = [item for item, ok in zip(items, covered.tolist()) if ok]
+        rows = self.graphs[self.item].ids.add(admitted).tolist()
+        for item, row, vector in zip(admitted, rows, guesses[covered]):
+            self._pending[row] = vector
+            for side, value in found[item].items():
+                self.members[side][row] = value

@@ -96,3 +96,62 @@ def test_kill_9_mid_round_then_restart_resumes(ingest_settings: Settings, moviel
     assert snapshots.current_version(settings.train.snapshot_dir) == 2
     assert snapshots.load(settings.train.snapshot_dir).ids["item"][: len(snapshots.load(
         settings.train.snapshot_dir, 1).ids["item"])] == snapshots.load(settings.train.snapshot_dir, 1).ids["item"]
+
+
+def test_new_items_are_published_from_their_side_views_between_and_during_rounds(
+        ingest_settings: Settings, movielens_sample: list[Event], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = small_training(ingest_settings, tmp_path / "snapshots")
+    replay(settings, movielens_sample[:6000], progress=False)
+    run_ingest(settings)
+    trainer = Trainer(settings, cold_start=True)
+    trainer.round()
+    first = snapshots.load(settings.train.snapshot_dir)
+    anchor = movielens_sample[0]
+    genre = anchor.side["category"]
+
+    def arrive(item: str, category: str, at_ms: int) -> None:
+        replay(settings, [Event(anchor.user_id, item, "pv", at_ms, {"category": category})], progress=False)
+        run_ingest(settings)
+
+    last_ms = movielens_sample[5999].time_ms
+    arrive("cold-known-genre", genre, last_ms + 1)
+    arrive("cold-new-genre", "a genre nobody has seen", last_ms + 2)
+    assert trainer.admit_new_items() == 1  # the other item's only side value has no vector yet
+    lane = snapshots.load(settings.train.snapshot_dir)
+    assert lane.manifest.version == 2 and lane.manifest.watermark_ms == first.manifest.watermark_ms
+    assert lane.ids["item"] == [*first.ids["item"], "cold-known-genre"]
+    assert np.array_equal(lane.vectors["item"][:-1], first.vectors["item"])
+    row, genre_row = len(first.ids["item"]), first.ids["category"].index(genre)
+    assert lane.members["category"][row] == genre_row
+    peers = np.flatnonzero(first.members["category"] == genre_row)
+    peer_mean = first.vectors["item"][peers].mean(0)
+    new = lane.vectors["item"][row]
+    assert new @ peer_mean / (np.linalg.norm(new) * np.linalg.norm(peer_mean)) > 0.9
+    assert (lane.path / "checkpoint.pt").stat().st_ino == (first.path / "checkpoint.pt").stat().st_ino
+    assert trainer.admit_new_items() == 0  # nothing new since
+
+    # During a round: an item that arrives while the round walks is published between its steps,
+    # and the round's own snapshot keeps its row.
+    walk = trainer._walk
+
+    def walk_while_an_item_arrives(*args: object, **kwargs: object) -> object:
+        arrive("cold-during-round", genre, last_ms + 3)
+        trainer._cold_start_due = 0.0
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_walk", walk_while_an_item_arrives)
+    stats = trainer.round()
+    during = snapshots.load(settings.train.snapshot_dir, stats.version - 1)
+    after = snapshots.load(settings.train.snapshot_dir)
+    assert during.ids["item"][-1] == "cold-during-round"
+    assert after.manifest.version == stats.version == during.manifest.version + 1
+    assert after.ids["item"][: len(during.ids["item"])] == during.ids["item"]  # rows never move
+    assert {"cold-new-genre", "cold-during-round"} <= set(after.ids["item"])
+    assert np.isfinite(after.vectors["item"]).all()
+    trainer.close()
+
+    resumed = Trainer(settings, cold_start=True)
+    assert resumed.version == after.manifest.version
+    assert resumed.graphs["item"].ids.ids == after.ids["item"]
+    resumed.close()
