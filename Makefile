@@ -10,11 +10,12 @@ M2GRL := $(VENV)/bin/m2grl
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: env demo test services-up services-down clean help
+.PHONY: env demo test test-faults services-up services-down clean help
 
 help:
 	@echo "make demo           install, start local Kafka and Neo4j, run the main job (DEMO_ARGS='--no-eval')"
 	@echo "make test           install and run the tests (PYTEST_ARGS='-k kafka' to narrow)"
+	@echo "make test-faults    only the fault suite (the whole pipeline under injected failures)"
 	@echo "make env            only install (idempotent)"
 	@echo "make services-down  stop the local Kafka and Neo4j"
 	@echo "make clean          remove this clone's .venv and .m2grl state (the shared caches stay)"
@@ -29,6 +30,10 @@ demo: env
 test: env
 	@scripts/ensure-tools.sh --test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-faults: env
+	@scripts/ensure-tools.sh --test
+	$(VENV)/bin/python -m pytest -m faults $(PYTEST_ARGS)
 
 services-up: env
 	$(M2GRL) services up

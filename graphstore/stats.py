@@ -53,3 +53,10 @@ def memberships(store: GraphStore, view: View) -> set[tuple[str, str]]:
 def node_events(store: GraphStore, view: View) -> dict[str, int]:
     rows = store.read(f"MATCH (n:{view.label}) WHERE n.events > 0 RETURN n.id AS id, n.events AS n")
     return {r["id"]: r["n"] for r in rows}
+
+
+def transition_updated_at(store: GraphStore, view: View, src: str, dst: str) -> int | None:
+    """When the transition ``src`` → ``dst`` of ``view`` was last written (database time, ms), or None."""
+    rows = store.read(f"MATCH (:{view.label} {{id: $src}})-[r:{view.transition_type}]->(:{view.label} {{id: $dst}}) "
+                      "RETURN r.updated_at AS t", src=src, dst=dst)
+    return rows[0]["t"] if rows else None

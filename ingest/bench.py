@@ -34,12 +34,6 @@ TARGET_RATIO = 0.8
 TARGET_EVENTS_PER_S = 20_000
 
 
-def default_dataset(settings: Settings) -> str:
-    if (settings.data.shared_dir / datasets.NAMED["taobao-timeslice"][0]).exists():
-        return "taobao-timeslice"
-    return "movielens-100k"
-
-
 def _run_consumer(settings: Settings) -> dict[str, Any]:
     env = {**os.environ, **settings_env(settings)}
     result = subprocess.run([sys.executable, "-m", "m2grl", "ingest", "--until-idle", "--json", "--no-metrics"],
@@ -79,7 +73,7 @@ def _direct_writes(settings: Settings, encoded: list[bytes]) -> float:
 
 
 def run_ingest_bench(settings: Settings, *, dataset: str | None, reuse_services: bool) -> dict[str, Any]:
-    name = dataset or default_dataset(settings)
+    name = dataset or datasets.shared_or_movielens("taobao-timeslice", settings.data.shared_dir)
     ref = datasets.resolve_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
     events = datasets.load_events(ref.path, ref.fmt)
     side = sorted({view for e in events[:5000] for view in e.side})

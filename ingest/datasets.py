@@ -165,6 +165,11 @@ NAMED = {
 }
 
 
+def shared_or_movielens(name: str, shared_dir: Path) -> str:
+    """``name`` when its file is in the shared data folder, else MovieLens-100K (always fetchable)."""
+    return name if (shared_dir / NAMED[name][0]).exists() else "movielens-100k"
+
+
 def resolve_dataset(name_or_path: str, *, shared_dir: Path, cache_dir: Path, fmt: str | None = None) -> DatasetRef:
     """A data set by name (taobao-head, taobao-timeslice, rees46, movielens-100k) or by path."""
     if name_or_path == "movielens-100k":

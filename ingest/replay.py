@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
 from tqdm import tqdm
 
 from m2grl.ingest.errors import translated_errors
@@ -20,30 +21,54 @@ class ReplayResult:
     seconds: float
 
 
+class EventProducer:
+    """Sends events keyed by user id (so a user's events stay in order) and waits for Kafka's
+    acknowledgement on ``flush``; one connection for its whole life."""
+
+    def __init__(self, settings: Settings, *, topic: str | None = None, encoding: str = "protobuf") -> None:
+        self.topic = topic or settings.ingest.topic
+        self.servers = settings.kafka.bootstrap_servers
+        self._encode = Event.encode if encoding == "protobuf" else Event.encode_json
+        with translated_errors(self.servers):
+            self._producer = KafkaProducer(bootstrap_servers=self.servers, client_id="m2grl-replay", acks="all",
+                                           enable_idempotence=True, linger_ms=20, batch_size=512 * 1024)
+
+    def send(self, event: Event) -> FutureRecordMetadata:
+        """Queue ``event``; the returned future fails if Kafka never acknowledges it."""
+        with translated_errors(self.servers):
+            return self._producer.send(self.topic, key=event.user_id.encode(), value=self._encode(event))
+
+    def flush(self) -> None:
+        with translated_errors(self.servers):
+            self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.close(timeout=30)
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def replay(settings: Settings, events: Sequence[Event], *, topic: str | None = None, rate: float | None = None,
            encoding: str = "protobuf", progress: bool = True) -> ReplayResult:
     """Produce ``events`` (already in the order wanted) and wait until Kafka acknowledged all of them.
 
     ``rate`` caps events per second; None sends as fast as the producer goes.
     """
-    topic = topic or settings.ingest.topic
-    encode = Event.encode if encoding == "protobuf" else Event.encode_json
     started = time.monotonic()
-    with translated_errors(settings.kafka.bootstrap_servers):
-        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="m2grl-replay",
-                                 acks="all", enable_idempotence=True, linger_ms=20, batch_size=512 * 1024)
-        try:
-            with tqdm(total=len(events), unit="ev", desc=f"replay -> {topic}", disable=not progress) as bar:
-                for index, event in enumerate(events):
-                    if rate and index % 100 == 0:
-                        ahead = index / rate - (time.monotonic() - started)
-                        if ahead > 0:
-                            time.sleep(ahead)
-                    producer.send(topic, key=event.user_id.encode(), value=encode(event))
-                    if index % 1000 == 999:
-                        bar.update(1000)
-                bar.update(len(events) - bar.n)
-                producer.flush()
-        finally:
-            producer.close(timeout=30)
+    with EventProducer(settings, topic=topic, encoding=encoding) as producer:
+        with tqdm(total=len(events), unit="ev", desc=f"replay -> {producer.topic}", disable=not progress) as bar:
+            for index, event in enumerate(events):
+                if rate and index % 100 == 0:
+                    ahead = index / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                producer.send(event)
+                if index % 1000 == 999:
+                    bar.update(1000)
+            bar.update(len(events) - bar.n)
+            producer.flush()
     return ReplayResult(sent=len(events), seconds=time.monotonic() - started)

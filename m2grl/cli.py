@@ -70,6 +70,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from m2grl import benches as pipeline_benches
     from m2grl.graphstore import commands as graph_commands
     from m2grl.ingest import commands as ingest_commands
     from m2grl.rpc import commands as rpc_commands
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_commands.register_bench(benches)
     train_commands.register_bench(benches)
     rpc_commands.register_bench(benches)
+    pipeline_benches.register_bench(benches)
 
     return parser
 

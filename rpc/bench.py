@@ -29,6 +29,7 @@ from tqdm import tqdm
 from m2grl.protos import benchmark_pb2_grpc as baseline_grpc
 from m2grl.protos import embedding_pb2 as pb
 from m2grl.protos import embedding_pb2_grpc as pb_grpc
+from m2grl.errors import RpcError
 from m2grl.settings import Settings
 
 TARGET_EMBEDDINGS_RATIO = 0.7
@@ -137,8 +138,9 @@ class Load:
                 "max_ms": round(float(lat.max()), 3), "failures": dict(self.failures)}
 
 
-def _load(call: Callable[[int], Any], seconds: float, concurrency: int) -> Load:
-    """``concurrency`` threads calling ``call(n)`` back to back for ``seconds``."""
+def drive(call: Callable[[int], int], seconds: float, concurrency: int) -> Load:
+    """``concurrency`` threads calling ``call(n)`` (which returns the snapshot version that
+    answered) back to back for ``seconds``; failures are counted by status code."""
     load = Load()
     lock = threading.Lock()
     ends = time.perf_counter() + seconds
@@ -148,12 +150,13 @@ def _load(call: Callable[[int], Any], seconds: float, concurrency: int) -> Load:
         while time.perf_counter() < ends:
             started = time.perf_counter()
             try:
-                version = call(n).snapshot_version
+                version = call(n)
                 latencies.append((time.perf_counter() - started) * 1000)
                 went_back += version < last
                 last = max(last, version)
-            except grpc.RpcError as exc:
-                failures[exc.code().name] = failures.get(exc.code().name, 0) + 1
+            except (grpc.RpcError, RpcError) as exc:
+                code = exc.code if isinstance(exc, RpcError) else exc.code().name
+                failures[code] = failures.get(code, 0) + 1
             n += concurrency
         with lock:
             load.latencies_ms.extend(latencies)
@@ -186,8 +189,8 @@ class _Calls:
     def __call__(self, kind: str) -> Callable[[int], Any]:
         stub = self.baseline if kind.startswith("empty") else self.service
         if kind.endswith("embeddings"):
-            return lambda n: stub.GetEmbeddings(self.embeddings[n % 512], timeout=10)
-        return lambda n: stub.SimilarItems(self.similar[n % 512], timeout=10)
+            return lambda n: stub.GetEmbeddings(self.embeddings[n % 512], timeout=10).snapshot_version
+        return lambda n: stub.SimilarItems(self.similar[n % 512], timeout=10).snapshot_version
 
 
 def _recall(calls: _Calls, vectors: np.ndarray, queries: int = 200) -> float:
@@ -249,12 +252,12 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
             _wait_serving(channel, server, timeout=900)
             load_s = time.monotonic() - started
             calls = _Calls(channel, rows)
-            _load(calls("embeddings"), 1.0, concurrency)  # warm-up
+            drive(calls("embeddings"), 1.0, concurrency)  # warm-up
             phases = [(kind, c) for c in (1, concurrency)
                       for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")]
             measured: dict[tuple[str, int], dict] = {}
             for kind, c in tqdm(phases, desc="idle load", unit="phase", disable=not progress):
-                measured[kind, c] = _load(calls(kind), seconds, c).summary()
+                measured[kind, c] = drive(calls(kind), seconds, c).summary()
             say("checking recall against exact search")
             recall = _recall(calls, vectors)
             del vectors
@@ -279,7 +282,7 @@ def _under_swaps(calls: _Calls, root: Path, env: dict[str, str], seconds: float)
                                   str(seconds)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     embeddings = calls("embeddings")
     similar = calls("similar")
-    load = _load(lambda n: (embeddings if n % 2 == 0 else similar)(n // 2), seconds, 1)
+    load = drive(lambda n: (embeddings if n % 2 == 0 else similar)(n // 2), seconds, 1)
     published, _ = publisher.communicate(timeout=300)
     time.sleep(3)
     stream.cancel()

@@ -88,7 +88,7 @@ def run_train_bench(settings: Settings, *, dataset: str | None, progress: bool =
 
 
 def _run(settings: Settings, dataset: str | None, scratch: Path, progress: bool) -> dict[str, Any]:
-    name = dataset or ("taobao-head" if (settings.data.shared_dir / "taobao").exists() else "movielens-100k")
+    name = dataset or datasets.shared_or_movielens("taobao-head", settings.data.shared_dir)
     _, events = datasets.load_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
     side = tuple(sorted({view for e in events[:10_000] for view in e.side}))
     train, cases = leave_last_out(events)

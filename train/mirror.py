@@ -57,8 +57,10 @@ class ViewGraph:
         if missing > 0:
             self.graph.add_nodes(missing)
 
-    def apply(self, read: ViewRead) -> Tensor:
-        """Merge a read into the graph (absolute weights); return the indices of touched nodes."""
+    def apply(self, read: ViewRead, *, changes_only: bool = True) -> Tensor:
+        """Merge a read into the graph (absolute weights); return the indices of the nodes whose
+        edges it added or re-weighted (``changes_only``), or of every node it named. Reads overlap,
+        so most of a re-read edge's nodes have nothing new to learn."""
         src = self.ids.add(read.src)
         dst = self.ids.add(read.dst)
         self.ensure_nodes()
@@ -66,10 +68,14 @@ class ViewGraph:
             return torch.empty(0, dtype=torch.long)
         weight = torch.tensor(read.weight, dtype=torch.float32)
         exists = self.graph.has_edges_between(src, dst)
+        changed = ~exists
         if exists.any():
             edge_ids = self.graph.edge_ids(src[exists], dst[exists])
+            changed[exists] = self.graph.edata[WEIGHT][edge_ids] != weight[exists]
             self.graph.edata[WEIGHT][edge_ids] = weight[exists]
         new = ~exists
         if new.any():
             self.graph.add_edges(src[new], dst[new], data={WEIGHT: weight[new]})
+        if changes_only:
+            src, dst = src[changed], dst[changed]
         return torch.unique(torch.cat([src, dst]))

@@ -84,6 +84,7 @@ class Trainer:
         # Item rows appended since the model's tables were last grown: row -> the vector published for it.
         self._pending: dict[int, Tensor] = {}
         self._published: dict[str, int] = {}  # rows per view in the current version
+        self._member_lookups: dict[str, Tensor] = {}  # _member_tensor's last answer per side view
         self._restore()
 
     # -- setup -------------------------------------------------------------------------------------
@@ -144,7 +145,9 @@ class Trainer:
         walks = self._walk(touched, everything=full)
         self._cold_start_tick()
         pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
-        samplers = {view: NegativeSampler(node_counts(w, len(self.graphs[view].ids)) + 1) for view, w in walks.items()}
+        # Sized by the tables, not the id maps: the cold-start lane may append ids during the round.
+        rows = dict(zip(self.model.shape.views, self.model.shape.rows))
+        samplers = {view: NegativeSampler(node_counts(w, rows[view]) + 1) for view, w in walks.items()}
         if self.model.aligns:
             pairs.update(self._alignment_pairs(touched, walks, samplers, everything=full))
         train_started = time.perf_counter()
@@ -195,28 +198,39 @@ class Trainer:
             store = self._store(view.name)
             since = self.watermarks.get(view.name)
             if not self._loaded:
+                # The model learned nothing since its checkpoint: all the delta is news to it, even
+                # though the whole graph just loaded into the mirror holds it already.
                 whole = read_view(store, view)
                 self._merge(view, whole)
                 read = whole if since is None else read_view(store, view, since - overlap_ms)
+                changes = self._merge(view, read, changes_only=False)
             else:
                 read = read_view(store, view, since - overlap_ms if since is not None else None)
-            for name, nodes in self._merge(view, read).items():
+                changes = self._merge(view, read)
+            for name, nodes in changes.items():
                 touched[name].append(nodes)
             self.watermarks[view.name] = read.watermark_ms
         self._loaded = True
         return {name: torch.unique(torch.cat(parts)) for name, parts in touched.items()}
 
-    def _merge(self, view: View, read: ViewRead) -> dict[str, Tensor]:
-        """Apply one read to the mirrors (idempotent: weights are absolute); the nodes it touched."""
+    def _merge(self, view: View, read: ViewRead, *, changes_only: bool = True) -> dict[str, Tensor]:
+        """Apply one read to the mirrors (idempotent: weights are absolute); the nodes it changed
+        (``changes_only``) or named."""
         graph = self.graphs[view.name]
-        touched = {view.name: graph.apply(read)}
+        touched = {view.name: graph.apply(read, changes_only=changes_only)}
         if not view.is_item and read.member_items:
             items = self.graphs[self.item]
             item_idx = items.ids.add(read.member_items)
             value_idx = graph.ids.add(read.member_values)
             items.ensure_nodes()
             graph.ensure_nodes()
-            self.members[view.name].update(zip(item_idx.tolist(), value_idx.tolist()))
+            links = self.members[view.name]
+            if changes_only:
+                fresh = torch.tensor([links.get(i) != v for i, v in zip(item_idx.tolist(), value_idx.tolist())],
+                                     dtype=torch.bool)
+                item_idx, value_idx = item_idx[fresh], value_idx[fresh]
+            links.update(zip(item_idx.tolist(), value_idx.tolist()))
+            self._member_lookups.pop(view.name, None)
             touched[view.name] = torch.cat([touched[view.name], value_idx])
             touched[self.item] = item_idx
         return touched
@@ -381,14 +395,17 @@ class Trainer:
         return smoothed, steps, curve
 
     def _member_tensor(self, side: str, rows: int | None = None) -> Tensor:
-        """Value row in ``side`` of each of the first ``rows`` items (default: the table's), -1: none."""
+        """Value row in ``side`` of each of the first ``rows`` items (default: the table's), -1: none.
+        Read-only: it is cached until the memberships change (the cold-start lane asks every second)."""
         rows = self.model.shape.rows[0] if rows is None else rows
-        lookup = torch.full((rows,), -1, dtype=torch.long)
-        links = [(item, value) for item, value in self.members[side].items() if item < rows]
-        if links:
-            items, values = zip(*links)
-            lookup[torch.tensor(items)] = torch.tensor(values)
-        return lookup
+        cached = self._member_lookups.get(side)
+        if cached is None or len(cached) < rows:
+            links = self.members[side]
+            cached = torch.full((max(rows, max(links, default=-1) + 1),), -1, dtype=torch.long)
+            if links:
+                cached[torch.tensor(list(links.keys()))] = torch.tensor(list(links.values()))
+            self._member_lookups[side] = cached
+        return cached[:rows]
 
     def _item_rows(self, start: int, end: int) -> Tensor | None:
         """The item vectors to publish for rows ``start``..``end``: the table's where it has the
@@ -449,7 +466,7 @@ class Trainer:
         base = snapshots.current_version(self.cfg.snapshot_dir)
         if vectors is None or base is None:
             return 0
-        members = {side: self._member_tensor(side, end)[start:].numpy() for side in self.members}
+        members = {side: self._member_tensor(side, end)[start:].numpy().copy() for side in self.members}
         for side, rows in members.items():
             rows[rows >= self._published[side]] = -1  # a value the base version does not hold yet
         before = snapshots.read_manifest(snapshots.version_dir(self.cfg.snapshot_dir, base))
@@ -497,3 +514,4 @@ class Trainer:
             self._pending[row] = vector
             for side, value in found[item].items():
                 self.members[side][row] = value
+                self._member_lookups.pop(side, None)

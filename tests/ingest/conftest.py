@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -11,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer
 
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.maintenance import wipe_graph
 from m2grl.ingest import datasets
 from m2grl.ingest.consumer import create_topics
+from m2grl.ingest.deadletter import header_map
 from m2grl.ingest.events import Event
 from m2grl.settings import Settings, settings_env
 from tests.conftest import REPO_ROOT
@@ -76,3 +79,27 @@ def start_ingest(settings: Settings, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "m2grl", "ingest", "--no-metrics"],
                             env={**os.environ, **settings_env(settings)}, cwd=REPO_ROOT,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def read_topic(settings: Settings, topic: str) -> list[tuple[dict[str, str], bytes]]:
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    messages = [(header_map(m.headers), m.value) for m in consumer]
+    consumer.close()
+    return messages
+
+
+def with_malformed(events: list[Event], every: int, seed: int) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The events as Kafka messages with a malformed one (of a rotating kind) after every ``every``th."""
+    rng = random.Random(seed)
+    kinds = [b"\x00\xffnot-an-event", b'{"user_id": "u"}', b'{"user_id": "u", "item_id": "i", "behavior": "wink",'
+             b' "event_time_ms": 1511544070000}', b'{"user_id": "u", "item_id": "i", "behavior": "pv",'
+             b' "event_time_ms": 3}']
+    messages, bad = [], []
+    for index, event in enumerate(events):
+        messages.append((event.user_id.encode(), event.encode()))
+        if index % every == every - 1:
+            value = rng.choice(kinds) + str(index).encode() if rng.random() < 0.5 else rng.choice(kinds)
+            messages.append((event.user_id.encode(), value))
+            bad.append(value)
+    return messages, bad

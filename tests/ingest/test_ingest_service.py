@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
-from m2grl.ingest.deadletter import header_map
 from m2grl.ingest.events import Event
 from m2grl.ingest.replay import replay
 from m2grl.services import launcher
 from m2grl.settings import Settings
-from tests.ingest.conftest import run_ingest, start_ingest, with_ingest
+from tests.ingest.conftest import read_topic, run_ingest, start_ingest, with_ingest, with_malformed
 from tests.ingest.reference import Graph, assert_same_graph, expected_graph, stored_graph
 
 pytestmark = pytest.mark.services
@@ -34,32 +33,8 @@ def produce_raw(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None
     producer.close()
 
 
-def read_topic(settings: Settings, topic: str) -> list[tuple[dict[str, str], bytes]]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    messages = [(header_map(m.headers), m.value) for m in consumer]
-    consumer.close()
-    return messages
-
-
 def expected(events: list[Event]) -> Graph:
     return expected_graph(events, ("category",), GAP_MS)
-
-
-def with_malformed(events: list[Event], every: int, seed: int) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
-    """The events as Kafka messages with a malformed one (of a rotating kind) after every ``every``th."""
-    rng = random.Random(seed)
-    kinds = [b"\x00\xffnot-an-event", b'{"user_id": "u"}', b'{"user_id": "u", "item_id": "i", "behavior": "wink",'
-             b' "event_time_ms": 1511544070000}', b'{"user_id": "u", "item_id": "i", "behavior": "pv",'
-             b' "event_time_ms": 3}']
-    messages, bad = [], []
-    for index, event in enumerate(events):
-        messages.append((event.user_id.encode(), event.encode()))
-        if index % every == every - 1:
-            value = rng.choice(kinds) + str(index).encode() if rng.random() < 0.5 else rng.choice(kinds)
-            messages.append((event.user_id.encode(), value))
-            bad.append(value)
-    return messages, bad
 
 
 def test_exact_weights_after_a_real_sample(ingest_settings: Settings, movielens_sample: list[Event]) -> None:

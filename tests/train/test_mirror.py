@@ -35,3 +35,15 @@ def test_an_empty_delta_changes_nothing() -> None:
     assert view.apply(ViewRead("item", 3)).numel() == 0
     assert view.graph.num_nodes() == 1 and view.graph.num_edges() == 0
     assert torch.equal(view.graph.edata[WEIGHT], torch.empty(0))
+
+
+def test_a_re_read_touches_only_what_changed() -> None:
+    view = ViewGraph("item")
+    view.apply(ViewRead("item", 1, src=["a", "b"], dst=["b", "c"], weight=[1, 2]))
+    # Reads overlap: the same two edges again, one of them heavier, and a new one.
+    again = ViewRead("item", 2, src=["a", "b", "d"], dst=["b", "c", "e"], weight=[1, 3, 1])
+    touched = view.apply(again)
+    assert sorted(view.ids.ids[i] for i in touched.tolist()) == ["b", "c", "d", "e"]
+    assert weights(view)[("b", "c")] == 3.0
+    assert view.apply(again).numel() == 0  # nothing new the second time
+    assert sorted(view.ids.ids[i] for i in view.apply(again, changes_only=False).tolist()) == list("abcde")

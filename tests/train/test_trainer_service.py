@@ -13,6 +13,7 @@ from m2grl.ingest.events import Event
 from m2grl.ingest.replay import replay
 from m2grl.settings import Settings
 from m2grl.train import snapshots
+from m2grl.train import trainer as trainer_module
 from m2grl.train.trainer import Trainer
 from tests.ingest.conftest import run_ingest
 
@@ -141,7 +142,12 @@ def test_new_items_are_published_from_their_side_views_between_and_during_rounds
         return walk(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "_walk", walk_while_an_item_arrives)
+    sampled_rows = []
+    sampler = trainer_module.NegativeSampler
+    monkeypatch.setattr(trainer_module, "NegativeSampler", lambda counts: sampled_rows.append(len(counts)) or sampler(counts))
     stats = trainer.round()
+    # Negatives come from rows the tables have, not from rows appended while the round ran.
+    assert sampled_rows[0] == trainer.model.shape.rows[0] == len(trainer.graphs["item"].ids) - 1
     during = snapshots.load(settings.train.snapshot_dir, stats.version - 1)
     after = snapshots.load(settings.train.snapshot_dir)
     assert during.ids["item"][-1] == "cold-during-round"

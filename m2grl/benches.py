@@ -1,0 +1,273 @@
+"""`m2grl bench freshness` and `m2grl bench load`: the whole pipeline running, measured from outside.
+
+Both start (or reuse) Kafka and Neo4j, run ingest, training and serving as their own processes on a
+fresh topic and snapshot folder, stream the first part of a real log as a warm-up and wait until a
+snapshot holds all of it; then the rest of the log streams at a steady rate while they measure:
+- freshness: probes (m2grl/freshness.py) of brand-new items and of known items, from produce time
+  until the server answers with what they changed;
+- load: clients calling GetEmbeddings, SimilarItems and Recommend back to back, first with the
+  pipeline idle (the baseline, same run), then while ingest and training work.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from m2grl import pipeline
+from m2grl.ingest.events import Event
+from m2grl.settings import Settings
+
+TARGET_NEW_ITEM_P95_S = 5.0
+TARGET_RETRAINED_P95_S = 60.0
+TARGET_LOAD_P99_OVER_IDLE = 3.0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def running_pipeline(settings: Settings, data: pipeline.LoadedData, kind: str, interval_s: float,
+                     warm: int) -> Iterator[tuple[pipeline.Run, pipeline.Processes]]:
+    """Services up, a fresh run with all three stages started, ``warm`` events ingested and served."""
+    from m2grl.ingest.replay import replay
+    from m2grl.services import launcher
+
+    launcher.up(settings, report=_say)
+    run = pipeline.new_run(settings, kind, data.side, interval_s, report=_say)
+    processes = pipeline.Processes(run)
+    try:
+        for stage in pipeline.STAGES:
+            processes.start(stage)
+        _say(f"warming up: {warm:,} events of {data.name} ingested, trained and served; logs in {run.folder}")
+        replay(run.settings, data.events[:warm], progress=True)
+        with pipeline.client(run.settings) as rpc:
+            pipeline.catch_up(run.settings, processes, rpc)
+        yield run, processes
+    finally:
+        processes.stop()
+
+
+class SteadyStream:
+    """Produces events at a fixed rate from a background thread until they run out or ``stop``."""
+
+    def __init__(self, settings: Settings, events: Sequence[Event], rate: float) -> None:
+        self.settings, self.events, self.rate = settings, events, rate
+        self.sent = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steady-stream", daemon=True)
+
+    def __enter__(self) -> SteadyStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from m2grl.ingest.replay import EventProducer
+
+        started = time.monotonic()
+        with EventProducer(self.settings) as producer:
+            for index, event in enumerate(self.events):
+                if self._stop.is_set():
+                    break
+                if index % 50 == 0:
+                    ahead = index / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        self._stop.wait(ahead)
+                producer.send(event)
+                self.sent = index + 1
+            producer.flush()
+        self.seconds = time.monotonic() - started
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+# -- freshness --------------------------------------------------------------------------------------
+
+def run_freshness_bench(settings: Settings, *, dataset: str | None = None, warm_share: float = 0.5,
+                        rate: float = 300.0, probes: int = 20, every_s: float = 5.0,
+                        interval_s: float | None = None) -> dict[str, Any]:
+    from m2grl.freshness import FreshnessProbes
+    from m2grl.ingest.replay import EventProducer
+
+    data = pipeline.load_data(settings, dataset)
+    interval_s = interval_s or settings.train.interval_s
+    warm = int(len(data.events) * warm_share)
+    rng = random.Random(7)
+    known = data.events[:warm]
+    with running_pipeline(settings, data, "bench-freshness", interval_s, warm) as (run, processes), \
+            pipeline.client(run.settings) as rpc, EventProducer(run.settings) as producer, \
+            SteadyStream(run.settings, data.events[warm:], rate) as stream:
+        _say(f"streaming the rest at {rate:g} events/s; {probes} probes of each kind, one pair every {every_s:g} s")
+        checks = FreshnessProbes(run.settings, rpc, producer)
+        first_version = rpc.info().version
+        for index in range(probes):
+            anchor, other = rng.choice(known), rng.choice(known)
+            checks.new_item(anchor, f"fresh-{run.folder.name}-{index}")
+            checks.retrained(anchor, other, f"{run.folder.name}-{index}")
+            _poll(checks, processes, every_s)
+        deadline = time.monotonic() + 4 * interval_s + 300
+        while checks.check() and time.monotonic() < deadline:
+            _poll(checks, processes, 0.5)
+        versions = rpc.info().version - first_version
+    summary = checks.summary()
+    new_item, retrained = summary["new_item"], summary["retrained"]
+    return {
+        "dataset": data.name, "warm_events": warm, "stream_rate": {"asked": rate, "achieved": round(stream.achieved_rate)},
+        "train_interval_s": interval_s, "versions_during_probes": versions,
+        "new_item_servable": new_item, "retrained_served": retrained,
+        "targets": {"new_item_p95_s": TARGET_NEW_ITEM_P95_S, "retrained_p95_s": TARGET_RETRAINED_P95_S},
+        "met": {"new_item": _within(new_item, TARGET_NEW_ITEM_P95_S),
+                "retrained": _within(retrained, TARGET_RETRAINED_P95_S)},
+    }
+
+
+def _poll(checks: Any, processes: pipeline.Processes, seconds: float) -> None:
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        processes.check()
+        checks.check()
+        time.sleep(0.1)
+
+
+def _within(summary: dict[str, Any], target_s: float) -> bool:
+    return not summary["never_fresh"] and summary["p95_s"] is not None and summary["p95_s"] <= target_s
+
+
+# -- load -------------------------------------------------------------------------------------------
+
+def run_load_bench(settings: Settings, *, dataset: str | None = None, warm_share: float = 0.5,
+                   rate: float = 300.0, seconds: float = 60.0, idle_seconds: float = 15.0, concurrency: int = 4,
+                   interval_s: float | None = None) -> dict[str, Any]:
+    from m2grl.rpc.bench import drive
+
+    data = pipeline.load_data(settings, dataset)
+    interval_s = interval_s or settings.train.interval_s
+    warm = int(len(data.events) * warm_share)
+    with running_pipeline(settings, data, "bench-load", interval_s, warm) as (run, processes), \
+            pipeline.client(run.settings) as rpc:
+        call = _mixed_calls(rpc, data.events[:warm], run.settings.views.viewset.all[0].name)
+        drive(call, 2.0, concurrency)  # warm-up
+        _say(f"idle: {concurrency} callers for {idle_seconds:g} s, nothing streaming")
+        idle = drive(call, idle_seconds, concurrency).summary()
+        version_before = rpc.info().version
+        _say(f"loaded: {concurrency} callers for {seconds:g} s while {rate:g} events/s stream, ingest and train")
+        with SteadyStream(run.settings, data.events[warm:], rate) as stream:
+            busy = drive(call, seconds, concurrency)
+        processes.check()
+        versions = rpc.info().version - version_before
+    loaded = busy.summary()
+    ratio = loaded["p99_ms"] / max(idle["p99_ms"], 1e-9)
+    return {
+        "dataset": data.name, "callers": concurrency, "calls": "GetEmbeddings(100 ids), SimilarItems(k=100), "
+        "Recommend(5 recent, k=20, diversity 0.3) in turn", "train_interval_s": interval_s,
+        "idle": idle, "under_ingest_and_training": {**loaded, "versions_went_live": versions,
+                                                    "versions_went_back": busy.versions_went_back,
+                                                    "events_streamed": stream.sent,
+                                                    "stream_rate": round(stream.achieved_rate)},
+        "p99_over_idle": round(ratio, 2),
+        "targets": {"errors": 0, "p99_over_idle": TARGET_LOAD_P99_OVER_IDLE},
+        "met": {"no_errors": not loaded["failures"] and busy.versions_went_back == 0,
+                "p99_within": ratio <= TARGET_LOAD_P99_OVER_IDLE},
+    }
+
+
+def _mixed_calls(rpc: Any, events: Sequence[Event], item_view: str, seed: int = 11) -> Any:
+    """Call n: GetEmbeddings, SimilarItems or Recommend in turn, on items of the warm-up events."""
+    rng = random.Random(seed)
+    items = list(dict.fromkeys(e.item_id for e in events))
+    batches = [rng.sample(items, min(100, len(items))) for _ in range(64)]
+    recent = [rng.sample(items, min(5, len(items))) for _ in range(64)]
+
+    def call(n: int) -> int:
+        kind, pick = n % 3, (n // 3) % 64
+        if kind == 0:
+            return rpc.embeddings(item_view, batches[pick]).version
+        if kind == 1:
+            return rpc.similar(item_view, id=batches[pick][0], k=100).version
+        return rpc.recommend(recent[pick], k=20, diversity=0.3).version
+
+    return call
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+def _freshness(args: Any, settings: Settings) -> int:
+    from m2grl.cli import print_json
+
+    report = run_freshness_bench(settings, dataset=args.dataset, rate=args.rate, probes=args.probes,
+                                 every_s=args.every, interval_s=args.interval)
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"freshness on {report['dataset']} (stream {report['stream_rate']['achieved']:,} events/s, training "
+          f"every {report['train_interval_s']:g} s, {report['versions_during_probes']} versions went live)")
+    for key, label, target in (("new_item_servable", "brand-new item servable", TARGET_NEW_ITEM_P95_S),
+                               ("retrained_served", "retrained vector served", TARGET_RETRAINED_P95_S)):
+        row = report[key]
+        print(f"  {label:<26} p50 {row['p50_s']} s  p95 {row['p95_s']} s  max {row['max_s']} s  "
+              f"({row['probes']} probes, {row['never_fresh']} never; target p95 <= {target:g} s)")
+    return 0
+
+
+def _load(args: Any, settings: Settings) -> int:
+    from m2grl.cli import print_json
+
+    report = run_load_bench(settings, dataset=args.dataset, rate=args.rate, seconds=args.seconds,
+                            idle_seconds=args.idle_seconds, concurrency=args.concurrency, interval_s=args.interval)
+    if args.json:
+        print_json(report)
+        return 0
+    idle, busy = report["idle"], report["under_ingest_and_training"]
+    print(f"load on {report['dataset']}, {report['callers']} callers ({report['calls']})")
+    print(f"  idle:                    {idle['qps']:>6,} calls/s  p50 {idle['p50_ms']} ms  p99 {idle['p99_ms']} ms  "
+          f"failures {idle['failures'] or 0}")
+    print(f"  during ingest + training: {busy['qps']:>5,} calls/s  p50 {busy['p50_ms']} ms  p99 {busy['p99_ms']} ms  "
+          f"failures {busy['failures'] or 0}  ({busy['versions_went_live']} versions went live)")
+    print(f"  p99 {report['p99_over_idle']} × idle (target <= {TARGET_LOAD_P99_OVER_IDLE:g} ×, zero errors)")
+    return 0
+
+
+def register_bench(benches: Any) -> None:
+    common = {"help": "data set name or path (default: taobao-head if present, else movielens-100k)"}
+    freshness = benches.add_parser(
+        "freshness", help="seconds from produce until new items are servable and retrained vectors are served",
+        description="Runs ingest, training and serving as separate processes, warms them up on the first half of a "
+        "real log, then streams the rest at --rate while injecting probes: a brand-new item (measured until "
+        "GetEmbeddings returns its first, side-view vector) and a pair of known items (measured until a snapshot "
+        "trained on a graph read after their transition was written goes live). Prints p50/p95/max of each.")
+    freshness.add_argument("--dataset", **common)
+    freshness.add_argument("--rate", type=float, default=300.0, help="background events per second (default 300)")
+    freshness.add_argument("--probes", type=int, default=20, help="probes of each kind (default 20)")
+    freshness.add_argument("--every", type=float, default=5.0, help="seconds between probes (default 5)")
+    freshness.add_argument("--interval", type=float, help="seconds between training rounds (default: train.interval_s)")
+    freshness.add_argument("--json", action="store_true")
+    freshness.set_defaults(handler=_freshness)
+
+    load = benches.add_parser(
+        "load", help="gRPC latency and errors under sustained calls while ingest and training run",
+        description="Runs the whole pipeline, warms it up on the first half of a real log, then drives the server "
+        "with --concurrency callers (GetEmbeddings, SimilarItems and Recommend in turn): first with nothing "
+        "streaming (the idle baseline), then for --seconds while the rest of the log streams at --rate and "
+        "training rounds run. Reports calls/s, p50/p99 and failures of both; target: zero errors, p99 within "
+        "3 × idle.")
+    load.add_argument("--dataset", **common)
+    load.add_argument("--rate", type=float, default=300.0, help="events per second streamed (default 300)")
+    load.add_argument("--seconds", type=float, default=60.0, help="seconds of load while streaming (default 60)")
+    load.add_argument("--idle-seconds", type=float, default=15.0, help="seconds of the idle baseline (default 15)")
+    load.add_argument("--concurrency", type=int, default=4, help="callers (default 4)")
+    load.add_argument("--interval", type=float, help="seconds between training rounds (default: train.interval_s)")
+    load.add_argument("--json", action="store_true")
+    load.set_defaults(handler=_load)
