@@ -85,6 +85,8 @@ class ServedView:
 
     @functools.cached_property
     def _raw(self) -> memoryview:
+        if not self.vectors.size:  # a view without rows yet (training published an empty graph)
+            return memoryview(b"")
         return memoryview(self.vectors.astype("<f4", copy=False)).cast("B")
 
     def unit(self, rows: np.ndarray | list[int] | int) -> np.ndarray:

@@ -69,7 +69,7 @@ def run_scheduled(run_round: Callable[..., RoundStats], interval_s: float, stop:
 
     def tick() -> None:
         nonlocal rounds, pending_full
-        log.info("training round starting (%s)", "full" if pending_full else "incremental")
+        log.info("training round starting")
         try:
             stats = run_round(full=pending_full)
         except M2grlError as exc:

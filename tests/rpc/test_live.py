@@ -42,6 +42,17 @@ def test_new_versions_go_live_with_their_index_and_added_ids(tmp_path: Path) -> 
     assert first.views["item"].rows_of(["i13", "i3"]) == [-1, 3]
 
 
+def test_a_version_without_rows_goes_live_and_grows(tmp_path: Path) -> None:
+    """What training publishes before any event arrived: served (every id unknown), not refused."""
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    publish(tmp_path, 1, 0)
+    assert live.refresh() and live.current.views["item"].rows == 0 and not live.refused
+    assert live.current.views["item"].rows_of(["i0"]) == [-1]
+    assert live.current.views["item"].vector_bytes([]) == b""
+    publish(tmp_path, 2, 3)
+    assert live.refresh() and live.current.views["item"].row("i2") == 2
+
+
 def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(tmp_path: Path) -> None:
     live = LiveSnapshots(tmp_path, RpcSettings())
     publish(tmp_path, 1, 10)
