@@ -23,8 +23,8 @@ from m2grl.rpc.client import EmbeddingClient
 from m2grl.services.launcher import free_port
 from m2grl.settings import Settings
 from m2grl.train import snapshots
-from tests.ingest.conftest import movielens_sample, read_topic  # noqa: F401 - shared fixture
-from tests.ingest.reference import Graph, expected_graph, stored_graph
+from tests.ingest.conftest import movielens_sample  # noqa: F401 - shared fixture
+from tests.ingest.reference import Graph, expected_graph
 
 GAP_MS = 30 * 60 * 1000
 OUTCOMES: list[dict] = []
