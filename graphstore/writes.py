@@ -52,6 +52,7 @@ def _membership_link(view: View, *, item_nodes_here: bool) -> str:
     return f"""
     UNWIND $rows AS r
     {find_item} (i:Item {{id: r.src}})
+    WITH r, i
     MATCH (v:{view.label} {{id: r.dst}})
     MERGE (i)-[m:{view.membership_type}]->(v)
       ON CREATE SET m.since = r.t, m.updated_at = timestamp()"""

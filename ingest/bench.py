@@ -116,3 +116,73 @@ def run_ingest_bench(settings: Settings, *, dataset: str | None, reuse_services:
         "targets": {"ratio": TARGET_RATIO, "events_per_s": TARGET_EVENTS_PER_S,
                     "met": ratio >= TARGET_RATIO and e2e_rate >= TARGET_EVENTS_PER_S},
     }
+
+
+# -- scaling out: several consumers in one group ------------------------------------------------
+
+def _consumers(settings: Settings, count: int) -> tuple[float, list[dict[str, Any]]]:
+    """``count`` `m2grl ingest --until-idle` processes in one group; wall seconds until the last ends."""
+    env = {**os.environ, **settings_env(settings)}
+    command = [sys.executable, "-m", "m2grl", "ingest", "--until-idle", "--json", "--no-metrics"]
+    started = time.perf_counter()
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(count)]
+    outputs = [proc.communicate(timeout=3600) for proc in procs]
+    seconds = time.perf_counter() - started
+    for proc, (_, err) in zip(procs, outputs):
+        if proc.returncode != 0:
+            raise M2grlError(f"an ingest process failed: {err.strip()[-2000:]}")
+    return seconds, [json.loads(out) for out, _ in outputs]
+
+
+def _graph_of(settings: Settings) -> dict[str, Any]:
+    from m2grl.graphstore.stats import memberships, node_events, transition_weights
+
+    graph = {}
+    for view in settings.views.viewset.all:
+        with GraphStore(settings.neo4j_for(view)) as store:
+            graph[view.name] = (transition_weights(store, view), node_events(store, view),
+                                memberships(store, view) if not view.is_item else set())
+    return graph
+
+
+def run_ingest_scaling_bench(settings: Settings, *, dataset: str | None, consumers: int, partitions: int,
+                             reuse_services: bool) -> dict[str, Any]:
+    """One consumer, then ``consumers`` in one group, on the same ``partitions``-partition topic
+    into a wiped graph each time: events/s of each and whether the graphs are identical."""
+    name = dataset or datasets.shared_or_movielens("taobao-timeslice", settings.data.shared_dir)
+    ref = datasets.resolve_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
+    events = datasets.load_events(ref.path, ref.fmt)
+    side = sorted({view for e in events[:5000] for view in e.side})
+    topic = f"bench-scaling-{int(time.time())}"
+    runs: dict[int, dict[str, Any]] = {}
+    graphs = {}
+    with ExitStack() as stack:
+        if not reuse_services:
+            settings = stack.enter_context(throwaway_stack(settings, heap="1g", pagecache="512m",
+                                                           report=lambda _: None))
+        settings = settings.model_copy(update={
+            "views": settings.views.model_copy(update={"side": tuple(side)}),
+            "ingest": settings.ingest.model_copy(update={"topic": topic, "dead_letter_topic": f"{topic}.dlq",
+                                                         "partitions": partitions}),
+        })
+        create_topics(settings)
+        replay(settings, events, progress=False)
+        _direct_writes(settings, [e.encode() for e in events[: len(events) // 5]])  # warms Neo4j up
+        for count in (1, consumers):
+            run = settings.model_copy(update={"ingest": settings.ingest.model_copy(
+                update={"group_id": f"{topic}-{count}-consumers"})})
+            with GraphStore(run.neo4j) as store:
+                wipe_graph(store)
+            seconds, reports = _consumers(run, count)
+            runs[count] = {"processes": count, "seconds": round(seconds, 2),
+                           "events_per_s": round(len(events) / seconds),
+                           "records_per_process": [r["records"] for r in reports]}
+            graphs[count] = _graph_of(run)
+    one, many = runs[1], runs[consumers]
+    return {
+        "benchmark": "ingest-scaling", "dataset": name, "events": len(events), "partitions": partitions,
+        "one_consumer": one, f"{consumers}_consumers": many,
+        "speedup": round(many["events_per_s"] / one["events_per_s"], 2),
+        "same_graph": graphs[1] == graphs[consumers],
+    }

@@ -113,6 +113,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     fetch.set_defaults(handler=_fetch)
 
 
+def _bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
+    from m2grl.cli import print_json
+    from m2grl.ingest.bench import run_ingest_scaling_bench
+
+    report = run_ingest_scaling_bench(settings, dataset=args.dataset, consumers=args.consumers,
+                                      partitions=args.partitions, reuse_services=args.use_configured_services)
+    if args.json:
+        print_json(report)
+        return 0
+    many = report[f"{args.consumers}_consumers"]
+    print(f"{report['dataset']}: {report['events']:,} events on {report['partitions']} partitions")
+    print(f"  1 consumer:  {report['one_consumer']['events_per_s']:>8,} events/s")
+    print(f"  {args.consumers} consumers: {many['events_per_s']:>8,} events/s  (× {report['speedup']})")
+    print(f"  same graph: {'yes' if report['same_graph'] else 'NO'}")
+    return 0
+
+
 def register_bench(benches: argparse._SubParsersAction) -> None:
     bench = benches.add_parser(
         "ingest", help="end-to-end ingest events/s vs direct Neo4j writes of the same batches",
@@ -125,3 +142,17 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
                        help="run against the configured Kafka/Neo4j (WIPES the Neo4j database)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
+
+    scaling = benches.add_parser(
+        "ingest-scaling", help="one consumer vs several in one group on a multi-partition topic: events/s, same graph",
+        description="Replays the log into a topic with --partitions partitions, then ingests it twice into a wiped "
+        "graph: with one `m2grl ingest` process, and with --consumers processes in one consumer group. Reports "
+        "each one's events/s (wall time until the last process ends), the speed-up, and whether both graphs are "
+        "identical (every edge weight, node count and membership).")
+    scaling.add_argument("--dataset", help="data set name or path (see `m2grl replay --help`)")
+    scaling.add_argument("--consumers", type=int, default=3, help="processes in the group (default 3)")
+    scaling.add_argument("--partitions", type=int, default=6, help="partitions of the topic (default 6)")
+    scaling.add_argument("--use-configured-services", action="store_true",
+                         help="run against the configured Kafka/Neo4j (WIPES the Neo4j database)")
+    scaling.add_argument("--json", action="store_true")
+    scaling.set_defaults(handler=_bench_scaling)

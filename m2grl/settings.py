@@ -194,7 +194,7 @@ class RpcSettings(_Section):
     max_ids: int = Field(10_000, ge=1, description="Most ids in one GetEmbeddings call, and most recent or excluded ids in other calls.")
     max_k: int = Field(1_000, ge=1, description="Most results one SimilarItems or Recommend call may ask for.")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request accepted; larger ones get INVALID_ARGUMENT.")
-    poll_s: float = Field(1.0, gt=0, description="Seconds between checks for a newly published snapshot.")
+    poll_s: float = Field(0.5, gt=0, description="Seconds between checks for a newly published snapshot (a read of one small file).")
     poller_niceness: int = Field(10, ge=0, le=19, description="Scheduling niceness of the thread that reads and indexes new snapshots, so calls keep their CPU.")
     grace_s: float = Field(10.0, ge=0, description="On shutdown, how long in-flight calls may take to finish.")
     diversity_view: str = Field("category", description="Side view whose neighbourhood Recommend's diversity route explores.")
