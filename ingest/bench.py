@@ -14,7 +14,8 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from m2grl.errors import M2grlError
@@ -72,16 +73,28 @@ def _direct_writes(settings: Settings, encoded: list[bytes]) -> float:
         return time.perf_counter() - started
 
 
-def run_ingest_bench(settings: Settings, *, dataset: str | None, reuse_services: bool) -> dict[str, Any]:
+def _bench_log(settings: Settings, dataset: str | None) -> tuple[str, list[Event], list[str]]:
+    """The log to ingest (default: the Taobao time slice if present, else MovieLens-100K) and its side views."""
     name = dataset or datasets.shared_or_movielens("taobao-timeslice", settings.data.shared_dir)
     ref = datasets.resolve_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
     events = datasets.load_events(ref.path, ref.fmt)
-    side = sorted({view for e in events[:5000] for view in e.side})
+    return name, events, sorted({view for e in events[:5000] for view in e.side})
+
+
+@contextmanager
+def _bench_services(settings: Settings, reuse: bool) -> Iterator[Settings]:
+    """The configured services (``reuse``), or a throwaway Kafka and Neo4j with 1 GiB heaps."""
+    if reuse:
+        yield settings
+        return
+    with throwaway_stack(settings, heap="1g", pagecache="512m", report=lambda _: None) as throwaway:
+        yield throwaway
+
+
+def run_ingest_bench(settings: Settings, *, dataset: str | None, reuse_services: bool) -> dict[str, Any]:
+    name, events, side = _bench_log(settings, dataset)
     topic = f"bench-ingest-{int(time.time())}"
-    with ExitStack() as stack:
-        if not reuse_services:
-            settings = stack.enter_context(throwaway_stack(settings, heap="1g", pagecache="512m",
-                                                           report=lambda _: None))
+    with _bench_services(settings, reuse_services) as settings:
         settings = settings.model_copy(update={
             "views": settings.views.model_copy(update={"side": tuple(side)}),
             "ingest": settings.ingest.model_copy(update={
@@ -150,17 +163,11 @@ def run_ingest_scaling_bench(settings: Settings, *, dataset: str | None, consume
                              reuse_services: bool) -> dict[str, Any]:
     """One consumer, then ``consumers`` in one group, on the same ``partitions``-partition topic
     into a wiped graph each time: events/s of each and whether the graphs are identical."""
-    name = dataset or datasets.shared_or_movielens("taobao-timeslice", settings.data.shared_dir)
-    ref = datasets.resolve_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)
-    events = datasets.load_events(ref.path, ref.fmt)
-    side = sorted({view for e in events[:5000] for view in e.side})
+    name, events, side = _bench_log(settings, dataset)
     topic = f"bench-scaling-{int(time.time())}"
     runs: dict[int, dict[str, Any]] = {}
     graphs = {}
-    with ExitStack() as stack:
-        if not reuse_services:
-            settings = stack.enter_context(throwaway_stack(settings, heap="1g", pagecache="512m",
-                                                           report=lambda _: None))
+    with _bench_services(settings, reuse_services) as settings:
         settings = settings.model_copy(update={
             "views": settings.views.model_copy(update={"side": tuple(side)}),
             "ingest": settings.ingest.model_copy(update={"topic": topic, "dead_letter_topic": f"{topic}.dlq",

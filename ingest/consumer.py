@@ -33,8 +33,6 @@ from m2grl.ingest.errors import translated_errors
 from m2grl.settings import Settings
 
 log = logging.getLogger(__name__)
-UNASSIGNED_RESUBSCRIBE_S = 60.0
-STALLED_RESUBSCRIBE_S = 60.0
 
 
 @dataclass
@@ -182,19 +180,23 @@ class IngestConsumer:
             consumer = self._subscribe(rebalance)
             unassigned_since = fetched_at = time.monotonic()
             started = time.monotonic()
+            rejoin_after_s = settings.ingest.rejoin_after_s
             while not self.stop.is_set() and not writer.interrupted:
                 self._account(consumer, writer.finished(), totals, on_batch)
                 writer.check()
                 try:
+                    if consumer is None:  # left the group to rejoin; Kafka may still be down
+                        consumer = self._subscribe(rebalance)
+                        unassigned_since = fetched_at = time.monotonic()
                     if consumer.assignment():
                         unassigned_since = time.monotonic()
-                    elif time.monotonic() - unassigned_since > UNASSIGNED_RESUBSCRIBE_S:
+                    elif time.monotonic() - unassigned_since > rejoin_after_s:
                         # A member that fell out of its group without noticing would idle forever;
                         # a fresh client rejoins. (Also harmless with more consumers than partitions.)
-                        log.info("no partitions assigned for %.0f s; rejoining the group", UNASSIGNED_RESUBSCRIBE_S)
+                        log.info("no partitions assigned for %.0f s; rejoining the group", rejoin_after_s)
                         consumer.close(autocommit=False)
-                        consumer = self._subscribe(rebalance)
-                        unassigned_since = time.monotonic()
+                        consumer = None  # subscribed afresh at the top of the loop
+                        continue
                     if rebalance.to_position:
                         # Batches still in flight move the stored offsets we are about to read.
                         self._account(consumer, writer.wait_idle(self.stop), totals, on_batch)
@@ -202,15 +204,14 @@ class IngestConsumer:
                     records = self._gather(consumer)
                     if records:
                         fetched_at = time.monotonic()
-                    elif time.monotonic() - fetched_at > STALLED_RESUBSCRIBE_S and self._behind(consumer):
+                    elif time.monotonic() - fetched_at > rejoin_after_s and self._behind(consumer):
                         # Seen once in CI: an assigned consumer whose fetches returned nothing for
                         # minutes while its partitions held messages. A fresh client recovers; the
                         # stored offsets make re-reading safe.
                         log.warning("no records fetched for %.0f s although the partitions hold more; rejoining "
-                                    "the group", STALLED_RESUBSCRIBE_S)
+                                    "the group", rejoin_after_s)
                         consumer.close(autocommit=False)
-                        consumer = self._subscribe(rebalance)
-                        unassigned_since = fetched_at = time.monotonic()
+                        consumer = None  # subscribed afresh at the top of the loop
                         continue
                     if not records:
                         if until_idle and writer.in_flight == 0 and self._drained(consumer, applier):
@@ -237,10 +238,11 @@ class IngestConsumer:
             applier.close()
         return totals
 
-    def _account(self, consumer: KafkaConsumer, finished: list[tuple[PreparedBatch, BatchResult]],
+    def _account(self, consumer: KafkaConsumer | None, finished: list[tuple[PreparedBatch, BatchResult]],
                  totals: IngestTotals, on_batch: Callable[[BatchResult], None] | None) -> None:
         for batch, result in finished:
-            self._commit_to_kafka(consumer, [record for record, _ in batch.decoded])
+            if consumer is not None:  # between clients the advisory Kafka commit is skipped
+                self._commit_to_kafka(consumer, [record for record, _ in batch.decoded])
             totals.add(result)
             if on_batch is not None:
                 on_batch(result)
@@ -261,10 +263,14 @@ class IngestConsumer:
                 session_timeout_ms=int(ingest.session_timeout_s * 1000),
                 heartbeat_interval_ms=int(ingest.session_timeout_s * 1000 / 3),
             )
-            # Knowing the topic's partitions before joining spares the group an immediate second
-            # rebalance (a first join with empty metadata assigns nothing).
-            consumer.partitions_for_topic(self.topic)
-            consumer.subscribe([self.topic], listener=rebalance)
+            try:
+                # Knowing the topic's partitions before joining spares the group an immediate second
+                # rebalance (a first join with empty metadata assigns nothing).
+                consumer.partitions_for_topic(self.topic)
+                consumer.subscribe([self.topic], listener=rebalance)
+            except BaseException:
+                consumer.close(autocommit=False)
+                raise
         return consumer
 
     def _position_new_partitions(self, consumer: KafkaConsumer, applier: BatchApplier,
@@ -315,10 +321,13 @@ class IngestConsumer:
         self._update_lag(consumer)
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                metrics.LAG.labels(self.topic, str(tp.partition)).set(max(highwater - consumer.position(tp), 0))
+        try:
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    metrics.LAG.labels(self.topic, str(tp.partition)).set(max(highwater - consumer.position(tp), 0))
+        except KafkaError as exc:  # position() may ask the broker; the gauge can wait for the next batch
+            log.debug("consumer lag not updated: %s", exc)
 
     def _behind(self, consumer: KafkaConsumer) -> bool:
         """True when an assigned partition holds messages past this consumer's position."""

@@ -96,13 +96,14 @@ class SteadyStream:
 
 # -- freshness --------------------------------------------------------------------------------------
 
-def run_freshness_bench(settings: Settings, *, dataset: str | None = None, warm_share: float = 0.5,
+def run_freshness_bench(settings: Settings, *, dataset: str | None = None, limit: int | None = None,
+                        warm_share: float = 0.5,
                         rate: float = 300.0, probes: int = 20, every_s: float = 5.0,
                         interval_s: float | None = None) -> dict[str, Any]:
     from m2grl.freshness import FreshnessProbes
     from m2grl.ingest.replay import EventProducer
 
-    data = pipeline.load_data(settings, dataset)
+    data = pipeline.load_data(settings, dataset, limit)
     interval_s = interval_s or settings.train.interval_s
     warm = int(len(data.events) * warm_share)
     rng = random.Random(7)
@@ -114,7 +115,8 @@ def run_freshness_bench(settings: Settings, *, dataset: str | None = None, warm_
         checks = FreshnessProbes(run.settings, rpc, producer)
         first_version = rpc.info().version
         for index in range(probes):
-            anchor, other = rng.choice(known), rng.choice(known)
+            anchor = rng.choice(known)
+            other = _another_item(rng, known, anchor.item_id)
             checks.new_item(anchor, f"fresh-{run.folder.name}-{index}")
             checks.retrained(anchor, other, f"{run.folder.name}-{index}")
             _poll(checks, processes, every_s)
@@ -134,6 +136,13 @@ def run_freshness_bench(settings: Settings, *, dataset: str | None = None, warm_
     }
 
 
+def _another_item(rng: random.Random, events: Sequence[Event], item: str) -> Event:
+    """An event of an item other than ``item``: a transition to itself would be dropped by ingest."""
+    while (event := rng.choice(events)).item_id == item:
+        pass
+    return event
+
+
 def _poll(checks: Any, processes: pipeline.Processes, seconds: float) -> None:
     ends = time.monotonic() + seconds
     while time.monotonic() < ends:
@@ -148,12 +157,13 @@ def _within(summary: dict[str, Any], target_s: float) -> bool:
 
 # -- load -------------------------------------------------------------------------------------------
 
-def run_load_bench(settings: Settings, *, dataset: str | None = None, warm_share: float = 0.5,
+def run_load_bench(settings: Settings, *, dataset: str | None = None, limit: int | None = None,
+                   warm_share: float = 0.5,
                    rate: float = 300.0, seconds: float = 60.0, idle_seconds: float = 15.0, concurrency: int = 4,
                    interval_s: float | None = None) -> dict[str, Any]:
     from m2grl.rpc.bench import drive
 
-    data = pipeline.load_data(settings, dataset)
+    data = pipeline.load_data(settings, dataset, limit)
     interval_s = interval_s or settings.train.interval_s
     warm = int(len(data.events) * warm_share)
     with running_pipeline(settings, data, "bench-load", interval_s, warm) as (run, processes), \
@@ -207,7 +217,7 @@ def _mixed_calls(rpc: Any, events: Sequence[Event], item_view: str, seed: int = 
 def _freshness(args: Any, settings: Settings) -> int:
     from m2grl.cli import print_json
 
-    report = run_freshness_bench(settings, dataset=args.dataset, rate=args.rate, probes=args.probes,
+    report = run_freshness_bench(settings, dataset=args.dataset, limit=args.limit, rate=args.rate, probes=args.probes,
                                  every_s=args.every, interval_s=args.interval)
     if args.json:
         print_json(report)
@@ -225,7 +235,7 @@ def _freshness(args: Any, settings: Settings) -> int:
 def _load(args: Any, settings: Settings) -> int:
     from m2grl.cli import print_json
 
-    report = run_load_bench(settings, dataset=args.dataset, rate=args.rate, seconds=args.seconds,
+    report = run_load_bench(settings, dataset=args.dataset, limit=args.limit, rate=args.rate, seconds=args.seconds,
                             idle_seconds=args.idle_seconds, concurrency=args.concurrency, interval_s=args.interval)
     if args.json:
         print_json(report)
@@ -249,6 +259,7 @@ def register_bench(benches: Any) -> None:
         "GetEmbeddings returns its first, side-view vector) and a pair of known items (measured until a snapshot "
         "trained on a graph read after their transition was written goes live). Prints p50/p95/max of each.")
     freshness.add_argument("--dataset", **common)
+    freshness.add_argument("--limit", type=int, metavar="N", help="use only the first N events (in time order)")
     freshness.add_argument("--rate", type=float, default=300.0, help="background events per second (default 300)")
     freshness.add_argument("--probes", type=int, default=20, help="probes of each kind (default 20)")
     freshness.add_argument("--every", type=float, default=5.0, help="seconds between probes (default 5)")
@@ -264,6 +275,7 @@ def register_bench(benches: Any) -> None:
         "training rounds run. Reports calls/s, p50/p99 and failures of both; target: zero errors, p99 within "
         "3 × idle.")
     load.add_argument("--dataset", **common)
+    load.add_argument("--limit", type=int, metavar="N", help="use only the first N events (in time order)")
     load.add_argument("--rate", type=float, default=300.0, help="events per second streamed (default 300)")
     load.add_argument("--seconds", type=float, default=60.0, help="seconds of load while streaming (default 60)")
     load.add_argument("--idle-seconds", type=float, default=15.0, help="seconds of the idle baseline (default 15)")

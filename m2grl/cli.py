@@ -27,8 +27,11 @@ def setup_logging(verbose: bool = False) -> None:
     """Log lines for long-running commands; third-party chatter only from WARNING up."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for noisy in ("neo4j", "apscheduler", "faiss"):
+    for noisy in ("neo4j", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A round longer than the interval makes APScheduler warn at every tick it skips; skipped ticks
+    # coalescing is the intended schedule. Its errors (a round that raised) still show.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # kafka-python logs every refused connection as an error; our own code reports outages once.
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 

@@ -142,7 +142,8 @@ def _freshness(settings: Settings, client: EmbeddingClient, events: list[Event],
     from m2grl.freshness import FreshnessProbes
     from m2grl.ingest.replay import EventProducer
 
-    first, second = events[-2], events[-1]
+    second = events[-1]
+    first = next(e for e in reversed(events) if e.item_id != second.item_id)  # a transition, not a repeat
     new_item = f"demo-new-{int(time.time())}"
     with EventProducer(settings) as producer:
         probes = FreshnessProbes(settings, client, producer)

@@ -11,6 +11,10 @@ def test_defaults_are_loopback_and_managed() -> None:
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert settings.neo4j.bolt_uri == "bolt://127.0.0.1:7687"
     assert settings.kafka.managed and settings.neo4j.managed
+    # Every address anything binds to, servers and metrics endpoints alike.
+    hosts = {f"{section}.{name}": value for section, fields in settings.model_dump().items() if isinstance(fields, dict)
+             for name, value in fields.items() if name == "host" or name.endswith("_host")}
+    assert len(hosts) >= 6 and set(hosts.values()) == {"127.0.0.1"}, hosts
 
 
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,8 +46,11 @@ def rig_settings(stack: Settings, snapshot_keep: int = 100_000) -> Settings:
     """Small, quick training every 4 s that keeps every version (answers are checked against them),
     and free ports for the server; no metrics endpoints."""
     return stack.model_copy(update={
+        # Rejoining soon after the group's session timeout puts the consumer's rejoin path (a fresh
+        # client, subscribed while Kafka may still be down) in the Kafka outage's way.
         "ingest": stack.ingest.model_copy(update={"partitions": 4, "batch_max_records": 500, "batch_max_ms": 200,
-                                                  "metrics_port": 0, "session_timeout_s": 10}),
+                                                  "metrics_port": 0, "session_timeout_s": 10,
+                                                  "rejoin_after_s": 12}),
         "train": stack.train.model_copy(update={"dim": 16, "walks_per_node": 4, "walk_length": 6, "window": 3,
                                                 "batch_size": 2048, "keep_snapshots": snapshot_keep,
                                                 "metrics_port": 0}),
@@ -205,3 +208,6 @@ def rig(stack: Settings, movielens_sample: list[Event]) -> Iterator[Rig]:  # noq
         yield rig
     finally:
         rig.close()
+        # Captured, so shown only when the test failed: the stack's folder is gone after the session.
+        for stage in pipeline.STAGES:
+            print(f"--- the end of {stage}.log ---\n" + "\n".join(rig.log(stage).splitlines()[-60:]))

@@ -24,6 +24,10 @@ def test_demo_streams_trains_serves_and_answers(tmp_path: Path) -> None:
         assert demo.returncode == 0, demo.stderr[-3000:] + out[-3000:]
         assert "views item + genre" in out and "is live" in out
         assert re.search(r"nearest to [A-Z][^()]+ \(\d+\):", out), out  # MovieLens titles, not bare ids
+        # Neighbours from trained vectors: three different items do not share one list (side-view
+        # vectors alone would give every item of a genre the same neighbours).
+        lists = re.findall(r"nearest to [^\n]+:\n((?:      [^\n]+\n){5})", out)
+        assert len(lists) == 3 and len(set(lists)) > 1, out
         assert "item-neighbour" in out and "nearby-category" in out
         assert "freshness: a brand-new item" in out and "was servable" in out
         assert "ingest, training and serving stopped" in out
