@@ -30,32 +30,33 @@ RESTART_DELAY_S = 2.0  # what a process supervisor would wait before restarting 
 OUTAGE_S = 20.0
 
 
-def _kill_and_restart(rig: Rig, stage: str, working_again: Callable[[float], bool]) -> float:
+def _kill_and_restart(rig: Rig, stage: str, progress: Callable[[], int]) -> float:
+    """kill -9 ``stage``, restart it as a supervisor would, and time from the restart until
+    ``progress`` (a counter of the stage's work) moves past where the kill left it."""
     rig.processes.kill(stage)
+    left_at = progress()
     time.sleep(RESTART_DELAY_S)
     restarted = time.monotonic()
     rig.restart(stage)
-    rig.wait(f"the restarted {stage} to work", lambda: working_again(restarted))
+    rig.wait(f"the restarted {stage} to work", lambda: progress() > left_at)
     return time.monotonic() - restarted
 
 
 def kill_consumer(rig: Rig) -> float:
     time.sleep(8)
-    written = rig.item_events()
-    return _kill_and_restart(rig, "ingest", lambda _: rig.item_events() > written)
+    return _kill_and_restart(rig, "ingest", rig.item_events)
 
 
 def kill_trainer_mid_round(rig: Rig) -> float:
     rig.wait("a training round in progress", rig.round_in_progress, every_s=0.02)
-    trained_up_to = rig.training_watermark()
-    recovered = _kill_and_restart(rig, "train", lambda _: rig.training_watermark() > trained_up_to)
+    recovered = _kill_and_restart(rig, "train", rig.training_watermark)
     assert "resumed from snapshot version" in rig.log("train")
     return recovered
 
 
 def kill_server(rig: Rig) -> float:
     time.sleep(8)
-    return _kill_and_restart(rig, "serve", lambda restarted: rig.watcher.first_answer_after(restarted) is not None)
+    return _kill_and_restart(rig, "serve", lambda: len(rig.watcher.answers))
 
 
 def _outage(rig: Rig, service_name: str) -> float:
