@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +81,17 @@ def start_ingest(settings: Settings, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "m2grl", "ingest", "--no-metrics"],
                             env={**os.environ, **settings_env(settings)}, cwd=REPO_ROOT,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def kill_at_random_moments(settings: Settings, folder: Path, *, kills: int, seed: int,
+                           between_s: tuple[float, float]) -> None:
+    """Start `m2grl ingest` and kill -9 it after a random ``between_s`` time, ``kills`` times."""
+    rng = random.Random(seed)
+    for attempt in range(kills):
+        consumer = start_ingest(settings, folder / f"ingest-{attempt}.log")
+        time.sleep(rng.uniform(*between_s))
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait()
 
 
 def read_topic(settings: Settings, topic: str) -> list[tuple[dict[str, str], bytes]]:

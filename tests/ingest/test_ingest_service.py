@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import signal
 import subprocess
@@ -17,7 +16,8 @@ from m2grl.ingest.events import Event
 from m2grl.ingest.replay import replay
 from m2grl.services import launcher
 from m2grl.settings import Settings
-from tests.ingest.conftest import read_topic, run_ingest, start_ingest, with_ingest, with_malformed
+from tests.ingest.conftest import (kill_at_random_moments, read_topic, run_ingest, start_ingest, with_ingest,
+                                   with_malformed)
 from tests.ingest.reference import Graph, assert_same_graph, expected_graph, stored_graph
 
 pytestmark = pytest.mark.services
@@ -56,12 +56,7 @@ def test_kill_9_at_random_points_then_exact(ingest_settings: Settings, movielens
     settings = with_ingest(ingest_settings, batch_max_records=300)
     messages, bad = with_malformed(movielens_sample, every=97, seed=7)
     produce_raw(settings, messages)
-    rng = random.Random(11)
-    for attempt in range(4):
-        consumer = start_ingest(settings, tmp_path / f"ingest-{attempt}.log")
-        time.sleep(rng.uniform(2.5, 5.0))
-        consumer.send_signal(signal.SIGKILL)
-        consumer.wait()
+    kill_at_random_moments(settings, tmp_path, kills=4, seed=11, between_s=(2.5, 5.0))
     run_ingest(settings)
     assert_same_graph(stored_graph(settings), expected(movielens_sample))
     dead = read_topic(settings, settings.ingest.dead_letter_topic)

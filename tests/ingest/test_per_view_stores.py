@@ -4,17 +4,15 @@ nothing twice. Training then reads each view from where it lives."""
 
 from __future__ import annotations
 
-import random
 import shutil
-import signal
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from m2grl.graphstore import GraphStore
+from m2grl.graphstore.maintenance import wipe_graph
 from m2grl.graphstore.stats import view_stats
 from m2grl.ingest.events import Event
 from m2grl.ingest.replay import replay
@@ -23,7 +21,7 @@ from m2grl.services.launcher import free_port
 from m2grl.settings import Settings, ViewStore
 from m2grl.train import snapshots
 from m2grl.train.trainer import Trainer
-from tests.ingest.conftest import run_ingest, start_ingest, with_ingest
+from tests.ingest.conftest import kill_at_random_moments, run_ingest, with_ingest
 from tests.ingest.reference import assert_same_graph, expected_graph, stored_graph
 
 pytestmark = pytest.mark.services
@@ -53,15 +51,10 @@ def test_a_view_in_its_own_server_survives_kills_exactly(ingest_settings: Settin
         update={"stores": {"category": ViewStore(uri=second_neo4j)}})})
     category = settings.views.viewset.by_name("category")
     with GraphStore(settings.neo4j_for(category)) as store:
-        store.write("MATCH (n) DETACH DELETE n")  # the module's server is shared by nothing else
+        wipe_graph(store)
     events = movielens_sample[:8000]
     replay(settings, events, progress=False)
-    rng = random.Random(3)
-    for attempt in range(3):
-        consumer = start_ingest(settings, tmp_path / f"ingest-{attempt}.log")
-        time.sleep(rng.uniform(3.0, 6.0))
-        consumer.send_signal(signal.SIGKILL)
-        consumer.wait()
+    kill_at_random_moments(settings, tmp_path, kills=3, seed=3, between_s=(3.0, 6.0))
     run_ingest(settings)
     assert_same_graph(stored_graph(settings), expected_graph(events, ("category",), 30 * 60 * 1000))
     with GraphStore(settings.neo4j) as default, GraphStore(settings.neo4j_for(category)) as own:
