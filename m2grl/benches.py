@@ -110,9 +110,9 @@ def run_freshness_bench(settings: Settings, *, dataset: str | None = None, limit
     known = data.events[:warm]
     with running_pipeline(settings, data, "bench-freshness", interval_s, warm) as (run, processes), \
             pipeline.client(run.settings) as rpc, EventProducer(run.settings) as producer, \
+            FreshnessProbes(run.settings, rpc, producer) as checks, \
             SteadyStream(run.settings, data.events[warm:], rate) as stream:
         _say(f"streaming the rest at {rate:g} events/s; {probes} probes of each kind, one pair every {every_s:g} s")
-        checks = FreshnessProbes(run.settings, rpc, producer)
         first_version = rpc.info().version
         for index in range(probes):
             anchor = rng.choice(known)

@@ -145,8 +145,7 @@ def _freshness(settings: Settings, client: EmbeddingClient, events: list[Event],
     second = events[-1]
     first = next(e for e in reversed(events) if e.item_id != second.item_id)  # a transition, not a repeat
     new_item = f"demo-new-{int(time.time())}"
-    with EventProducer(settings) as producer:
-        probes = FreshnessProbes(settings, client, producer)
+    with EventProducer(settings) as producer, FreshnessProbes(settings, client, producer) as probes:
         new = probes.new_item(first, new_item)
         retrained = probes.retrained(first, second, new_item)
         pipeline.wait_for("both probes to be served fresh", lambda: probes.check() == 0, children,

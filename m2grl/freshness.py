@@ -41,12 +41,23 @@ class Probe:
 
 @dataclass
 class FreshnessProbes:
-    """Injects probes and checks them against the server; ``check`` once per poll."""
+    """Injects probes and checks them against the server; ``check`` once per poll. A context
+    manager: it holds one connection to the item view's graph for the retrained probes."""
 
     settings: Settings
     rpc: EmbeddingClient
     producer: EventProducer
     probes: list[Probe] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._item = self.settings.views.viewset.all[0]
+        self._store = GraphStore(self.settings.neo4j_for(self._item))
+
+    def __enter__(self) -> FreshnessProbes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._store.close()
 
     def new_item(self, anchor: Event, new_id: str) -> Probe:
         return self._inject("new_item", anchor, Event(f"probe-{new_id}", new_id, "pv", 0, dict(anchor.side)))
@@ -80,20 +91,17 @@ class FreshnessProbes:
         return sum(p.pending for p in self.probes)
 
     def _check_retrained(self, probes: list[Probe], now: float) -> None:
-        item = self.settings.views.viewset.all[0]
-        unwritten = [p for p in probes if p.written_ms is None]
-        if unwritten:
-            with GraphStore(self.settings.neo4j_for(item)) as store:
-                for probe in unwritten:
-                    probe.written_ms = transition_updated_at(store, item, probe.src, probe.dst)
-        watermark = self.rpc.info().watermark_ms.get(item.name, 0)
+        for probe in probes:
+            if probe.written_ms is None:
+                probe.written_ms = transition_updated_at(self._store, self._item, probe.src, probe.dst)
+        watermark = self.rpc.info().watermark_ms.get(self._item.name, 0)
         for probe in probes:
             if probe.written_ms is not None and watermark > probe.written_ms:
                 probe.fresh_after_s = now - probe.produced_at
 
     @property
     def item_view(self) -> str:
-        return self.settings.views.viewset.all[0].name
+        return self._item.name
 
     def summary(self) -> dict[str, dict[str, float | int | None]]:
         """p50 / p95 / max seconds per kind, over the probes that became fresh, and how many did not."""
