@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,22 +54,28 @@ class EventProducer:
 
 
 def replay(settings: Settings, events: Sequence[Event], *, topic: str | None = None, rate: float | None = None,
-           encoding: str = "protobuf", progress: bool = True) -> ReplayResult:
-    """Produce ``events`` (already in the order wanted) and wait until Kafka acknowledged all of them.
+           encoding: str = "protobuf", progress: bool = True, stop: threading.Event | None = None) -> ReplayResult:
+    """Produce ``events`` (already in the order wanted) and wait until Kafka acknowledged the ones sent.
 
-    ``rate`` caps events per second; None sends as fast as the producer goes.
+    ``rate`` caps events per second; None sends as fast as the producer goes. ``stop`` ends the
+    replay early (a background stream); the result counts what was sent.
     """
+    stop = stop or threading.Event()
     started = time.monotonic()
+    sent = 0
     with EventProducer(settings, topic=topic, encoding=encoding) as producer:
         with tqdm(total=len(events), unit="ev", desc=f"replay -> {producer.topic}", disable=not progress) as bar:
-            for index, event in enumerate(events):
-                if rate and index % 100 == 0:
-                    ahead = index / rate - (time.monotonic() - started)
+            for event in events:
+                if rate and sent % 50 == 0:
+                    ahead = sent / rate - (time.monotonic() - started)
                     if ahead > 0:
-                        time.sleep(ahead)
+                        stop.wait(ahead)
+                if stop.is_set():
+                    break
                 producer.send(event)
-                if index % 1000 == 999:
+                sent += 1
+                if sent % 1000 == 0:
                     bar.update(1000)
-            bar.update(len(events) - bar.n)
+            bar.update(sent - bar.n)
             producer.flush()
-    return ReplayResult(sent=len(events), seconds=time.monotonic() - started)
+    return ReplayResult(sent=sent, seconds=time.monotonic() - started)

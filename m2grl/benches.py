@@ -21,6 +21,7 @@ from typing import Any
 
 from m2grl import pipeline
 from m2grl.ingest.events import Event
+from m2grl.ingest.replay import ReplayResult, replay
 from m2grl.settings import Settings
 
 TARGET_NEW_ITEM_P95_S = 5.0
@@ -36,7 +37,6 @@ def _say(text: str) -> None:
 def running_pipeline(settings: Settings, data: pipeline.LoadedData, kind: str, interval_s: float,
                      warm: int) -> Iterator[tuple[pipeline.Run, pipeline.Processes]]:
     """Services up, a fresh run with all three stages started, ``warm`` events ingested and served."""
-    from m2grl.ingest.replay import replay
     from m2grl.services import launcher
 
     launcher.up(settings, report=_say)
@@ -55,12 +55,11 @@ def running_pipeline(settings: Settings, data: pipeline.LoadedData, kind: str, i
 
 
 class SteadyStream:
-    """Produces events at a fixed rate from a background thread until they run out or ``stop``."""
+    """Replays events at a fixed rate from a background thread until they run out or the block ends."""
 
     def __init__(self, settings: Settings, events: Sequence[Event], rate: float) -> None:
         self.settings, self.events, self.rate = settings, events, rate
-        self.sent = 0
-        self.seconds = 0.0
+        self.result: ReplayResult | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="steady-stream", daemon=True)
 
@@ -73,25 +72,15 @@ class SteadyStream:
         self._thread.join()
 
     def _run(self) -> None:
-        from m2grl.ingest.replay import EventProducer
+        self.result = replay(self.settings, self.events, rate=self.rate, progress=False, stop=self._stop)
 
-        started = time.monotonic()
-        with EventProducer(self.settings) as producer:
-            for index, event in enumerate(self.events):
-                if self._stop.is_set():
-                    break
-                if index % 50 == 0:
-                    ahead = index / self.rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        self._stop.wait(ahead)
-                producer.send(event)
-                self.sent = index + 1
-            producer.flush()
-        self.seconds = time.monotonic() - started
+    @property
+    def sent(self) -> int:
+        return self.result.sent if self.result else 0
 
     @property
     def achieved_rate(self) -> float:
-        return self.sent / self.seconds if self.seconds else 0.0
+        return self.result.sent / self.result.seconds if self.result and self.result.seconds else 0.0
 
 
 # -- freshness --------------------------------------------------------------------------------------
