@@ -146,6 +146,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.applier.request_forget()
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
         self.applier.request_forget()
         self.to_position |= set(assigned)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -64,18 +63,40 @@ def test_kill_9_at_random_points_then_exact(ingest_settings: Settings, movielens
     assert len({(h["source_partition"], h["source_offset"]) for h, _ in dead}) == len(bad)
 
 
-def test_two_consumers_in_a_group_make_the_same_graph(ingest_settings: Settings,
-                                                      movielens_sample: list[Event]) -> None:
-    replay(ingest_settings, movielens_sample, progress=False)
-    results: list[dict] = []
-    workers = [threading.Thread(target=lambda: results.append(run_ingest(ingest_settings))) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert sum(r["applied"] for r in results) == len(movielens_sample)
-    assert all(r["records"] > 0 for r in results), "both consumers should have had partitions"
-    assert_same_graph(stored_graph(ingest_settings), expected(movielens_sample))
+def test_two_consumers_in_a_group_make_the_same_graph(ingest_settings: Settings, movielens_sample: list[Event],
+                                                      tmp_path: Path) -> None:
+    logs = [tmp_path / f"ingest-{n}.log" for n in range(2)]
+    consumers = [start_ingest(ingest_settings, log) for log in logs]
+    try:
+        # The events go in only once the group has formed, so neither member can drain the topic
+        # alone before the other joins (it did once, on a loaded machine).
+        wait_until_partitions_are_shared(logs, ingest_settings.ingest.partitions, timeout_s=120)
+        replay(ingest_settings, movielens_sample, progress=False)
+        want = expected(movielens_sample)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and stored_graph(ingest_settings).node_events != want.node_events:
+            time.sleep(2)
+    finally:
+        for consumer in consumers:
+            consumer.send_signal(signal.SIGTERM)
+        exits = [consumer.wait(timeout=60) for consumer in consumers]
+    assert exits == [0, 0], "SIGTERM must end both consumers cleanly"
+    applied = [int(re.findall(r"(\d+) applied", log.read_text())[-1]) for log in logs]
+    assert sum(applied) == len(movielens_sample) and all(applied), f"events applied per consumer: {applied}"
+    assert_same_graph(stored_graph(ingest_settings), want)
+
+
+def wait_until_partitions_are_shared(logs: list[Path], partitions: int, timeout_s: float) -> None:
+    """Until each consumer's latest assignment is non-empty and together they cover every partition."""
+    deadline = time.monotonic() + timeout_s
+    latest: list[list[int]] = []
+    while time.monotonic() < deadline:
+        latest = [[int(p) for p in re.findall(r"\d+", lines[-1])] if lines else []
+                  for lines in (re.findall(r"assigned partitions \[[\d, ]*\]", log.read_text()) for log in logs)]
+        if all(latest) and sorted(p for held in latest for p in held) == list(range(partitions)):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the two consumers did not share the {partitions} partitions in {timeout_s} s: {latest}")
 
 
 def test_each_kind_of_bad_input_is_dead_lettered_and_the_stream_goes_on(
