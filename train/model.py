@@ -95,10 +95,12 @@ class RowBatch:
         for table, index, rows, pairs in self._taken:
             if rows.grad is None:
                 continue
-            grad = rows.grad.mul_(pairs)
-            table.square.index_add_(0, index, grad.square().mean(-1))
-            grad.mul_(table.square.index_select(0, index).sqrt_().add_(1e-9).reciprocal_().mul_(-lr).unsqueeze(-1))
-            table.weight.index_add_(0, index, grad)  # alpha= is 2.5× slower than the in-place scaling
+            grad = rows.grad  # the batch mean; × pairs is folded into the per-row factors below
+            mean_square = torch.linalg.vector_norm(grad, dim=-1).square_().mul_(pairs * pairs / grad.shape[1])
+            table.square.index_add_(0, index, mean_square)
+            factor = table.square.index_select(0, index).sqrt_().add_(1e-9).reciprocal_().mul_(-lr * pairs)
+            # Out of place on purpose: an in-place broadcasting mul_ is 4× slower, index_add_'s alpha= 5×.
+            table.weight.index_add_(0, index, grad * factor.unsqueeze(-1))
 
 
 LOSS_SAMPLE = 1024  # pairs whose negative term is evaluated for the reported loss
@@ -123,9 +125,10 @@ class _SharedNegativeSGNS(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         center, context, pool, pull, push = ctx.saved_tensors
-        per_pair = grad / len(center)
-        d_center = torch.addmm(pull * context, push, pool).mul_(per_pair)
-        d_context = (pull * center).mul_(per_pair)
+        per_pair = float(grad) / len(center)
+        pull = pull * per_pair  # scaling the (B × 1) factor spares a pass over each (B × d) result
+        d_center = torch.addmm(pull * context, push, pool, alpha=per_pair)
+        d_context = pull * center
         d_pool = (push.T @ center).mul_(per_pair)
         return d_center, d_context, d_pool, None
 

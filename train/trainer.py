@@ -30,6 +30,7 @@ from m2grl.graphstore import GraphStore
 from m2grl.graphstore.reads import ViewRead, read_memberships, read_view
 from m2grl.settings import Settings
 from m2grl.train import metrics, snapshots
+from m2grl.train.allocator import retain_freed_memory
 from m2grl.train.mirror import IdMap, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape, RowBatch
 from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, skipgram_pairs
@@ -63,6 +64,7 @@ class Trainer:
     def __init__(self, settings: Settings, architecture: type[M2GRL] = M2GRL, *, cold_start: bool = False) -> None:
         """``architecture``: M2GRL, or a baseline sharing its tables and updates (train/eges.py).
         ``cold_start``: publish brand-new items between rounds and between a round's steps."""
+        retain_freed_memory()
         self.settings = settings
         self.architecture = architecture
         self.cfg = settings.train

@@ -1,0 +1,41 @@
+"""Keep the C allocator from handing freed training buffers back to the operating system.
+
+A training step allocates and frees a few dozen buffers of about a megabyte (batch × dim floats).
+glibc serves blocks that size with mmap, or trims them off the heap once freed, so every step took
+its memory back from the kernel one page fault at a time: 40 % of a step on this machine. Raising
+the thresholds once makes freed blocks stay in the heap for the next step to reuse.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 256 * 2**20  # larger blocks (whole tables) still get their own mapping
+_TRIM_THRESHOLD = 1024 * 2**20
+
+_done = False
+
+
+def retain_freed_memory() -> None:
+    """Idempotent; does nothing where the C library is not glibc."""
+    global _done
+    if _done:
+        return
+    _done = True
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        log.debug("no mallopt in this C library; training buffers go back to the OS after each step")
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
