@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m2grl.rpc import live as live_module
 from m2grl.rpc.live import LiveSnapshots
 from m2grl.settings import RpcSettings
 from m2grl.train import snapshots
@@ -100,3 +101,20 @@ def test_watchers_get_every_version_exactly_once(tmp_path: Path) -> None:
     watcher.join(timeout=10)
     assert not watcher.is_alive()
     assert seen == [1, 2, 3, 4, 5]
+
+
+def test_moved_rows_are_found_across_chunk_boundaries_and_reindexed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(live_module, "CHUNK_ROWS", 3)  # a new version is compared a few rows at a time
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    before = publish(tmp_path, 1, 10)
+    live.refresh()
+    after = np.vstack([before, np.ones((2, 4), dtype=np.float32)])
+    after[[2, 3, 9]] = -before[[2, 3, 9]]
+    manifest = snapshots.Manifest(version=2, created_ms=2, watermark_ms={"item": 2}, views=["item"], dim=4,
+                                  rows={"item": 12}, losses={}, sigma2={"intra:item": 1.0})
+    snapshots.publish(tmp_path, manifest, {"item": after}, {"item": [f"i{n}" for n in range(12)]}, {}, keep=3)
+    assert live_module._changed_rows(before, after).tolist() == [2, 3, 9]
+    assert live.refresh()
+    view = live.current.views["item"]
+    for row in (2, 3, 9, 11):
+        assert view.index.search(view.unit(row), 1)[0][0] in {row, 10 if row == 11 else row}
