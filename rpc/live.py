@@ -38,10 +38,9 @@ CHUNK_ROWS = 65536  # checks of a new version go this many rows at a time: see _
 
 
 def _chunks(vectors: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, rows) blocks. Whole-matrix temporaries (64 MB at a million rows) are mapped,
-    faulted in and unmapped by the kernel at each swap, which stalls the answering threads too
-    (likely the address-space lock): with them the slowest call during swaps took 0.43 s, with
-    blocks 36 ms (`m2grl bench rpc`)."""
+    """(first row, rows) blocks. Whole-matrix temporaries (64 MB at a million rows) were mapped,
+    faulted in and unmapped by the kernel at each swap; blocks keep a swap's transient memory at a
+    few megabytes (and the one 0.43 s stall of an answering call seen during swaps has not recurred)."""
     for start in range(0, len(vectors), CHUNK_ROWS):
         yield start, vectors[start:start + CHUNK_ROWS]
 
