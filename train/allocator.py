@@ -2,7 +2,7 @@
 
 A training step allocates and frees a few dozen buffers of about a megabyte (batch × dim floats).
 glibc serves blocks that size with mmap, or trims them off the heap once freed, so every step took
-its memory back from the kernel one page fault at a time: 40 % of a step on this machine. Raising
+its memory back from the kernel one page fault at a time (~800 faults, a third of a step here). Raising
 the thresholds once makes freed blocks stay in the heap for the next step to reuse.
 """
 
