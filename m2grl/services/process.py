@@ -81,36 +81,38 @@ def spawn(command: list[str], *, log_path: Path, pidfile: Path, cwd: Path, env: 
     return record
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status when the process is our child, so it does not linger as a zombie."""
+def _reap(pid: int) -> bool | None:
+    """For our own child: collect its exit status if it has ended (so it does not linger as a
+    zombie) and say whether it has. None when ``pid`` is not our child."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        pass
+        return None
+    return reaped == pid
 
 
 def terminate(record: ProcessRecord, *, grace_s: float) -> bool:
     """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns True when SIGKILL was needed."""
-    if not is_alive(record):
+    if exited(record):
         return False
     os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        _reap(record.pid)
-        if not is_alive(record):
+        if exited(record):
             return False
         time.sleep(0.2)
     os.kill(record.pid, signal.SIGKILL)
-    while is_alive(record):
-        _reap(record.pid)
+    while not exited(record):
         time.sleep(0.05)
     return True
 
 
 def exited(record: ProcessRecord) -> bool:
-    """True once the process has ended (reaping it if it was our child)."""
-    _reap(record.pid)
-    return not is_alive(record)
+    """True once the process has ended. For our own child the kernel's wait status decides: the
+    /proc checks once called a live Neo4j that was starting up dead, under load in CI, and the
+    launcher gave up on it and left it running. For a process an earlier command started, /proc."""
+    ended = _reap(record.pid)
+    return ended if ended is not None else not is_alive(record)
 
 
 def port_is_free(host: str, port: int) -> bool:
