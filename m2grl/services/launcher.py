@@ -55,7 +55,7 @@ def _wait_healthy(service: LocalService, record: process.ProcessRecord, timeout_
     deadline = time.monotonic() + timeout_s
     last_error: M2grlError | None = None
     while time.monotonic() < deadline:
-        if process.exited(record):
+        if not process.is_alive(record):
             service.pidfile.unlink(missing_ok=True)
             raise StartupError(f"{service.name} exited during start-up", log_path=service.log_path)
         try:

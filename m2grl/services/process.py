@@ -56,7 +56,14 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def is_alive(record: ProcessRecord) -> bool:
-    """True while the recorded process runs; a zombie or a pid reused by another program is not ours."""
+    """True while the recorded process runs; a zombie or a pid reused by another program is not ours.
+
+    For our own child the kernel's wait status decides (and collects it, so no zombie lingers):
+    the /proc checks once called a live Neo4j that was starting up dead, under load in CI, and the
+    launcher gave up on it and left it running. For a process an earlier command started, /proc."""
+    ended = _reap(record.pid)
+    if ended is not None:
+        return not ended
     state = _proc_state(record.pid)
     if state is None or state in ("Z", "X"):
         return False
@@ -82,8 +89,8 @@ def spawn(command: list[str], *, log_path: Path, pidfile: Path, cwd: Path, env: 
 
 
 def _reap(pid: int) -> bool | None:
-    """For our own child: collect its exit status if it has ended (so it does not linger as a
-    zombie) and say whether it has. None when ``pid`` is not our child."""
+    """For our own child: collect its exit status if it has ended and say whether it has. None
+    when ``pid`` is not our child."""
     try:
         reaped, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -93,26 +100,18 @@ def _reap(pid: int) -> bool | None:
 
 def terminate(record: ProcessRecord, *, grace_s: float) -> bool:
     """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns True when SIGKILL was needed."""
-    if exited(record):
+    if not is_alive(record):
         return False
     os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if exited(record):
+        if not is_alive(record):
             return False
         time.sleep(0.2)
     os.kill(record.pid, signal.SIGKILL)
-    while not exited(record):
+    while is_alive(record):
         time.sleep(0.05)
     return True
-
-
-def exited(record: ProcessRecord) -> bool:
-    """True once the process has ended. For our own child the kernel's wait status decides: the
-    /proc checks once called a live Neo4j that was starting up dead, under load in CI, and the
-    launcher gave up on it and left it running. For a process an earlier command started, /proc."""
-    ended = _reap(record.pid)
-    return ended if ended is not None else not is_alive(record)
 
 
 def port_is_free(host: str, port: int) -> bool:
