@@ -22,7 +22,8 @@ single line and exits non-zero.
      │    ├── UnknownView          no such view in the served snapshot         → NOT_FOUND
      │    ├── NotServing           no snapshot has been published yet          → UNAVAILABLE
      │    └── CannotAnswer         the snapshot lacks what the query needs     → FAILED_PRECONDITION
-     └── RpcError                  a gRPC call failed (client side): status code name and detail
+     ├── RpcError                  a gRPC call failed (client side): status code name and detail
+     └── KernelBuildError          the trainer's compiled step (train/csrc/) could not be built
 """
 
 from __future__ import annotations
@@ -111,3 +112,7 @@ class RpcError(M2grlError):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class KernelBuildError(M2grlError):
+    """The trainer's compiled step could not be built (compiler missing or the build failed)."""

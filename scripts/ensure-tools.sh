@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the non-Python tools exist: java (runs Kafka and Neo4j), mvn (resolves their jars once),
-# and, with --test, docker-compose (validates compose.yaml without a Docker engine).
+# g++ and ninja (the trainer compiles its step kernel, train/csrc/, once per machine), and, with
+# --test, docker-compose (validates compose.yaml without a Docker engine).
 # Missing ones are installed from Debian's packages when we may (root + apt-get); otherwise we say
 # exactly what to install and fail.
 set -euo pipefail
@@ -8,6 +9,8 @@ set -euo pipefail
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v g++ >/dev/null || need+=(g++)
+command -v ninja >/dev/null || need+=(ninja-build)
 if [ "${1:-}" = "--test" ]; then
   command -v docker-compose >/dev/null || need+=(docker-compose)
 fi

@@ -1,9 +1,10 @@
 """Keep the C allocator from handing freed training buffers back to the operating system.
 
-A training step allocates and frees a few dozen buffers of about a megabyte (batch × dim floats).
-glibc serves blocks that size with mmap, or trims them off the heap once freed, so every step took
-its memory back from the kernel one page fault at a time (~800 faults, a third of a step here). Raising
-the thresholds once makes freed blocks stay in the heap for the next step to reuse.
+A training step allocates and frees buffers of about a megabyte (batch × dim floats): a few in the
+compiled skip-gram step, a few dozen in an alignment task's autograd graph. glibc serves blocks that
+size with mmap, or trims them off the heap once freed, so every step took its memory back from the
+kernel one page fault at a time (~800 faults, a third of a step, when the skip-gram step was still
+written in torch operators). Raising the thresholds once makes freed blocks stay in the heap.
 """
 
 from __future__ import annotations

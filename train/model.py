@@ -11,10 +11,13 @@ Tasks, each with its own learned uncertainty:
   does not collapse (BENCHMARKS.md).
 Total: Σ_k L_k / (2 σ_k²) + log σ_k² with s_k = log σ_k² learned and σ_k² floored at 0.05.
 
-No I/O here: the trainer feeds index tensors in, takes losses out. Table rows are gathered into a
-RowBatch for each step and updated in place by row-wise Adagrad, so a step moves only the rows its
-batch touched and keeps one number of optimiser state per row: SparseAdam's coalescing made a step
-3.5× slower. The dense parameters (projections, uncertainties) use Adam.
+No I/O here: the trainer feeds index tensors in, takes losses out. Table rows are updated in place
+by row-wise Adagrad, so a step moves only the rows its batch touched and keeps one number of
+optimiser state per row: SparseAdam's coalescing made a step 3.5× slower. The intra-view tasks run
+as one compiled step each (train/csrc/sgns_step.cpp: loss, gradients and update fused, no autograd
+graph), which writes its rows at once; the alignment tasks go through autograd (the projections
+need it), their rows gathered into a RowBatch and written back after the backward pass. The dense
+parameters (projections, uncertainties) use Adam.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from m2grl.train.kernel import sgns_kernel
 
 SIGMA2_FLOOR = 0.05
 
@@ -80,9 +85,11 @@ class RowBatch:
     the pair count (the gradient word2vec would apply pair by pair), then divides it by the root of
     the row's accumulated mean squared gradient, as PyTorch-BigGraph does. Plain SGD diverged at
     useful rates: a shared negative row takes hundreds of pairs' pushes in one step, which word2vec
-    applies one at a time, each correcting the last. Repeated indices accumulate (index_add_)."""
+    applies one at a time, each correcting the last. Repeated indices accumulate (index_add_).
+    ``lr``: the step's learning rate, known before the step so that fused tasks can apply it at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
         self._taken: list[tuple[Table, Tensor, Tensor, int]] = []
 
     def take(self, table: Table, index: Tensor, pairs: int) -> Tensor:
@@ -91,7 +98,8 @@ class RowBatch:
         return rows
 
     @torch.no_grad()
-    def apply(self, lr: float) -> None:
+    def apply(self) -> None:
+        lr = self.lr
         for table, index, rows, pairs in self._taken:
             if rows.grad is None:
                 continue
@@ -103,7 +111,7 @@ class RowBatch:
             table.weight.index_add_(0, index, grad * factor.unsqueeze(-1))
 
 
-LOSS_SAMPLE = 1024  # pairs whose negative term is evaluated for the reported loss
+LOSS_SAMPLE = 1024  # pairs whose loss is evaluated for the reports (sgns_loss: the negative term; the compiled step: both)
 
 
 class _SharedNegativeSGNS(torch.autograd.Function):
@@ -179,9 +187,15 @@ class M2GRL(nn.Module):
 
     def intra_loss(self, view: str, centers: Tensor, contexts: Tensor, pool: Tensor, rows: RowBatch,
                    negatives: float) -> Tensor:
-        pairs = len(centers)
-        return sgns_loss(rows.take(self.inputs[view], centers, pairs), rows.take(self.contexts[view], contexts, pairs),
-                         rows.take(self.contexts[view], pool, pairs), negatives)
+        """The task's loss, with its rows already moved: the compiled step applies the gradient of
+        this task's term in ``weighted_total``, L / (2 σ²), at ``rows.lr``. The returned loss carries
+        no graph; through ``weighted_total`` it still trains the task's uncertainty."""
+        inputs, contexts_table = self.inputs[view], self.contexts[view]
+        weight = float(1 / (2 * self.sigma2(f"intra:{view}")))
+        loss = sgns_kernel().sgns_step(inputs.weight.data, inputs.square, contexts_table.weight.data,
+                                       contexts_table.square, centers, contexts, pool, negatives / len(pool), weight,
+                                       rows.lr, LOSS_SAMPLE)
+        return torch.tensor(loss)
 
     def inter_loss(self, side_view: str, items: Tensor, values: Tensor, pool: Tensor, rows: RowBatch,
                    negatives: float) -> Tensor:

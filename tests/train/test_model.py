@@ -54,7 +54,7 @@ def tiny_model() -> M2GRL:
 
 def test_inter_view_loss_projects_items_values_and_negatives() -> None:
     model = tiny_model()
-    loss = model.inter_loss("category", torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), RowBatch(), 1)
+    loss = model.inter_loss("category", torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), RowBatch(0.1), 1)
     f_item = [math.tanh(1.0), math.tanh(0.0)]
     f_pos = [math.tanh(2.0), math.tanh(0.0)]
     f_neg = [math.tanh(0.0), math.tanh(-1.0)]
@@ -111,23 +111,61 @@ def test_a_step_moves_only_the_rows_the_batch_touched() -> None:
     with torch.no_grad():
         model.contexts["item"].weight.normal_(std=0.1)
     before = model.inputs["item"].weight.detach().clone()
-    rows = RowBatch()
-    loss = model.intra_loss("item", torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5, 6]), rows, 5)
-    loss.backward()
-    rows.apply(0.1)
+    model.intra_loss("item", torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5, 6]), RowBatch(0.1), 5)
     changed = (model.inputs["item"].weight != before).any(dim=1).nonzero().flatten().tolist()
     assert changed == [1, 2]
+
+
+@pytest.mark.parametrize("pairs", [7, 3000])  # 3,000: enough rows for both threads to own rows
+def test_the_compiled_intra_step_equals_autograd_and_row_batch(pairs: int) -> None:
+    """The fused kernel against the reference it replaces: sgns_loss, scaled by the task's weight,
+    backward, then RowBatch's Adagrad. Repeated rows, a width not a multiple of 8, warm state."""
+    torch.manual_seed(2)
+    rows, dim, weight, lr = 40, 12, 0.7, 0.3
+    fused = M2GRL(ModelShape(views=("item",), rows=(rows,), dim=dim))
+    with torch.no_grad():
+        fused.contexts["item"].weight.normal_(std=0.3)
+        fused.inputs["item"].square.uniform_(0, 2)
+        fused.contexts["item"].square.uniform_(0, 2)
+        fused.log_vars["intra__item"].fill_(math.log(1 / (2 * weight)))  # the task's weight 1/(2σ²) = 0.7
+    reference = M2GRL(fused.shape)
+    reference.load_state_dict(fused.state_dict())
+    start = fused.inputs["item"].weight.detach().clone()
+    centers, contexts = torch.randint(0, rows, (pairs,)), torch.randint(0, rows, (pairs,))
+    pool = torch.tensor([3, 3, 5, 0, 39, 12])
+
+    loss = fused.intra_loss("item", centers, contexts, pool, RowBatch(lr), negatives=5)
+
+    batch = RowBatch(lr)
+    inputs, table = reference.inputs["item"], reference.contexts["item"]
+    expected = sgns_loss(batch.take(inputs, centers, pairs), batch.take(table, contexts, pairs),
+                         batch.take(table, pool, pairs), negatives=5)
+    (expected * weight).backward()
+    batch.apply()
+    if pairs <= 1024:  # the reported loss samples the first 1,024 pairs' negatives, like sgns_loss
+        assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    for name in ("inputs", "contexts"):
+        mine, theirs = getattr(fused, name)["item"], getattr(reference, name)["item"]
+        assert torch.allclose(mine.square, theirs.square, rtol=1e-4)
+        assert torch.allclose(mine.weight, theirs.weight, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(fused.inputs["item"].weight[centers], start[centers])  # the step did move them
+
+
+def test_the_compiled_step_refuses_rows_outside_the_table() -> None:
+    model = M2GRL(ModelShape(views=("item",), rows=(5,), dim=4))
+    with pytest.raises(RuntimeError, match="out of range"):
+        model.intra_loss("item", torch.tensor([1, 5]), torch.tensor([0, 1]), torch.tensor([2]), RowBatch(0.1), 5)
 
 
 def test_row_wise_adagrad_update_by_hand() -> None:
     table = Table(3, 2, init="zeros")
     with torch.no_grad():
         table.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0], [2.0, -2.0]]))
-    rows = RowBatch()
+    rows = RowBatch(0.5)
     taken = rows.take(table, torch.tensor([0, 2, 0]), pairs=2)
     # loss = mean over the batch of (3·x0 + 1·x1): per row gradient [3, 1] / 3, times 2 pairs.
     (taken @ torch.tensor([3.0, 1.0])).mean().backward()
-    rows.apply(0.5)
+    rows.apply()
     g = torch.tensor([3.0, 1.0]) * 2 / 3
     mean_square = float((g ** 2).mean())
     # Row 0 appears twice: its accumulator holds both squares before either step is scaled by it.

@@ -77,8 +77,12 @@ def test_eges_trains_the_item_task_only_and_serves_fused_vectors(tmp_path: Path)
     ids, vectors = trainer.vectors("item")
     own = trainer.model.inputs["item"].weight[: len(ids)].numpy()
     assert not np.allclose(vectors, own)  # the category's vector is mixed in
-    a0, a1, b0 = (vectors[ids.index(i)] for i in ("a0", "a1", "b0"))
-    assert cosine(a0, a1) > cosine(a0, b0)
+    # Against the cluster means, not one pair: fused vectors share their category's vector, so all
+    # twelve items are close, and a single pair flips with the seed (it did for seed 2 before).
+    a0 = vectors[ids.index("a0")]
+    within = np.mean([cosine(a0, vectors[ids.index(f"a{i}")]) for i in range(1, 6)])
+    across = np.mean([cosine(a0, vectors[ids.index(f"b{i}")]) for i in range(6)])
+    assert within > across
 
 
 def test_growth_keeps_trained_rows_and_rounds_reproduce_with_a_seed(tmp_path: Path) -> None:
