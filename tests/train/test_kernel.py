@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +15,17 @@ from m2grl.train import kernel
 
 
 def test_the_kernel_shares_torchs_openmp_runtime() -> None:
-    kernel.sgns_kernel()
-    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
-    assert len(runtimes) == 1, f"two OpenMP runtimes, two thread pools: {runtimes}"
+    """In a fresh process (other libraries, faiss among them, bring OpenMP runtimes of their own):
+    after loading the kernel, the only OpenMP runtime mapped is the one torch brought."""
+    script = ("import json, torch; from pathlib import Path\n"
+              "def runtimes(): return sorted({line.split()[-1] for line in "
+              "Path('/proc/self/maps').read_text().splitlines() if 'libgomp' in line})\n"
+              "before = runtimes()\n"
+              "from m2grl.train.kernel import sgns_kernel; sgns_kernel()\n"
+              "print(json.dumps([before, runtimes()]))")
+    before, after = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                              check=True).stdout)
+    assert before and after == before, f"torch brought {before}, after loading the kernel: {after}"
 
 
 def test_shuffling_pairs_keeps_each_pair_together_and_follows_the_seed() -> None:

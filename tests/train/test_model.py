@@ -116,10 +116,20 @@ def test_a_step_moves_only_the_rows_the_batch_touched() -> None:
     assert changed == [1, 2]
 
 
-@pytest.mark.parametrize("pairs", [7, 3000])  # 3,000: enough rows for both threads to own rows
-def test_the_compiled_intra_step_equals_autograd_and_row_batch(pairs: int) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("pairs", [7, 3000])
+def test_the_compiled_intra_step_equals_autograd_and_row_batch(pairs: int, threads: int) -> None:
     """The fused kernel against the reference it replaces: sgns_loss, scaled by the task's weight,
     backward, then RowBatch's Adagrad. Repeated rows, a width not a multiple of 8, warm state."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _compare_compiled_step_with_reference(pairs)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _compare_compiled_step_with_reference(pairs: int) -> None:
     torch.manual_seed(2)
     rows, dim, weight, lr = 40, 12, 0.7, 0.3
     fused = M2GRL(ModelShape(views=("item",), rows=(rows,), dim=dim))

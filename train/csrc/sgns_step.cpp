@@ -112,7 +112,7 @@ double sgns_step(Tensor input_weight, Tensor input_square, Tensor context_weight
   Tensor scores = at::empty({n, k}, input_weight.options());  // becomes the negatives' push
   Tensor center_grad = at::empty({n, d}, input_weight.options());
   Tensor context_grad = at::empty({n, d}, input_weight.options());
-  Tensor pool_grads = at::empty({threads, k, d}, input_weight.options());
+  Tensor pool_grads = at::zeros({threads, k, d}, input_weight.options());  // slots of absent threads stay 0
   std::vector<double> positive_loss(threads, 0.0), negative_loss(threads, 0.0);
 
   const int64_t* center_index = centers.data_ptr<int64_t>();
@@ -123,9 +123,11 @@ double sgns_step(Tensor input_weight, Tensor input_square, Tensor context_weight
 
 #pragma omp parallel num_threads(threads)
   {
-    const int t = omp_get_thread_num();
+    // The runtime may grant fewer threads than asked (inside another parallel region, one): the
+    // batch and the rows are split among those that came, never among those asked for.
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
     try {
-      const int64_t lo = n * t / threads, hi = n * (t + 1) / threads, rows = hi - lo;
+      const int64_t lo = n * t / team, hi = n * (t + 1) / team, rows = hi - lo;
       float* u = center_rows.data_ptr<float>();
       for (int64_t i = lo; i < hi; ++i) {
         if (i + kPrefetchAhead < hi) prefetch_row(inputs + center_index[i + kPrefetchAhead] * d, d);
@@ -167,9 +169,9 @@ double sgns_step(Tensor input_weight, Tensor input_square, Tensor context_weight
 #pragma omp barrier
     if (!failure) {
       adagrad_owned(inputs, input_square.data_ptr<float>(), center_index, center_grad.data_ptr<float>(), n, d, pairs,
-                    rate, t, threads);
+                    rate, t, team);
       adagrad_owned(context_table, context_square.data_ptr<float>(), context_index, context_grad.data_ptr<float>(), n,
-                    d, pairs, rate, t, threads);
+                    d, pairs, rate, t, team);
     }
   }
   if (failure) std::rethrow_exception(failure);
