@@ -184,7 +184,12 @@ def run_ingest_scaling_bench(settings: Settings, *, dataset: str | None, consume
             seconds, reports = _consumers(run, count)
             runs[count] = {"processes": count, "seconds": round(seconds, 2),
                            "events_per_s": round(len(events) / seconds),
-                           "records_per_process": [r["records"] for r in reports]}
+                           # A rebalance hands a partition over mid-stream: its new owner reads
+                           # again what the old one had not committed (records), but applies only
+                           # what the graph does not hold yet (applied; the rest: replayed).
+                           "records_per_process": [r["records"] for r in reports],
+                           "applied_per_process": [r["applied"] for r in reports],
+                           "replayed_per_process": [r["replayed"] for r in reports]}
             graphs[count] = _graph_of(run)
     one, many = runs[1], runs[consumers]
     return {
