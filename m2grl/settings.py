@@ -173,6 +173,8 @@ class TrainSettings(_Section):
     node2vec_p: float = Field(1.0, gt=0, description="node2vec return parameter; p = q = 1 walks by transition weight.")
     node2vec_q: float = Field(1.0, gt=0, description="node2vec in-out parameter.")
     replay_share: float = Field(0.3, ge=0, description="Incremental rounds also walk from this many untouched nodes per touched node (against forgetting).")
+    changed_edge_repeats: int = Field(30, ge=0, description="Incremental rounds also train on each item transition added or re-weighted since the last round, as a (center, context) pair both ways, this many times (a new transition is one out-edge among many for a walk; 0: walks only).")
+    changed_edge_max_share: float = Field(0.1, ge=0, description="Those pairs are at most this share of the round's item walk pairs: fewer repeats when many transitions changed, but each changed transition once at least.")
     interval_s: float = Field(30.0, gt=0, description="Seconds between scheduled rounds of `m2grl train`.")
     cold_start_interval_s: float = Field(1.0, ge=0, description="How often `m2grl train` looks for brand-new items and publishes them with a first vector from their side views, between rounds and during them (0: only rounds publish new items).")
     cold_start_overlap_s: float = Field(10.0, ge=0, description="Those looks re-read memberships linked this long before the last one (ingest transactions commit after they stamp).")

@@ -7,6 +7,7 @@ given to an id, stays that id's row across rounds and checkpoints.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,6 +42,17 @@ class IdMap:
         return [self.index.get(ext) for ext in ids]
 
 
+@dataclass(frozen=True)
+class Delta:
+    """What one read did to a view's graph. ``nodes``: the nodes whose edges it added or
+    re-weighted (or, when asked for, every node it named); ``src``, ``dst``: the edges it added or
+    re-weighted."""
+
+    nodes: Tensor
+    src: Tensor
+    dst: Tensor
+
+
 class ViewGraph:
     """One view's weighted transition graph plus its id map."""
 
@@ -57,15 +69,16 @@ class ViewGraph:
         if missing > 0:
             self.graph.add_nodes(missing)
 
-    def apply(self, read: ViewRead, *, changes_only: bool = True) -> Tensor:
-        """Merge a read into the graph (absolute weights); return the indices of the nodes whose
-        edges it added or re-weighted (``changes_only``), or of every node it named. Reads overlap,
-        so most of a re-read edge's nodes have nothing new to learn."""
+    def apply(self, read: ViewRead, *, changes_only: bool = True) -> Delta:
+        """Merge a read into the graph (absolute weights). Reads overlap, so most of a re-read
+        edge's nodes have nothing new to learn: ``Delta.nodes`` holds only the nodes of changed
+        edges unless ``changes_only`` is off."""
         src = self.ids.add(read.src)
         dst = self.ids.add(read.dst)
         self.ensure_nodes()
         if len(src) == 0:
-            return torch.empty(0, dtype=torch.long)
+            empty = torch.empty(0, dtype=torch.long)
+            return Delta(empty, empty, empty)
         weight = torch.tensor(read.weight, dtype=torch.float32)
         exists = self.graph.has_edges_between(src, dst)
         changed = ~exists
@@ -76,6 +89,6 @@ class ViewGraph:
         new = ~exists
         if new.any():
             self.graph.add_edges(src[new], dst[new], data={WEIGHT: weight[new]})
-        if changes_only:
-            src, dst = src[changed], dst[changed]
-        return torch.unique(torch.cat([src, dst]))
+        named = torch.unique(torch.cat([src, dst]))
+        src, dst = src[changed], dst[changed]
+        return Delta(torch.unique(torch.cat([src, dst])) if changes_only else named, src, dst)

@@ -82,6 +82,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self._loaded = False  # the mirrors start empty in every process
+        self._changed_item_edges: list[tuple[Tensor, Tensor]] = []  # (src, dst) this round added or re-weighted
         self.busy = threading.Lock()  # held by a round, and by admit_new_items between rounds
         self.cold_start_every_s = self.cfg.cold_start_interval_s if cold_start else 0.0
         self._cold_start_due = 0.0
@@ -144,12 +145,15 @@ class Trainer:
                publish: bool) -> RoundStats:
         started = time.perf_counter()
         full = full or self.model is None
+        self._changed_item_edges.clear()
         touched = self._refresh() if reads is None else self._merge_reads(reads)
         new_ids = self._grow(fresh=full)
         self._cold_start_tick()
         walks = self._walk(touched, everything=full)
         self._cold_start_tick()
         pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
+        if not full and f"intra:{self.item}" in pairs:
+            pairs[f"intra:{self.item}"] = self._with_changed_edges(*pairs[f"intra:{self.item}"])
         # Sized by the tables, not the id maps: the cold-start lane may append ids during the round.
         rows = dict(zip(self.model.shape.views, self.model.shape.rows))
         samplers = {view: NegativeSampler(node_counts(w, rows[view]) + 1) for view, w in walks.items()}
@@ -206,7 +210,7 @@ class Trainer:
                 # The model learned nothing since its checkpoint: all the delta is news to it, even
                 # though the whole graph just loaded into the mirror holds it already.
                 whole = read_view(store, view)
-                self._merge(view, whole)
+                self._merge(view, whole, changes_only=False)  # loading, not news: its edges are no changes
                 read = whole if since is None else read_view(store, view, since - overlap_ms)
                 changes = self._merge(view, read, changes_only=False)
             else:
@@ -222,7 +226,10 @@ class Trainer:
         """Apply one read to the mirrors (idempotent: weights are absolute); the nodes it changed
         (``changes_only``) or named."""
         graph = self.graphs[view.name]
-        touched = {view.name: graph.apply(read, changes_only=changes_only)}
+        delta = graph.apply(read, changes_only=changes_only)
+        if changes_only and view.is_item:
+            self._changed_item_edges.append((delta.src, delta.dst))
+        touched = {view.name: delta.nodes}
         if not view.is_item and read.member_items:
             items = self.graphs[self.item]
             item_idx = items.ids.add(read.member_items)
@@ -332,6 +339,24 @@ class Trainer:
             walks[view.name] = random_walks(graph.graph, starts, self.cfg.walk_length,
                                             p=self.cfg.node2vec_p, q=self.cfg.node2vec_q)
         return walks
+
+    def _with_changed_edges(self, centers: Tensor, contexts: Tensor) -> tuple[Tensor, Tensor]:
+        """The item walks' pairs plus each item transition this round added or re-weighted, both
+        ways, ``changed_edge_repeats`` times, fewer where that would exceed ``changed_edge_max_share``
+        of the walk pairs (a dense log changes so many transitions that the round outgrew a rebuild),
+        but once at least. A walk from a touched node takes a new transition with the probability of
+        one count among its out-edges', so without these the round trained little on what was new,
+        and lowered HR@20 below the model it started from (BENCHMARKS.md)."""
+        if not self.cfg.changed_edge_repeats or not self._changed_item_edges:
+            return centers, contexts
+        src = torch.cat([s for s, _ in self._changed_item_edges])
+        dst = torch.cat([d for _, d in self._changed_item_edges])
+        loops = src == dst
+        src, dst = src[~loops], dst[~loops]
+        affordable = int(self.cfg.changed_edge_max_share * len(centers) / max(2 * len(src), 1))
+        repeats = max(1, min(self.cfg.changed_edge_repeats, affordable))
+        src, dst = src.repeat(repeats), dst.repeat(repeats)
+        return torch.cat([centers, src, dst]), torch.cat([contexts, dst, src])
 
     def _alignment_pairs(self, touched: dict[str, Tensor], walks: dict[str, Tensor],
                          samplers: dict[str, NegativeSampler], *, everything: bool) -> dict[str, tuple[Tensor, Tensor]]:

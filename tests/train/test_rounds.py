@@ -70,6 +70,27 @@ def test_items_without_transitions_are_served_from_their_side_views(tmp_path: Pa
     assert np.allclose(lonely, mean_b, atol=1e-6)
 
 
+def test_an_incremental_round_trains_on_the_transitions_it_changed(tmp_path: Path) -> None:
+    """Each added or re-weighted item transition joins the round's pairs, both ways,
+    ``changed_edge_repeats`` times, within ``changed_edge_max_share`` of the walk pairs but once at
+    least; an unchanged re-read and a self-loop add nothing."""
+    def incremental_pairs(repeats: int, max_share: float, directory: str) -> int:
+        settings = tiny_settings(tmp_path / directory)
+        settings = settings.model_copy(update={"train": settings.train.model_copy(
+            update={"changed_edge_repeats": repeats, "changed_edge_max_share": max_share})})
+        trainer = Trainer(settings)
+        trainer.round(full=True, reads=two_clusters(), publish=False)
+        delta = ViewRead("item", 1, src=["a0", "a1", "b2", "a3"], dst=["b0", "a2", "b2", "a4"], weight=[1, 5, 1, 1])
+        return trainer.round(reads={"item": delta}, publish=False).pairs
+
+    walks_only = incremental_pairs(0, 0.1, "without")
+    # Changed: a0→b0 (new) and a1→a2 (re-weighted 1 → 5); b2→b2 is a loop, a3→a4 unchanged.
+    assert incremental_pairs(30, 10.0, "uncapped") - walks_only == 2 * 30 * 2
+    capped = incremental_pairs(30, 0.1, "capped") - walks_only
+    assert 2 * 2 <= capped <= 0.1 * walks_only and capped % (2 * 2) == 0
+    assert incremental_pairs(30, 0.0, "once") - walks_only == 2 * 2
+
+
 def test_eges_trains_the_item_task_only_and_serves_fused_vectors(tmp_path: Path) -> None:
     trainer = Trainer(tiny_settings(tmp_path), EGES)
     stats = trainer.round(full=True, reads=two_clusters(), publish=False)
