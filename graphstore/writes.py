@@ -10,6 +10,7 @@ Rows are sorted by key before each UNWIND so concurrent writers take locks in th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import neo4j
@@ -116,6 +117,14 @@ def _mark_key(topic: str, partition: int) -> str:
 MEMBERSHIP_CACHE_LIMIT = 5_000_000  # links; beyond this the cache restarts empty
 
 
+@dataclass(frozen=True)
+class PendingWrite:
+    """A delta as Cypher statements with their rows, and the membership links they create."""
+
+    statements: list[tuple[str, list[dict[str, Any]]]]
+    new_links: list[tuple[str, str, str]]
+
+
 class BehaviorGraphWriter:
     """Writes ingest batches for some views into one Neo4j database."""
 
@@ -145,12 +154,10 @@ class BehaviorGraphWriter:
             sessions[props["id"]] = SessionState(last_time_ms=int(props["last_time"]), last=last)
         return sessions
 
-    def commit(self, delta: GraphDelta, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:
-        """Apply ``delta`` and advance ``marks`` in one transaction, if the stored offsets still equal
-        ``expected``; otherwise raise StaleOffsetsError and change nothing."""
-        mark_rows = [{"key": _mark_key(self.topic, p), "topic": self.topic, "partition": p,
-                      "offset": mark.offset, "dead_letter_offset": mark.dead_letter_offset}
-                     for p, mark in sorted(marks.items())]
+    def prepare(self, delta: GraphDelta) -> PendingWrite:
+        """The statements that write ``delta``, built apart from the transaction so that a caller can
+        build the next batch's while this one commits. Safe beside ``write``: a link it skips was
+        committed already, one it keeps that a batch in flight commits first is merged again."""
         statements: list[tuple[str, list[dict[str, Any]]]] = []
         new_links: list[tuple[str, str, str]] = []
         for view in self.views:
@@ -163,6 +170,17 @@ class BehaviorGraphWriter:
                 statements.append((_membership_link(view, item_nodes_here=self._item_nodes_here),
                                    _tally_rows(links)))
         statements.append((_SAVE_SESSIONS, _session_rows(delta.sessions)))
+        return PendingWrite([(cypher, rows) for cypher, rows in statements if rows], new_links)
+
+    def commit(self, delta: GraphDelta, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:
+        self.write(self.prepare(delta), expected, marks)
+
+    def write(self, pending: PendingWrite, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:
+        """Apply ``pending`` and advance ``marks`` in one transaction, if the stored offsets still equal
+        ``expected``; otherwise raise StaleOffsetsError and change nothing."""
+        mark_rows = [{"key": _mark_key(self.topic, p), "topic": self.topic, "partition": p,
+                      "offset": mark.offset, "dead_letter_offset": mark.dead_letter_offset}
+                     for p, mark in sorted(marks.items())]
 
         def work(tx: neo4j.ManagedTransaction) -> None:
             # Claiming the offset nodes first write-locks them: a concurrent writer of the same
@@ -172,12 +190,11 @@ class BehaviorGraphWriter:
             if moved:
                 raise StaleOffsetsError(f"stored offsets moved under us: {moved}, expected "
                                         f"{ {p: expected[p] for p in moved} }")
-            for cypher, rows in statements:
-                if rows:
-                    tx.run(cypher, rows=rows).consume()
+            for cypher, rows in pending.statements:
+                tx.run(cypher, rows=rows).consume()
             tx.run(_ADVANCE_MARKS, marks=mark_rows).consume()
 
         self.store.write_transaction(work)
-        if len(self._known_links) + len(new_links) > MEMBERSHIP_CACHE_LIMIT:
+        if len(self._known_links) + len(pending.new_links) > MEMBERSHIP_CACHE_LIMIT:
             self._known_links.clear()
-        self._known_links.update(new_links)
+        self._known_links.update(pending.new_links)

@@ -1,10 +1,13 @@
 """Applies one batch of source records to every view's graph store, exactly once.
 
-For each batch: decode; send rejections to the dead-letter topic (skipping any a previous run
-already sent); then, per graph store, keep only records past that store's stored offset, fold them
-into a delta with the users' session state, and commit delta + sessions + offsets in one
-transaction. On an outage nothing is half-applied: the caches are dropped and the batch is retried
-from what the stores actually hold.
+For each batch: decode and, per graph store, plan: keep only records past that store's offsets,
+fold them into a delta with the users' session state, build the statements. Planning runs on the
+consumer thread while the previous batch commits, against a projection of what the stores will hold
+once it has. Then, on the writer thread: send rejections to the dead-letter topic (skipping any a
+previous run already sent) and commit each store's delta + sessions + offsets in one transaction.
+A plan whose assumed offsets differ from what the store holds at its turn is made again from the
+store. On an outage nothing is half-applied: the caches are dropped and the batch is retried from
+what the stores actually hold.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from m2grl.errors import GraphStoreUnavailable, M2grlError, StaleOffsetsError, StreamUnavailable
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.model import NO_OFFSET, PartitionMark, SessionState
-from m2grl.graphstore.writes import BehaviorGraphWriter
+from m2grl.graphstore.writes import BehaviorGraphWriter, PendingWrite
 from m2grl.ingest import metrics
 from m2grl.ingest.deadletter import DeadLetter, DeadLetterQueue
 from m2grl.ingest.events import Event, EventRules, Rejection, decode
@@ -46,13 +49,28 @@ Decoded = tuple[SourceRecord, Event | Rejection]
 
 
 @dataclass(frozen=True)
+class StorePlan:
+    """One store's part of a batch, computed ahead on the consumer thread.
+
+    ``base`` is what the plan assumed the store held (partition -> offset); the writer uses the
+    plan only if the store holds exactly that when the batch's turn comes, and plans afresh
+    from the store otherwise.
+    """
+
+    base: dict[int, int]
+    advance: dict[int, int]  # partition -> the batch's last offset, where past the store's
+    pending: PendingWrite
+    events: int
+    edge_rows: dict[str, int]
+
+
+@dataclass(frozen=True)
 class PreparedBatch:
-    """A decoded batch plus, per store, the stored session state of its users, read ahead on the
-    consumer thread while the previous batch commits. ``generation`` tells whether the caches were
-    dropped since the read (then the read may be stale and is not used)."""
+    """A decoded batch and, per store, its plan, made while the previous batch commits.
+    ``generation`` tells whether the applier's caches were dropped since (then the plans are void)."""
 
     decoded: list[Decoded]
-    sessions: list[dict[str, SessionState]] | None
+    plans: list[StorePlan] | None
     generation: int
 
 
@@ -67,15 +85,23 @@ class BatchResult:
 
 @dataclass
 class _Store:
-    """One Neo4j database, the views it holds, and what we know it holds (None: ask it)."""
+    """One Neo4j database, the views it holds, and the offsets it has committed (None: ask it)."""
 
     writer: BehaviorGraphWriter
     marks: dict[int, PartitionMark] | None = None
-    sessions: dict[str, SessionState] = field(default_factory=dict)
 
-    def forget(self) -> None:
-        self.marks = None
-        self.sessions.clear()
+
+@dataclass
+class _Projection:
+    """What the stores will hold once every batch planned so far commits. Consumer thread only."""
+
+    generation: int
+    offsets: list[dict[int, int]]
+    sessions: list[dict[str, SessionState]]
+
+
+def _holds(base: dict[int, int], marks: dict[int, PartitionMark]) -> bool:
+    return all(base.get(p, NO_OFFSET) == marks.get(p, PartitionMark()).offset for p in base.keys() | marks.keys())
 
 
 def group_views_by_store(settings: Settings) -> list[tuple[Neo4jSettings, tuple[View, ...]]]:
@@ -107,6 +133,8 @@ class BatchApplier:
         self._already_dead: dict[int, set[int]] | None = None
         self._forget_requested = False
         self._generation = 0
+        self._projection: _Projection | None = None
+        self._reproject_requested = False
 
     def ensure_schema(self) -> bool:
         """Create the schema, waiting out a Neo4j outage (a consumer may start while Neo4j is down);
@@ -129,16 +157,17 @@ class BatchApplier:
             store.close()
 
     def forget(self) -> None:
-        """Drop everything cached about the stores (after a failed commit)."""
+        """Drop everything cached about the stores (after a failed commit); voids the plans made so far."""
         self._generation += 1
         for store in self.stores:
-            store.forget()
+            store.marks = None
         self._already_dead = None
 
     def request_forget(self) -> None:
         """Ask for the caches to be dropped before the next batch (safe from any thread: partitions
         moved, so what this process knows about the stores may be stale)."""
         self._forget_requested = True
+        self._reproject_requested = True
 
     def resume_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
         """Next offset to read per partition: one past the least-advanced store's mark.
@@ -154,17 +183,53 @@ class BatchApplier:
         return resume
 
     def prepare(self, records: Sequence[SourceRecord]) -> PreparedBatch:
-        """Decode a batch and read its users' sessions ahead; runs on the consumer thread, beside apply."""
+        """Decode a batch and plan its writes; runs on the consumer thread while the writer commits
+        the batch before it."""
         now = self.clock_ms()
         metrics.EVENTS_IN.labels(self.topic).inc(len(records))
         decoded = [(record, decode(record.value, self.rules, now_ms=now)) for record in records]
-        generation = self._generation  # read before the sessions, so a drop during the read shows
-        users = {outcome.user_id for _, outcome in decoded if isinstance(outcome, Event)}
         try:
-            sessions = [store.writer.load_sessions(users) for store in self.stores]
+            projection = self._current_projection()
+            plans = [self._plan(decoded, store, projection.offsets[index], projection.sessions[index])
+                     for index, store in enumerate(self.stores)]
         except M2grlError:
-            sessions = None  # the writer reads them itself, under its retry loop
-        return PreparedBatch(decoded, sessions, generation)
+            self._projection = None  # half-updated; the writer plans this batch itself, under its retry loop
+            return PreparedBatch(decoded, None, -1)
+        return PreparedBatch(decoded, plans, projection.generation)
+
+    def _current_projection(self) -> _Projection:
+        projection = self._projection
+        if (projection is None or self._reproject_requested or projection.generation != self._generation
+                or any(len(sessions) > SESSION_CACHE_LIMIT for sessions in projection.sessions)):
+            self._reproject_requested = False
+            # Generation first, then offsets, then (while planning) sessions: a batch committing
+            # in between shows as offsets that differ from the store's when the plan is used.
+            generation = self._generation
+            offsets = [{p: mark.offset for p, mark in store.writer.load_marks().items()} for store in self.stores]
+            projection = _Projection(generation, offsets, [{} for _ in self.stores])
+            self._projection = projection
+        return projection
+
+    def _plan(self, decoded: list[Decoded], store: _Store, offsets: dict[int, int],
+              sessions: dict[str, SessionState]) -> StorePlan:
+        """Plan ``store``'s part of a batch from the ``offsets`` and ``sessions`` it holds before
+        it, and advance both to what it will hold after."""
+        last_offset: dict[int, int] = {}
+        for record, _ in decoded:
+            last_offset[record.partition] = max(last_offset.get(record.partition, NO_OFFSET), record.offset)
+        base = dict(offsets)
+        advance = {p: off for p, off in last_offset.items() if off > base.get(p, NO_OFFSET)}
+        events = [outcome for record, outcome in decoded
+                  if isinstance(outcome, Event) and record.offset > base.get(record.partition, NO_OFFSET)]
+        missing_users = {e.user_id for e in events} - sessions.keys()
+        if missing_users:
+            sessions.update(store.writer.load_sessions(missing_users))
+        delta = extract(events, sessions, store.writer.views, self.gap_ms)
+        sessions.update(delta.sessions)
+        offsets.update(advance)
+        edge_rows = {view.name: len(delta.transitions[view.name]) + len(delta.memberships.get(view.name, {}))
+                     for view in store.writer.views}
+        return StorePlan(base, advance, store.writer.prepare(delta), len(events), edge_rows)
 
     def apply(self, batch: PreparedBatch) -> BatchResult:
         """Apply a prepared batch (in partition order), retrying through outages until done or stopped."""
@@ -174,8 +239,7 @@ class BatchApplier:
                 self._forget_requested = False
                 self.forget()
             try:
-                ahead = batch.sessions if batch.generation == self._generation else None
-                return self._apply_once(batch.decoded, ahead)
+                return self._apply_once(batch)
             except StaleOffsetsError as exc:
                 log.warning("another consumer wrote these partitions first; re-reading the stores (%s)", exc)
                 metrics.RETRIES.labels("stale_offsets").inc()
@@ -209,8 +273,9 @@ class BatchApplier:
         return [DeadLetter(r.partition, r.offset, r.key, r.value, outcome) for r, outcome in rejected
                 if r.offset not in self._already_dead[r.partition]]
 
-    def _apply_once(self, decoded: list[Decoded], ahead: list[dict[str, SessionState]] | None) -> BatchResult:
+    def _apply_once(self, batch: PreparedBatch) -> BatchResult:
         started = time.perf_counter()
+        decoded = batch.decoded
         result = BatchResult(records=len(decoded))
         letters = self._dead_letters_to_send(decoded)
         dead_letter_ends = self.dead_letters.send(letters) if letters else {}
@@ -219,40 +284,27 @@ class BatchApplier:
             metrics.DEAD_LETTERED.labels(letter.rejection.reason.value).inc()
         result.dead_lettered = len(letters)
 
-        last_offset: dict[int, int] = {}
-        for record, _ in decoded:
-            last_offset[record.partition] = max(last_offset.get(record.partition, NO_OFFSET), record.offset)
-
+        plans = batch.plans if batch.plans is not None and batch.generation == self._generation else None
         for index, store in enumerate(self.stores):
             marks = self._marks(store)
-            held = {p: marks.get(p, PartitionMark()) for p in last_offset}
-            advance = {p: off for p, off in last_offset.items() if off > held[p].offset}
-            if not advance:
+            plan = plans[index] if plans is not None else None
+            if plan is None or not _holds(plan.base, marks):
+                metrics.REPLANNED.inc()
+                plan = self._plan(decoded, store, {p: mark.offset for p, mark in marks.items()}, {})
+            if not plan.advance:
                 continue
-            events = [outcome for record, outcome in decoded
-                      if isinstance(outcome, Event) and record.offset > held[record.partition].offset]
-            missing_users = {e.user_id for e in events} - store.sessions.keys()
-            if missing_users:
-                # The cache wins over the read-ahead: it holds what commits since then changed.
-                known = ahead[index] if ahead is not None else store.writer.load_sessions(missing_users)
-                store.sessions.update({user: known[user] for user in missing_users if user in known})
-            delta = extract(events, store.sessions, store.writer.views, self.gap_ms)
             new_marks = {
-                p: PartitionMark(offset=off, dead_letter_offset=dead_letter_ends.get(p, held[p].dead_letter_offset)
-                                 if index == 0 else NO_OFFSET)
-                for p, off in advance.items()
+                p: PartitionMark(offset=off, dead_letter_offset=dead_letter_ends.get(
+                    p, marks.get(p, PartitionMark()).dead_letter_offset) if index == 0 else NO_OFFSET)
+                for p, off in plan.advance.items()
             }
-            store.writer.commit(delta, {p: held[p].offset for p in advance}, new_marks)
+            store.writer.write(plan.pending, {p: plan.base.get(p, NO_OFFSET) for p in plan.advance}, new_marks)
             marks.update(new_marks)
-            if len(store.sessions) + len(delta.sessions) > SESSION_CACHE_LIMIT:
-                self.forget()  # also voids read-ahead sessions, which the cache no longer overrides
-            store.sessions.update(delta.sessions)
             if index == 0:
-                result.applied = len(events)
-            for view in store.writer.views:
-                rows = len(delta.transitions[view.name]) + len(delta.memberships.get(view.name, {}))
-                result.edge_rows[view.name] = rows
-                metrics.EDGES_WRITTEN.labels(view.name).inc(rows)
+                result.applied = plan.events
+            result.edge_rows.update(plan.edge_rows)
+            for view, rows in plan.edge_rows.items():
+                metrics.EDGES_WRITTEN.labels(view).inc(rows)
 
         result.replayed = sum(1 for record, outcome in decoded if isinstance(outcome, Event)) - result.applied
         metrics.EVENTS_APPLIED.labels(self.topic).inc(result.applied)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 
 from m2grl.ingest import datasets
 from m2grl.settings import Settings
@@ -18,6 +19,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(
             update={"group_id": args.group_id})})
     serve_metrics(settings.ingest.metrics_host, 0 if args.no_metrics else settings.ingest.metrics_port)
+    sys.setswitchinterval(settings.ingest.switch_interval_ms / 1000)
     totals = IngestConsumer(settings, stop=stop_on_signals()).run(until_idle=args.until_idle)
     summary = {**totals.__dict__, "events_per_s": round(totals.records / totals.seconds, 1) if totals.seconds else 0,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

@@ -154,6 +154,7 @@ class IngestSettings(_Section):
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus metrics port of `m2grl ingest` (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between retries while Neo4j or Kafka is down.")
+    switch_interval_ms: float = Field(0.5, gt=0, description="The interpreter's thread switch interval in `m2grl ingest` (Python's default is 5 ms): the writer thread, back from each Neo4j round trip, waits at most this long for the thread that decodes and plans the next batch.")
     rejoin_after_s: float = Field(60.0, gt=0, description="A consumer with no partitions assigned, or fetching nothing while its partitions hold messages, for this long leaves and rejoins the group with a fresh client.")
 
 

@@ -1,4 +1,4 @@
-"""`m2grl bench freshness`, `bench load` and `bench ingest-scaling` as a user runs them, kept short:
+"""`m2grl bench freshness`, `bench load`, `bench ingest` and `bench ingest-scaling` as a user runs them, kept short:
 the whole pipeline on MovieLens-100K's first events, on the session's Kafka and Neo4j."""
 
 from __future__ import annotations
@@ -43,6 +43,19 @@ def test_bench_load_compares_calls_under_ingest_and_training_with_idle(stack: Se
     assert report["idle"]["calls"] > 0 and busy["calls"] > 0 and not busy["failures"]
     assert busy["events_streamed"] > 0 and busy["versions_went_live"] > 0 and busy["versions_went_back"] == 0
     assert report["p99_over_idle"] > 0
+
+
+def test_bench_ingest_applies_every_event_and_measures_the_ceiling_around_it(stack: Settings) -> None:
+    result = m2grl("bench", "ingest", "--dataset", "movielens-100k", "--use-configured-services", "--json",
+                   env=settings_env(stack), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    e2e, ceiling = report["end_to_end"], report["ceiling"]
+    assert report["events"] == e2e["applied"] == 100_000 and e2e["dead_lettered"] == 0
+    assert e2e["batches"] >= 100_000 // report["batch_max_records"]
+    before, after = ceiling["seconds_before_and_after"]
+    assert before > 0 and after > 0 and ceiling["seconds"] == round((before + after) / 2, 2)
+    assert report["ratio"] > 0
 
 
 def test_bench_ingest_scaling_gives_the_same_graph_with_three_consumers(stack: Settings) -> None:
