@@ -151,6 +151,11 @@ def sgns_loss(center: Tensor, context: Tensor, pool: Tensor, negatives: float) -
     return _SharedNegativeSGNS.apply(center, context, pool, negatives / len(pool))
 
 
+def task_weight(sigma2: Tensor) -> Tensor:
+    """1 / (2 σ²): how much a task's loss counts in the uncertainty-weighted total."""
+    return 1 / (2 * sigma2)
+
+
 class M2GRL(nn.Module):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
@@ -191,7 +196,7 @@ class M2GRL(nn.Module):
         this task's term in ``weighted_total``, L / (2 σ²), at ``rows.lr``. The returned loss carries
         no graph; through ``weighted_total`` it still trains the task's uncertainty."""
         inputs, contexts_table = self.inputs[view], self.contexts[view]
-        weight = float(1 / (2 * self.sigma2(f"intra:{view}")))
+        weight = float(task_weight(self.sigma2(f"intra:{view}")))
         loss = sgns_kernel().sgns_step(inputs.weight.data, inputs.square, contexts_table.weight.data,
                                        contexts_table.square, centers, contexts, pool, negatives / len(pool), weight,
                                        rows.lr, LOSS_SAMPLE)
@@ -213,7 +218,7 @@ class M2GRL(nn.Module):
         total = torch.zeros(())
         for task, loss in losses.items():
             sigma2 = self.sigma2(task)
-            total = total + loss / (2 * sigma2) + sigma2.log()
+            total = total + loss * task_weight(sigma2) + sigma2.log()
         return total
 
     @torch.no_grad()

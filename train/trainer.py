@@ -61,6 +61,18 @@ class RoundStats:
         return self.pairs / self.train_seconds if self.train_seconds else 0.0
 
 
+@dataclass
+class _News:
+    """What merging reads into the mirrors brought a round: per view, the nodes touched; and the
+    item transitions added or re-weighted (incremental rounds train on them directly)."""
+
+    touched: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
+    changed_item_edges: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+    def touched_nodes(self) -> dict[str, Tensor]:
+        return {name: torch.unique(torch.cat(parts)) for name, parts in self.touched.items()}
+
+
 class Trainer:
     def __init__(self, settings: Settings, architecture: type[M2GRL] = M2GRL, *, cold_start: bool = False) -> None:
         """``architecture``: M2GRL, or a baseline sharing its tables and updates (train/eges.py).
@@ -82,7 +94,6 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self._loaded = False  # the mirrors start empty in every process
-        self._changed_item_edges: list[tuple[Tensor, Tensor]] = []  # (src, dst) this round added or re-weighted
         self.busy = threading.Lock()  # held by a round, and by admit_new_items between rounds
         self.cold_start_every_s = self.cfg.cold_start_interval_s if cold_start else 0.0
         self._cold_start_due = 0.0
@@ -145,15 +156,15 @@ class Trainer:
                publish: bool) -> RoundStats:
         started = time.perf_counter()
         full = full or self.model is None
-        self._changed_item_edges.clear()
-        touched = self._refresh() if reads is None else self._merge_reads(reads)
+        news = self._refresh() if reads is None else self._merge_reads(reads)
+        touched = news.touched_nodes()
         new_ids = self._grow(fresh=full)
         self._cold_start_tick()
         walks = self._walk(touched, everything=full)
         self._cold_start_tick()
         pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
         if not full and f"intra:{self.item}" in pairs:
-            pairs[f"intra:{self.item}"] = self._with_changed_edges(*pairs[f"intra:{self.item}"])
+            pairs[f"intra:{self.item}"] = self._with_changed_edges(*pairs[f"intra:{self.item}"], news.changed_item_edges)
         # Sized by the tables, not the id maps: the cold-start lane may append ids during the round.
         rows = dict(zip(self.model.shape.views, self.model.shape.rows))
         samplers = {view: NegativeSampler(node_counts(w, rows[view]) + 1) for view, w in walks.items()}
@@ -178,31 +189,30 @@ class Trainer:
     def item_corpus(self, reads: dict[str, ViewRead]) -> list[list[str]]:
         """The item walks (as id sequences) that a full round over ``reads`` by a fresh trainer with
         these settings trains on: for comparing other trainers on the same corpus."""
-        touched = self._merge_reads(reads)
+        touched = self._merge_reads(reads).touched_nodes()
         self._grow(fresh=True)
         ids = self.graphs[self.item].ids.ids
         walks = self._walk(touched, everything=True).get(self.item, torch.empty(0, 1, dtype=torch.long))
         return [[ids[node] for node in walk if node >= 0] for walk in walks.tolist()]
 
-    def _merge_reads(self, reads: dict[str, ViewRead]) -> dict[str, Tensor]:
-        touched: dict[str, list[Tensor]] = defaultdict(list)
+    def _merge_reads(self, reads: dict[str, ViewRead]) -> _News:
+        news = _News()
         for view in self.views:
             if view.name in reads:
-                for name, nodes in self._merge(view, reads[view.name]).items():
-                    touched[name].append(nodes)
-        return {name: torch.unique(torch.cat(parts)) for name, parts in touched.items()}
+                self._merge(view, reads[view.name], news)
+        return news
 
     def vectors(self, view: str) -> tuple[list[str], np.ndarray]:
         """The ids of ``view`` and their input vectors, as the snapshot would hold them."""
         ids = self.graphs[view].ids.ids
         return list(ids), self.model.vectors(view).numpy()[: len(ids)]
 
-    def _refresh(self) -> dict[str, Tensor]:
-        """Merge what changed in each view since its watermark into the mirrors; return the touched
-        node indices per view. A process starts with empty mirrors, so its first round loads each
+    def _refresh(self) -> _News:
+        """Merge what changed in each view since its watermark into the mirrors; return what that
+        brought the round. A process starts with empty mirrors, so its first round loads each
         view whole and counts as new work only what changed since the checkpoint it resumed from."""
         overlap_ms = int(self.cfg.delta_overlap_s * 1000)
-        touched: dict[str, list[Tensor]] = defaultdict(list)
+        news = _News()
         for view in self.views:
             store = self._store(view.name)
             since = self.watermarks.get(view.name)
@@ -210,25 +220,23 @@ class Trainer:
                 # The model learned nothing since its checkpoint: all the delta is news to it, even
                 # though the whole graph just loaded into the mirror holds it already.
                 whole = read_view(store, view)
-                self._merge(view, whole, changes_only=False)  # loading, not news: its edges are no changes
+                self._merge(view, whole, _News(), changes_only=False)  # loading, not news
                 read = whole if since is None else read_view(store, view, since - overlap_ms)
-                changes = self._merge(view, read, changes_only=False)
+                self._merge(view, read, news, changes_only=False)
             else:
                 read = read_view(store, view, since - overlap_ms if since is not None else None)
-                changes = self._merge(view, read)
-            for name, nodes in changes.items():
-                touched[name].append(nodes)
+                self._merge(view, read, news)
             self.watermarks[view.name] = read.watermark_ms
         self._loaded = True
-        return {name: torch.unique(torch.cat(parts)) for name, parts in touched.items()}
+        return news
 
-    def _merge(self, view: View, read: ViewRead, *, changes_only: bool = True) -> dict[str, Tensor]:
-        """Apply one read to the mirrors (idempotent: weights are absolute); the nodes it changed
-        (``changes_only``) or named."""
+    def _merge(self, view: View, read: ViewRead, news: _News, *, changes_only: bool = True) -> None:
+        """Apply one read to the mirrors (idempotent: weights are absolute) and add to ``news`` the
+        nodes it changed (``changes_only``: and the item transitions it changed) or, else, named."""
         graph = self.graphs[view.name]
         delta = graph.apply(read, changes_only=changes_only)
         if changes_only and view.is_item:
-            self._changed_item_edges.append((delta.src, delta.dst))
+            news.changed_item_edges.append((delta.src, delta.dst))
         touched = {view.name: delta.nodes}
         if not view.is_item and read.member_items:
             items = self.graphs[self.item]
@@ -245,7 +253,8 @@ class Trainer:
             self._member_lookups.pop(view.name, None)
             touched[view.name] = torch.cat([touched[view.name], value_idx])
             touched[self.item] = item_idx
-        return touched
+        for name, nodes in touched.items():
+            news.touched[name].append(nodes)
 
     def _grow(self, *, fresh: bool) -> dict[str, int]:
         """Size the tables to the mirrors; new item rows start from their side views."""
@@ -340,17 +349,18 @@ class Trainer:
                                             p=self.cfg.node2vec_p, q=self.cfg.node2vec_q)
         return walks
 
-    def _with_changed_edges(self, centers: Tensor, contexts: Tensor) -> tuple[Tensor, Tensor]:
+    def _with_changed_edges(self, centers: Tensor, contexts: Tensor,
+                            changed: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """The item walks' pairs plus each item transition this round added or re-weighted, both
         ways, ``changed_edge_repeats`` times, fewer where that would exceed ``changed_edge_max_share``
         of the walk pairs (a dense log changes so many transitions that the round outgrew a rebuild),
         but once at least. A walk from a touched node takes a new transition with the probability of
         one count among its out-edges', so without these the round trained little on what was new,
         and lowered HR@20 below the model it started from (BENCHMARKS.md)."""
-        if not self.cfg.changed_edge_repeats or not self._changed_item_edges:
+        if not self.cfg.changed_edge_repeats or not changed:
             return centers, contexts
-        src = torch.cat([s for s, _ in self._changed_item_edges])
-        dst = torch.cat([d for _, d in self._changed_item_edges])
+        src = torch.cat([s for s, _ in changed])
+        dst = torch.cat([d for _, d in changed])
         loops = src == dst
         src, dst = src[~loops], dst[~loops]
         affordable = int(self.cfg.changed_edge_max_share * len(centers) / max(2 * len(src), 1))

@@ -70,9 +70,10 @@ void check_table(const Tensor& weight, const Tensor& square, const char* name) {
 void check_index(const Tensor& index, int64_t rows, const char* name) {
   TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong && index.is_contiguous(),
               name, ": a contiguous int64 vector is required");
-  if (index.numel() > 0) {
-    TORCH_CHECK(index.min().item<int64_t>() >= 0 && index.max().item<int64_t>() < rows,
-                name, ": row out of range [0, ", rows, ")");
+  // One pass over the indices, without the two reductions and temporaries of min() and max().
+  const int64_t* row = index.data_ptr<int64_t>();
+  for (int64_t i = 0, n = index.numel(); i < n; ++i) {
+    TORCH_CHECK(row[i] >= 0 && row[i] < rows, name, ": row ", row[i], " out of range [0, ", rows, ")");
   }
 }
 
