@@ -173,6 +173,7 @@ class BehaviorGraphWriter:
         return PendingWrite([(cypher, rows) for cypher, rows in statements if rows], new_links)
 
     def commit(self, delta: GraphDelta, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:
+        """``prepare`` and ``write`` in one go, for callers that do not plan ahead."""
         self.write(self.prepare(delta), expected, marks)
 
     def write(self, pending: PendingWrite, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:

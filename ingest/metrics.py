@@ -11,7 +11,9 @@ EVENTS_SKIPPED = Counter("m2grl_ingest_events_replayed_total",
 DEAD_LETTERED = Counter("m2grl_ingest_dead_lettered_total", "Messages sent to the dead-letter topic", ["reason"])
 EDGES_WRITTEN = Counter("m2grl_ingest_edge_rows_written_total",
                         "Aggregated edge rows (transitions and memberships) upserted", ["view"])
-BATCH_SECONDS = Histogram("m2grl_ingest_batch_seconds", "Time to dead-letter and commit one batch (decoding and planning happen before, beside the previous commit)",
+BATCH_SECONDS = Histogram("m2grl_ingest_batch_seconds",
+                          "Time to dead-letter and commit one batch (decoding and planning happen before it, "
+                          "beside the previous commit)",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 BATCH_EVENTS = Histogram("m2grl_ingest_batch_events", "Messages per batch",
                          buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000))
