@@ -179,7 +179,7 @@ def run_ingest_scaling_bench(settings: Settings, *, dataset: str | None, consume
         })
         create_topics(settings)
         replay(settings, events, progress=False)
-        _direct_writes(settings, [e.encode() for e in events[: len(events) // 5]])  # warms Neo4j up
+        _direct_writes(settings, [e.encode() for e in events])  # warms Neo4j up, as in run_ingest_bench
         for count in (1, consumers):
             run = settings.model_copy(update={"ingest": settings.ingest.model_copy(
                 update={"group_id": f"{topic}-{count}-consumers"})})
