@@ -89,6 +89,6 @@ class ViewGraph:
         new = ~exists
         if new.any():
             self.graph.add_edges(src[new], dst[new], data={WEIGHT: weight[new]})
-        named = torch.unique(torch.cat([src, dst]))
-        src, dst = src[changed], dst[changed]
-        return Delta(torch.unique(torch.cat([src, dst])) if changes_only else named, src, dst)
+        changed_src, changed_dst = src[changed], dst[changed]
+        nodes = torch.cat([changed_src, changed_dst]) if changes_only else torch.cat([src, dst])
+        return Delta(torch.unique(nodes), changed_src, changed_dst)
