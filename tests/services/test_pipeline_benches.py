@@ -54,7 +54,8 @@ def test_bench_ingest_applies_every_event_and_measures_the_ceiling_around_it(sta
     assert report["events"] == e2e["applied"] == 100_000 and e2e["dead_lettered"] == 0
     assert e2e["batches"] >= 100_000 // report["batch_max_records"]
     before, after = ceiling["seconds_before_and_after"]
-    assert before > 0 and after > 0 and ceiling["seconds"] == round((before + after) / 2, 2)
+    # Each figure is rounded to 0.01 s on its own, so the mean of the rounded ones may differ by 0.01.
+    assert before > 0 and after > 0 and abs(ceiling["seconds"] - (before + after) / 2) <= 0.011
     assert report["ratio"] > 0
 
 
