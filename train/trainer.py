@@ -34,7 +34,7 @@ from m2grl.train.allocator import retain_freed_memory
 from m2grl.train.kernel import sgns_kernel
 from m2grl.train.mirror import IdMap, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape, RowBatch
-from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, skipgram_pairs
+from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, reverse_walks, skipgram_pairs
 from m2grl.views import View
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Trainer:
         touched = news.touched_nodes()
         new_ids = self._grow(fresh=full)
         self._cold_start_tick()
-        walks = self._walk(touched, everything=full)
+        walks = self._walk(touched, new_ids, everything=full)
         self._cold_start_tick()
         pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
         if not full and f"intra:{self.item}" in pairs:
@@ -171,7 +171,7 @@ class Trainer:
         if self.model.aligns:
             pairs.update(self._alignment_pairs(touched, walks, samplers, everything=full))
         train_started = time.perf_counter()
-        losses, steps, curve = self._train(pairs, samplers, progress=progress)
+        losses, steps, curve = self._train(pairs, samplers, full=full, progress=progress)
         train_seconds = time.perf_counter() - train_started
         if self.model.aligns:
             self._cover_items_without_walks()
@@ -192,7 +192,7 @@ class Trainer:
         touched = self._merge_reads(reads).touched_nodes()
         self._grow(fresh=True)
         ids = self.graphs[self.item].ids.ids
-        walks = self._walk(touched, everything=True).get(self.item, torch.empty(0, 1, dtype=torch.long))
+        walks = self._walk(touched, {}, everything=True).get(self.item, torch.empty(0, 1, dtype=torch.long))
         return [[ids[node] for node in walk if node >= 0] for walk in walks.tolist()]
 
     def _merge_reads(self, reads: dict[str, ViewRead]) -> _News:
@@ -326,9 +326,15 @@ class Trainer:
         walked = self._walked()
         self._from_side_views(torch.nonzero(~walked).flatten(), peers=walked)
 
-    def _walk(self, touched: dict[str, Tensor], *, everything: bool) -> dict[str, Tensor]:
+    def _walk(self, touched: dict[str, Tensor], new_rows: dict[str, int], *, everything: bool) -> dict[str, Tensor]:
+        """Walks from every node (``everything``), or, in an incremental round, from the touched
+        nodes (plus a replay share of the rest) along the transitions and from the ``new_rows``
+        last rows of each view against them."""
         # Seeded per round: reruns reproduce, and methods compared on one graph walk it identically.
         dgl.seed(self.cfg.seed + self.version)
+        cfg = self.cfg
+        length = cfg.walk_length if everything else cfg.incremental_walk_length
+        table_rows = dict(zip(self.model.shape.views, self.model.shape.rows))
         walks = {}
         for view in self.views:
             graph = self.graphs[view.name]
@@ -339,14 +345,20 @@ class Trainer:
                 starts = torch.arange(n)
             else:
                 starts = touched.get(view.name, torch.empty(0, dtype=torch.long))
-                replay = int(len(starts) * self.cfg.replay_share)
+                replay = int(len(starts) * cfg.replay_share)
                 if replay:
                     starts = torch.cat([starts, torch.randint(0, n, (replay,), generator=self.generator)])
-            if len(starts) == 0:
-                continue
-            starts = starts.repeat(self.cfg.walks_per_node)
-            walks[view.name] = random_walks(graph.graph, starts, self.cfg.walk_length,
-                                            p=self.cfg.node2vec_p, q=self.cfg.node2vec_q)
+            parts = []
+            if len(starts):
+                parts.append(random_walks(graph.graph, starts.repeat(cfg.walks_per_node), length,
+                                          p=cfg.node2vec_p, q=cfg.node2vec_q))
+            if not everything and cfg.new_node_reverse_walks and new_rows.get(view.name):
+                rows = table_rows[view.name]
+                new = torch.arange(rows - new_rows[view.name], min(n, rows))
+                if len(new):
+                    parts.append(reverse_walks(graph.graph, new.repeat(cfg.new_node_reverse_walks), length))
+            if parts:
+                walks[view.name] = torch.cat(parts)
         return walks
 
     def _with_changed_edges(self, centers: Tensor, contexts: Tensor,
@@ -371,7 +383,8 @@ class Trainer:
     def _alignment_pairs(self, touched: dict[str, Tensor], walks: dict[str, Tensor],
                          samplers: dict[str, NegativeSampler], *, everything: bool) -> dict[str, tuple[Tensor, Tensor]]:
         """(item, its side value) for every linked item of this round, ``alignment_repeats`` times:
-        all items in a full round; in an incremental one, those touched or walked through. Per item
+        all items in a full round; in an incremental one (``incremental_alignment_repeats`` times),
+        those touched or walked through. Per item
         rather than per walk occurrence, so a rarely seen item gets as much pull towards its side
         values as a popular one (for which it is a negligible share of its updates)."""
         item_walks = walks.get(self.item, torch.empty(0, dtype=torch.long))
@@ -385,16 +398,18 @@ class Trainer:
                 mask[in_round[in_round >= 0]] = True
                 items = items[mask[items]]
             if len(items) and side in samplers:
-                items = items.repeat(self.cfg.alignment_repeats)
+                items = items.repeat(self.cfg.alignment_repeats if everything else self.cfg.incremental_alignment_repeats)
                 out[f"inter:{side}"] = (items, lookup[items])
         return out
 
-    def _train(self, pairs: dict[str, tuple[Tensor, Tensor]], samplers: dict[str, NegativeSampler], *,
+    def _train(self, pairs: dict[str, tuple[Tensor, Tensor]], samplers: dict[str, NegativeSampler], *, full: bool,
                progress: bool | str) -> tuple[dict[str, float], int, list[dict]]:
         """Shuffles ``pairs`` in place, then trains on every task's pairs once per epoch, spread evenly
-        over the steps the biggest task needs at ``batch_size``: a small task is not cycled (and
-        overfitted) while the item view catches up."""
+        over the steps the biggest task needs at the batch size: a small task is not cycled (and
+        overfitted) while the item view catches up. Incremental rounds have their own batch size
+        and learning rate (settings.py)."""
         model, cfg = self.model, self.cfg
+        batch_size, lr = (cfg.batch_size, cfg.lr) if full else (cfg.incremental_batch_size, cfg.incremental_lr)
         dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.dense_lr)
         shuffled = {}
         for task, (left, right) in pairs.items():
@@ -406,7 +421,7 @@ class Trainer:
                 shuffled[task] = (left, right)
         if not shuffled:
             return {}, 0, []
-        per_epoch = max(math.ceil(len(left) / cfg.batch_size) for left, _ in shuffled.values())
+        per_epoch = max(math.ceil(len(left) / batch_size) for left, _ in shuffled.values())
         steps = per_epoch * cfg.epochs
         model.attach_members({side: self._member_tensor(side) for side in self.members})
         smoothed: dict[str, float] = {}
@@ -417,7 +432,7 @@ class Trainer:
         order = sorted(shuffled, key=lambda task: task.startswith("intra:"))
         for step in tqdm(range(steps), desc=label, unit="step", disable=not progress):
             losses: dict[str, Tensor] = {}
-            rows = RowBatch(cfg.lr * max(1.0 - step / steps, 1e-4))  # word2vec's linear decay
+            rows = RowBatch(lr * max(1.0 - step / steps, 1e-4))  # word2vec's linear decay
             at = step % per_epoch
             for task in order:
                 left, right = shuffled[task]

@@ -14,6 +14,8 @@ from m2grl.settings import Settings, load_settings
 from m2grl.train import snapshots
 from m2grl.train.eges import EGES
 from m2grl.train.evaluation import evaluate
+from m2grl.train.model import M2GRL, RowBatch
+from m2grl.train.sampling import NO_NODE
 from m2grl.train.trainer import Trainer
 
 
@@ -92,6 +94,63 @@ def test_an_incremental_round_trains_on_the_transitions_it_changed(tmp_path: Pat
     capped = incremental_pairs(30, 0.1, "capped") - walks_only
     assert 2 * 2 <= capped <= 0.1 * walks_only and capped % (2 * 2) == 0
     assert incremental_pairs(30, 0.0, "once") - walks_only == 2 * 2
+
+
+def test_an_incremental_round_walks_against_the_transitions_from_its_new_items(tmp_path: Path) -> None:
+    """A new item the round links only as a destination (the last one its user viewed) has no walk
+    along the transitions; ``new_node_reverse_walks`` walks from it lead back to its predecessor."""
+    def walks_from_new_rows(reverse: int, directory: str) -> tuple[Trainer, dict[str, torch.Tensor]]:
+        settings = tiny_settings(tmp_path / directory)
+        settings = settings.model_copy(update={"train": settings.train.model_copy(
+            update={"new_node_reverse_walks": reverse, "incremental_walk_length": 3})})
+        trainer = Trainer(settings)
+        trainer.round(full=True, reads=two_clusters(), publish=False)
+        trainer._merge_reads({"item": ViewRead("item", 1, src=["a0"], dst=["a-new"], weight=[1])})
+        new_rows = trainer._grow(fresh=False)
+        assert new_rows == {"item": 1, "category": 0}
+        return trainer, trainer._walk({}, new_rows, everything=False)  # no touched nodes: new rows only
+
+    trainer, walks = walks_from_new_rows(7, "reverse")
+    new, a0 = trainer.graphs["item"].ids.get(["a-new", "a0"])
+    assert walks["item"].shape == (7, 4)
+    assert (walks["item"][:, 0] == new).all() and (walks["item"][:, 1] == a0).all()
+    assert (walks["item"][:, 2:] != NO_NODE).all()  # a0 has predecessors of its own
+    assert walks_from_new_rows(0, "off")[1] == {}
+
+
+def test_incremental_rounds_step_at_their_own_rate_and_batch_size(tmp_path: Path) -> None:
+    """A full round starts at ``lr`` with ``batch_size`` pairs a step; an incremental round, which
+    continues a trained model, at ``incremental_lr`` with ``incremental_batch_size``."""
+    settings = tiny_settings(tmp_path)
+    settings = settings.model_copy(update={"train": settings.train.model_copy(
+        update={"lr": 0.3, "incremental_lr": 0.02, "batch_size": 64, "incremental_batch_size": 128,
+                "walks_per_node": 20})})
+    trainer = Trainer(settings)
+    rates: list[float] = []
+    batches: list[int] = []
+    new_batch, intra_loss = RowBatch.__init__, M2GRL.intra_loss
+
+    def record_rate(self: RowBatch, lr: float) -> None:
+        rates.append(lr)
+        new_batch(self, lr)
+
+    def record_batch(self: M2GRL, view: str, centers: torch.Tensor, *args: object) -> torch.Tensor:
+        if view == "item":
+            batches.append(len(centers))
+        return intra_loss(self, view, centers, *args)
+
+    RowBatch.__init__, M2GRL.intra_loss = record_rate, record_batch  # type: ignore[method-assign]
+    try:
+        full = trainer.round(full=True, reads=two_clusters(), publish=False)
+        full_rates, full_batches = rates[:full.steps], batches[:full.steps]
+        delta = ViewRead("item", 1, src=["a0", "b0"], dst=["b0", "a0"], weight=[1, 1])
+        incremental = trainer.round(reads={"item": delta}, publish=False)
+    finally:
+        RowBatch.__init__, M2GRL.intra_loss = new_batch, intra_loss  # type: ignore[method-assign]
+    assert full_rates[0] == pytest.approx(0.3) and max(full_batches) == 64
+    incremental_rates, incremental_batches = rates[full.steps:], batches[full.steps:]
+    assert len(incremental_rates) == incremental.steps > 1
+    assert incremental_rates[0] == pytest.approx(0.02) and 64 < max(incremental_batches) <= 128
 
 
 def test_eges_trains_the_item_task_only_and_serves_fused_vectors(tmp_path: Path) -> None:
