@@ -384,9 +384,9 @@ class Trainer:
                          samplers: dict[str, NegativeSampler], *, everything: bool) -> dict[str, tuple[Tensor, Tensor]]:
         """(item, its side value) for every linked item of this round, ``alignment_repeats`` times:
         all items in a full round; in an incremental one (``incremental_alignment_repeats`` times),
-        those touched or walked through. Per item
-        rather than per walk occurrence, so a rarely seen item gets as much pull towards its side
-        values as a popular one (for which it is a negligible share of its updates)."""
+        those touched or walked through. Per item rather than per walk occurrence, so a rarely seen
+        item gets as much pull towards its side values as a popular one (for which it is a
+        negligible share of its updates)."""
         item_walks = walks.get(self.item, torch.empty(0, dtype=torch.long))
         in_round = torch.cat([touched.get(self.item, torch.empty(0, dtype=torch.long)), item_walks.reshape(-1)])
         out = {}
