@@ -28,7 +28,7 @@ from tqdm import tqdm
 from m2grl.errors import M2grlError
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.reads import ViewRead, read_memberships, read_view
-from m2grl.settings import Settings
+from m2grl.settings import Settings, TrainSettings
 from m2grl.train import metrics, snapshots
 from m2grl.train.allocator import retain_freed_memory
 from m2grl.train.kernel import sgns_kernel
@@ -71,6 +71,26 @@ class _News:
 
     def touched_nodes(self) -> dict[str, Tensor]:
         return {name: torch.unique(torch.cat(parts)) for name, parts in self.touched.items()}
+
+
+@dataclass(frozen=True)
+class _Pace:
+    """What sets a round's size and rate apart: a full round walks from every node at ``lr``; an
+    incremental one continues a trained model from what changed, with shorter walks, fewer
+    alignment repeats, larger steps and a lower rate (the ``incremental_*`` settings)."""
+
+    everything: bool
+    walk_length: int
+    alignment_repeats: int
+    batch_size: int
+    lr: float
+
+    @classmethod
+    def of(cls, cfg: TrainSettings, *, full: bool) -> _Pace:
+        if full:
+            return cls(True, cfg.walk_length, cfg.alignment_repeats, cfg.batch_size, cfg.lr)
+        return cls(False, cfg.incremental_walk_length, cfg.incremental_alignment_repeats,
+                   cfg.incremental_batch_size, cfg.incremental_lr)
 
 
 class Trainer:
@@ -159,8 +179,9 @@ class Trainer:
         news = self._refresh() if reads is None else self._merge_reads(reads)
         touched = news.touched_nodes()
         new_ids = self._grow(fresh=full)
+        pace = _Pace.of(self.cfg, full=full)
         self._cold_start_tick()
-        walks = self._walk(touched, new_ids, everything=full)
+        walks = self._walk(touched, new_ids, pace)
         self._cold_start_tick()
         pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
         if not full and f"intra:{self.item}" in pairs:
@@ -169,9 +190,9 @@ class Trainer:
         rows = dict(zip(self.model.shape.views, self.model.shape.rows))
         samplers = {view: NegativeSampler(node_counts(w, rows[view]) + 1) for view, w in walks.items()}
         if self.model.aligns:
-            pairs.update(self._alignment_pairs(touched, walks, samplers, everything=full))
+            pairs.update(self._alignment_pairs(touched, walks, samplers, pace))
         train_started = time.perf_counter()
-        losses, steps, curve = self._train(pairs, samplers, full=full, progress=progress)
+        losses, steps, curve = self._train(pairs, samplers, pace, progress=progress)
         train_seconds = time.perf_counter() - train_started
         if self.model.aligns:
             self._cover_items_without_walks()
@@ -192,7 +213,7 @@ class Trainer:
         touched = self._merge_reads(reads).touched_nodes()
         self._grow(fresh=True)
         ids = self.graphs[self.item].ids.ids
-        walks = self._walk(touched, {}, everything=True).get(self.item, torch.empty(0, 1, dtype=torch.long))
+        walks = self._walk(touched, {}, _Pace.of(self.cfg, full=True)).get(self.item, torch.empty(0, 1, dtype=torch.long))
         return [[ids[node] for node in walk if node >= 0] for walk in walks.tolist()]
 
     def _merge_reads(self, reads: dict[str, ViewRead]) -> _News:
@@ -326,14 +347,13 @@ class Trainer:
         walked = self._walked()
         self._from_side_views(torch.nonzero(~walked).flatten(), peers=walked)
 
-    def _walk(self, touched: dict[str, Tensor], new_rows: dict[str, int], *, everything: bool) -> dict[str, Tensor]:
-        """Walks from every node (``everything``), or, in an incremental round, from the touched
+    def _walk(self, touched: dict[str, Tensor], new_rows: dict[str, int], pace: _Pace) -> dict[str, Tensor]:
+        """Walks from every node (a full round's ``pace``), or, in an incremental round, from the touched
         nodes (plus a replay share of the rest) along the transitions and from the ``new_rows``
         last rows of each view against them."""
         # Seeded per round: reruns reproduce, and methods compared on one graph walk it identically.
         dgl.seed(self.cfg.seed + self.version)
-        cfg = self.cfg
-        length = cfg.walk_length if everything else cfg.incremental_walk_length
+        cfg, length = self.cfg, pace.walk_length
         table_rows = dict(zip(self.model.shape.views, self.model.shape.rows))
         walks = {}
         for view in self.views:
@@ -341,7 +361,7 @@ class Trainer:
             n = graph.graph.num_nodes()
             if n == 0 or f"intra:{view.name}" not in self.model.tasks:
                 continue
-            if everything:
+            if pace.everything:
                 starts = torch.arange(n)
             else:
                 starts = touched.get(view.name, torch.empty(0, dtype=torch.long))
@@ -352,7 +372,7 @@ class Trainer:
             if len(starts):
                 parts.append(random_walks(graph.graph, starts.repeat(cfg.walks_per_node), length,
                                           p=cfg.node2vec_p, q=cfg.node2vec_q))
-            if not everything and cfg.new_node_reverse_walks and new_rows.get(view.name):
+            if not pace.everything and cfg.new_node_reverse_walks and new_rows.get(view.name):
                 rows = table_rows[view.name]
                 new = torch.arange(rows - new_rows[view.name], min(n, rows))
                 if len(new):
@@ -381,10 +401,10 @@ class Trainer:
         return torch.cat([centers, src, dst]), torch.cat([contexts, dst, src])
 
     def _alignment_pairs(self, touched: dict[str, Tensor], walks: dict[str, Tensor],
-                         samplers: dict[str, NegativeSampler], *, everything: bool) -> dict[str, tuple[Tensor, Tensor]]:
-        """(item, its side value) for every linked item of this round, ``alignment_repeats`` times:
-        all items in a full round; in an incremental one (``incremental_alignment_repeats`` times),
-        those touched or walked through. Per item rather than per walk occurrence, so a rarely seen
+                         samplers: dict[str, NegativeSampler], pace: _Pace) -> dict[str, tuple[Tensor, Tensor]]:
+        """(item, its side value) for every linked item of this round, the ``pace``'s alignment
+        repeats times: all items in a full round; in an incremental one, those touched or walked
+        through. Per item rather than per walk occurrence, so a rarely seen
         item gets as much pull towards its side values as a popular one (for which it is a
         negligible share of its updates)."""
         item_walks = walks.get(self.item, torch.empty(0, dtype=torch.long))
@@ -393,23 +413,22 @@ class Trainer:
         for side in self.members:
             lookup = self._member_tensor(side)
             items = torch.nonzero(lookup >= 0).flatten()
-            if not everything:
+            if not pace.everything:
                 mask = torch.zeros(len(lookup), dtype=torch.bool)
                 mask[in_round[in_round >= 0]] = True
                 items = items[mask[items]]
             if len(items) and side in samplers:
-                items = items.repeat(self.cfg.alignment_repeats if everything else self.cfg.incremental_alignment_repeats)
+                items = items.repeat(pace.alignment_repeats)
                 out[f"inter:{side}"] = (items, lookup[items])
         return out
 
-    def _train(self, pairs: dict[str, tuple[Tensor, Tensor]], samplers: dict[str, NegativeSampler], *, full: bool,
+    def _train(self, pairs: dict[str, tuple[Tensor, Tensor]], samplers: dict[str, NegativeSampler], pace: _Pace, *,
                progress: bool | str) -> tuple[dict[str, float], int, list[dict]]:
         """Shuffles ``pairs`` in place, then trains on every task's pairs once per epoch, spread evenly
         over the steps the biggest task needs at the batch size: a small task is not cycled (and
-        overfitted) while the item view catches up. Incremental rounds have their own batch size
-        and learning rate (settings.py)."""
+        overfitted) while the item view catches up, ``pace.batch_size`` pairs of it per step."""
         model, cfg = self.model, self.cfg
-        batch_size, lr = (cfg.batch_size, cfg.lr) if full else (cfg.incremental_batch_size, cfg.incremental_lr)
+        batch_size, lr = pace.batch_size, pace.lr
         dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.dense_lr)
         shuffled = {}
         for task, (left, right) in pairs.items():

@@ -16,7 +16,7 @@ from m2grl.train.eges import EGES
 from m2grl.train.evaluation import evaluate
 from m2grl.train.model import M2GRL, RowBatch
 from m2grl.train.sampling import NO_NODE
-from m2grl.train.trainer import Trainer
+from m2grl.train.trainer import Trainer, _Pace
 
 
 def tiny_settings(tmp_path: Path) -> Settings:
@@ -108,7 +108,7 @@ def test_an_incremental_round_walks_against_the_transitions_from_its_new_items(t
         trainer._merge_reads({"item": ViewRead("item", 1, src=["a0"], dst=["a-new"], weight=[1])})
         new_rows = trainer._grow(fresh=False)
         assert new_rows == {"item": 1, "category": 0}
-        return trainer, trainer._walk({}, new_rows, everything=False)  # no touched nodes: new rows only
+        return trainer, trainer._walk({}, new_rows, _Pace.of(settings.train, full=False))  # no touched nodes: new rows only
 
     trainer, walks = walks_from_new_rows(7, "reverse")
     new, a0 = trainer.graphs["item"].ids.get(["a-new", "a0"])
