@@ -180,7 +180,8 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from m2grl.rpc.bench import run_rpc_bench
 
     report = run_rpc_bench(settings, rows=args.rows, dim=args.dim, seconds=args.seconds,
-                           concurrency=args.concurrency, swap_seconds=args.swap_seconds, progress=not args.json)
+                           concurrency=args.concurrency, rounds=args.rounds, swap_seconds=args.swap_seconds,
+                           progress=not args.json)
     if args.json:
         print_json(report)
         return 0
@@ -215,6 +216,8 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
     bench.add_argument("--dim", type=int, default=64, help="dimensions (default 64)")
     bench.add_argument("--seconds", type=float, default=5.0, help="seconds per measured phase (default 5)")
     bench.add_argument("--concurrency", type=int, default=4, help="callers for the throughput phases (default 4)")
+    bench.add_argument("--rounds", type=int, default=3,
+                       help="throughput phases per handler, taking turns with its empty baseline (default 3)")
     bench.add_argument("--swap-seconds", type=float, default=20.0, help="seconds of calls during swaps (default 20)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)

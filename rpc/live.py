@@ -17,13 +17,14 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from m2grl.rpc import metrics
+from m2grl.rpc.idtable import new_id_table
 from m2grl.rpc.index import VectorIndex, unit_rows
 from m2grl.settings import RpcSettings
 from m2grl.train import snapshots
@@ -53,19 +54,20 @@ def _changed_rows(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 class IdColumn:
-    """A view's external ids in row order, as far as any version read so far has them."""
+    """A view's external ids in row order, as far as any version read so far has them, and the
+    table that finds their rows (rpc/csrc/id_table.cpp: with a dict, looking up a call's 100 ids
+    among a million was most of GetEmbeddings' time, spent waiting on memory)."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
-        self.position: dict[str, int] = {}
+        self.table = new_id_table()
         self.bytes_read = 0  # how far into the ids file those ids reach
 
     def extend(self, folder: Path, view: str) -> None:
-        fresh, self.bytes_read = snapshots.read_ids(folder, view, offset=self.bytes_read)
-        position, start = self.position, len(self.ids)
-        for row, ext in enumerate(fresh, start):
-            position[ext] = row
+        fresh, bytes_read = snapshots.read_ids(folder, view, offset=self.bytes_read)
+        self.table.add(fresh)  # refuses (ValueError, nothing added) an id it has, or one listed twice
         self.ids.extend(fresh)
+        self.bytes_read = bytes_read
 
 
 @dataclass(frozen=True)
@@ -86,20 +88,19 @@ class ServedView:
 
     def row(self, ext: str) -> int | None:
         """The row of ``ext`` in this version, or None (rows of later versions do not count)."""
-        row = self.column.position.get(ext)
-        return row if row is not None and row < self.rows else None
+        row = self.column.table.rows((ext,), self.rows)[0]
+        return row if row >= 0 else None
 
-    def rows_of(self, ids: Iterable[str]) -> list[int]:
-        """Rows of ``ids`` in this version, -1 for unknown ones. Plain Python on purpose, like
-        ``vector_bytes``: numpy releases the GIL even for tiny arrays, and on a busy server taking
-        it back costs far more than the work (measured: 10× on GetEmbeddings)."""
-        get, count = self.column.position.get, self.rows
-        return [row if (row := get(ext, -1)) < count else -1 for ext in ids]
+    def rows_of(self, ids: Sequence[str]) -> list[int]:
+        """Rows of ``ids`` in this version, -1 for unknown ones."""
+        return self.column.table.rows(ids, self.rows)
 
-    def vector_bytes(self, rows: Iterable[int]) -> bytes:
-        """The vectors of ``rows`` (skipping -1s), float32 little-endian, one after the other."""
-        raw, stride = self._raw, 4 * self.dim
-        return b"".join([raw[row * stride:row * stride + stride] for row in rows if row >= 0])
+    def gather(self, ids: Sequence[str]) -> tuple[list[bool], bytes]:
+        """Per id, whether this version has it; the vectors of those it has, in order, as float32
+        little-endian bytes, one after the other. All in compiled code holding the GIL: numpy
+        releases it even for tiny arrays, and on a busy server taking it back cost far more than
+        the work (measured: 10× on GetEmbeddings)."""
+        return self.column.table.gather(ids, self.rows, self._raw, 4 * self.dim)
 
     @functools.cached_property
     def _raw(self) -> memoryview:
@@ -235,7 +236,7 @@ class LiveSnapshots:
             norms = np.linalg.norm(vectors, axis=1)
             index = VectorIndex.build(unit_rows(vectors), self.cfg)
         view = ServedView(name, column, vectors, norms, index)
-        view.vector_bytes([])  # the byte view is made here, not by the first call
+        view.gather([])  # the byte view is made here, not by the first call
         return view
 
     def _column(self, folder: Path, manifest: Manifest, name: str) -> IdColumn:

@@ -64,9 +64,7 @@ def embeddings(served: ServedVersion, view_name: str, ids: Sequence[str], cfg: R
     """Per requested id, in order, whether it is known; and the vectors of the known ones, in order,
     as float32 little-endian bytes."""
     _within("ids", len(ids), cfg.max_ids, "max_ids")
-    view = view_of(served, view_name)
-    rows = view.rows_of(ids)
-    return [row >= 0 for row in rows], view.vector_bytes(rows)
+    return view_of(served, view_name).gather(ids)
 
 
 def similar(served: ServedVersion, view_name: str, *, k: int, cfg: RpcSettings, id: str | None = None,

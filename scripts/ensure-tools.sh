@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the non-Python tools exist: java (runs Kafka and Neo4j), mvn (resolves their jars once),
-# g++ and ninja (the trainer compiles its step kernel, train/csrc/, once per machine), and, with
-# --test, docker-compose (validates compose.yaml without a Docker engine).
+# g++ and ninja (the trainer's step kernel, train/csrc/, and the server's id table, rpc/csrc/, are
+# compiled once per machine), and, with --test, docker-compose (validates compose.yaml without a
+# Docker engine).
 # Missing ones are installed from Debian's packages when we may (root + apt-get); otherwise we say
 # exactly what to install and fail.
 set -euo pipefail

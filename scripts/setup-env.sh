@@ -46,6 +46,7 @@ if [ ! -x "$local_venv/bin/m2grl" ] || [ "$root/pyproject.toml" -nt "$local_venv
   "$local_venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$root"
 fi
 "$local_venv/bin/python" -m m2grl.protos_build --quiet
-# The trainer's compiled step: built here, once per machine and source version, so no test or
-# service has to compile it (and wait for it) while it runs.
+# The compiled helpers (the trainer's step, the server's id table): built here, once per machine and
+# source version, so no test or service has to compile them (and wait for it) while it runs.
 "$local_venv/bin/python" -m m2grl.train.kernel --quiet
+"$local_venv/bin/python" -m m2grl.rpc.idtable --quiet

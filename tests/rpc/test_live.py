@@ -35,12 +35,15 @@ def test_new_versions_go_live_with_their_index_and_added_ids(tmp_path: Path) -> 
     second = live.current.views["item"]
     assert live.current.version == 2 and live.current.ids_added == {"item": 4}
     assert second.row("i13") == 13 and second.id(13) == "i13"
-    assert np.frombuffer(second.vector_bytes([13, 2]), "<f4").reshape(2, 4).tolist() == vectors[[13, 2]].tolist()
+    found, raw = second.gather(["i13", "nobody", "i2"])
+    assert found == [True, False, True]
+    assert np.frombuffer(raw, "<f4").reshape(2, 4).tolist() == vectors[[13, 2]].tolist()
     assert second.rows_of(["i2", "nobody", "i13"]) == [2, -1, 13]
     assert second.index.search(second.unit(13), 1)[0][0] == 13  # the new rows are searchable
     # The version served before still answers as it did: the ids added since are not its own.
     assert first.views["item"].row("i13") is None and first.views["item"].row("i3") == 3
     assert first.views["item"].rows_of(["i13", "i3"]) == [-1, 3]
+    assert first.views["item"].gather(["i13"]) == ([False], b"")
 
 
 def test_a_version_without_rows_goes_live_and_grows(tmp_path: Path) -> None:
@@ -49,7 +52,7 @@ def test_a_version_without_rows_goes_live_and_grows(tmp_path: Path) -> None:
     publish(tmp_path, 1, 0)
     assert live.refresh() and live.current.views["item"].rows == 0 and not live.refused
     assert live.current.views["item"].rows_of(["i0"]) == [-1]
-    assert live.current.views["item"].vector_bytes([]) == b""
+    assert live.current.views["item"].gather(["i0"]) == ([False], b"")
     publish(tmp_path, 2, 3)
     assert live.refresh() and live.current.views["item"].row("i2") == 2
 
@@ -79,6 +82,19 @@ def test_a_rewritten_id_file_is_read_afresh(tmp_path: Path) -> None:
                       {"item": [f"other{n}" for n in range(12)]}, {}, keep=3)
     assert live.refresh()
     assert live.current.views["item"].row("other11") == 11 and live.current.views["item"].row("i1") is None
+
+
+def test_a_version_listing_an_id_twice_is_refused(tmp_path: Path) -> None:
+    """Two rows under one id: a call could not say which vector it got. Nothing of it is served."""
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    publish(tmp_path, 1, 3)
+    live.refresh()
+    manifest = snapshots.Manifest(version=2, created_ms=2, watermark_ms={}, views=["item"], dim=4, rows={"item": 5},
+                                  losses={}, sigma2={})
+    snapshots.publish(tmp_path, manifest, {"item": np.ones((5, 4), dtype=np.float32)},
+                      {"item": ["i0", "i1", "i2", "i3", "i1"]}, {}, keep=3)
+    assert not live.refresh() and "listed twice" in live.refused[2]
+    assert live.current.version == 1 and live.current.views["item"].rows_of(["i1", "i3"]) == [1, -1]
 
 
 def test_watchers_get_every_version_exactly_once(tmp_path: Path) -> None:
