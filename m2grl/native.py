@@ -12,6 +12,7 @@ half-way (kill -9 is part of the fault suite) is redone by the next process, not
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import importlib.util
@@ -80,3 +81,17 @@ def load(native: NativeSource, build: Callable[[NativeSource], ModuleType]) -> M
                                    f"{', '.join(missing)}: install them (Debian/Ubuntu: apt-get install {packages})")
         log.info("compiling %s (once per machine) into %s", native.source.name, directory)
         return build(native)
+
+
+def prebuild(what: str, load: Callable[[], ModuleType], native: NativeSource) -> None:
+    """The ``python -m`` entry of a compiled helper: build it ahead of time (idempotent)."""
+    parser = argparse.ArgumentParser(description=f"Build {what} ahead of time (idempotent).")
+    parser.add_argument("--quiet", action="store_true", help="say nothing unless it has to compile")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="==> %(message)s")
+    try:
+        load()
+    except KernelBuildError as exc:
+        sys.exit(f"error: {exc}")
+    if not args.quiet:
+        print(f"{what} ready in {native.directory}")

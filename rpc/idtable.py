@@ -5,13 +5,10 @@ trainer's kernel (m2grl/native.py) with the system's g++; ``make env`` builds it
 
 from __future__ import annotations
 
-import argparse
 import functools
-import logging
 import os
 import secrets
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 from types import ModuleType
@@ -55,18 +52,5 @@ def new_id_table() -> IdTable:
     return _module().IdTable(secrets.randbits(64))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Build the server's id table ahead of time (idempotent).")
-    parser.add_argument("--quiet", action="store_true", help="say nothing unless it has to compile")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="==> %(message)s")
-    try:
-        _module()
-    except KernelBuildError as exc:
-        sys.exit(f"error: {exc}")
-    if not args.quiet:
-        print(f"id table ready in {ID_TABLE.directory}")
-
-
 if __name__ == "__main__":
-    main()
+    native.prebuild("the server's id table", _module, ID_TABLE)

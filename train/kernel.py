@@ -13,10 +13,7 @@ competing for the same cores (a test checks).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import logging
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,8 +22,6 @@ from torch.utils import cpp_extension
 
 from m2grl import native
 from m2grl.errors import KernelBuildError
-
-log = logging.getLogger(__name__)
 
 SGNS_STEP = native.NativeSource(Path(__file__).parent / "csrc" / "sgns_step.cpp", "m2grl_sgns_step",
                                 flags=("-O3", "-fopenmp"), depends_on=torch.__version__, tools=("g++", "ninja"))
@@ -52,18 +47,5 @@ def sgns_kernel() -> ModuleType:
     return native.load(SGNS_STEP, _build)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Build the trainer's compiled step ahead of time (idempotent).")
-    parser.add_argument("--quiet", action="store_true", help="say nothing unless it has to compile")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="==> %(message)s")
-    try:
-        sgns_kernel()
-    except KernelBuildError as exc:
-        sys.exit(f"error: {exc}")
-    if not args.quiet:
-        print(f"training kernel ready in {build_directory()}")
-
-
 if __name__ == "__main__":
-    main()
+    native.prebuild("the trainer's compiled step", sgns_kernel, SGNS_STEP)
