@@ -151,7 +151,8 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
     bench = benches.add_parser(
         "train", help="our trainer vs gensim Word2Vec (pairs/s, HR@20) and incremental vs full rounds",
         description="On one walk corpus (the item view of a full round), times our trainer and gensim 4.4 "
-        "skip-gram (same dimension, window, negatives, 2 workers; 1 and 5 epochs) and compares HR@20; then times "
+        "skip-gram (same dimension, window, negatives, 2 workers; 1 and 5 epochs; ours and gensim's 1 epoch take "
+        "turns twice and their rates are of both runs) and compares HR@20; then times "
         "an incremental round after the last 5 % of the log against a full rebuild and compares their HR@20. "
         "Default data: the Taobao head when the shared data folder is present, otherwise MovieLens-100K. No "
         "Kafka or Neo4j needed.")
