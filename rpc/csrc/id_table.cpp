@@ -123,15 +123,13 @@ struct Owned {
     ~Owned() { Py_XDECREF(object); }
 };
 
-// Calls ``each(first, rows, n)`` on blocks of the ids' rows, while it returns true; false with a Python
-// error set on failure.
+// Calls ``each(first, rows, n)`` on blocks of the rows of ``seq``'s ids (a PySequence_Fast), while it
+// returns true; false with a Python error set on failure.
 template <typename Each>
-bool for_rows(const IdTableObject *table, PyObject *ids, int64_t count, const char *vectors, Py_ssize_t stride,
+bool for_rows(const IdTableObject *table, PyObject *seq, int64_t count, const char *vectors, Py_ssize_t stride,
               Each each) {
-    Owned seq{PySequence_Fast(ids, "ids must be a sequence of str")};
-    if (seq.object == nullptr) return false;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.object);
-    PyObject **items = PySequence_Fast_ITEMS(seq.object);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
     Key keys[BLOCK];
     int64_t rows[BLOCK];
     for (Py_ssize_t start = 0; start < n; start += BLOCK) {
@@ -272,22 +270,21 @@ PyObject *IdTable_rows(PyObject *object, PyObject *const *args, Py_ssize_t nargs
     }
     int64_t count = PyLong_AsLongLong(args[1]);
     if (count == -1 && PyErr_Occurred()) return nullptr;
-    PyObject *out = PyList_New(0);
-    if (out == nullptr) return nullptr;
-    bool ok = for_rows(self, args[0], count, nullptr, 0, [&](Py_ssize_t, const int64_t *rows, Py_ssize_t m) {
+    Owned seq{PySequence_Fast(args[0], "ids must be a sequence of str")};
+    if (seq.object == nullptr) return nullptr;
+    Owned out{PyList_New(PySequence_Fast_GET_SIZE(seq.object))};
+    if (out.object == nullptr) return nullptr;
+    bool ok = for_rows(self, seq.object, count, nullptr, 0, [&](Py_ssize_t first, const int64_t *rows, Py_ssize_t m) {
         for (Py_ssize_t i = 0; i < m; i++) {
             PyObject *row = PyLong_FromLongLong(rows[i]);
-            bool appended = row != nullptr && PyList_Append(out, row) == 0;
-            Py_XDECREF(row);
-            if (!appended) return false;
+            if (row == nullptr) return false;
+            PyList_SET_ITEM(out.object, first + i, row);
         }
         return true;
     });
-    if (!ok) {
-        Py_DECREF(out);
-        return nullptr;
-    }
-    return out;
+    if (!ok) return nullptr;
+    Py_INCREF(out.object);
+    return out.object;
 }
 
 // gather(ids, count, vectors, stride) -> (found, vectors of the found): per id whether it is among the
@@ -310,34 +307,29 @@ PyObject *IdTable_gather(PyObject *object, PyObject *const *args, Py_ssize_t nar
         return nullptr;
     }
     const char *vectors = static_cast<const char *>(buffer.buf);
-    PyObject *found = PyList_New(0);
+    Owned seq{PySequence_Fast(args[0], "ids must be a sequence of str")};
+    Py_ssize_t n = seq.object != nullptr ? PySequence_Fast_GET_SIZE(seq.object) : 0;
+    Owned found{seq.object != nullptr ? PyList_New(n) : nullptr};
     // Sized for every id, cut to the found ones at the end: the vectors are copied once, into the answer.
-    Py_ssize_t n = PyObject_Length(args[0]);
-    PyObject *bytes = n >= 0 ? PyBytes_FromStringAndSize(nullptr, n * stride) : nullptr;
+    Owned bytes{found.object != nullptr ? PyBytes_FromStringAndSize(nullptr, n * stride) : nullptr};
     Py_ssize_t used = 0;
-    bool ok = found != nullptr && bytes != nullptr && for_rows(self, args[0], count, vectors, stride,
-                                                               [&](Py_ssize_t, const int64_t *rows, Py_ssize_t m) {
-        char *out = PyBytes_AS_STRING(bytes);
+    bool ok = bytes.object != nullptr && for_rows(self, seq.object, count, vectors, stride,
+                                                  [&](Py_ssize_t first, const int64_t *rows, Py_ssize_t m) {
+        char *out = PyBytes_AS_STRING(bytes.object);
         for (Py_ssize_t i = 0; i < m; i++) {
-            if (PyList_Append(found, rows[i] != EMPTY ? Py_True : Py_False) != 0) return false;
-        }
-        for (Py_ssize_t i = 0; i < m; i++) {
+            PyObject *flag = rows[i] != EMPTY ? Py_True : Py_False;
+            Py_INCREF(flag);
+            PyList_SET_ITEM(found.object, first + i, flag);
             if (rows[i] == EMPTY) continue;
-            if (used + stride > n * stride) {  // the ids grew under us (a sequence whose length lied)
-                PyErr_SetString(PyExc_RuntimeError, "ids changed length during the lookup");
-                return false;
-            }
             std::memcpy(out + used, vectors + rows[i] * stride, static_cast<size_t>(stride));
             used += stride;
         }
         return true;
     });
     PyBuffer_Release(&buffer);
-    if (ok && used < n * stride) ok = _PyBytes_Resize(&bytes, used) == 0;  // frees bytes itself on failure
-    PyObject *pair = ok ? PyTuple_Pack(2, found, bytes) : nullptr;
-    Py_XDECREF(found);
-    Py_XDECREF(bytes);
-    return pair;
+    // _PyBytes_Resize frees the bytes and clears the pointer when it fails.
+    if (ok && used < n * stride) ok = _PyBytes_Resize(&bytes.object, used) == 0;
+    return ok ? PyTuple_Pack(2, found.object, bytes.object) : nullptr;
 }
 
 PyMethodDef IdTable_methods[] = {
