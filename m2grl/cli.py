@@ -48,6 +48,17 @@ def print_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of counts that must be 1 or more (a usage error otherwise, not a crash later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def format_utc(ms: int | None, missing: str = "-") -> str:
     """Milliseconds since the epoch as a UTC time for tables; ``missing`` for None or 0."""
     if not ms:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from m2grl.cli import at_least_one
 from m2grl.errors import ConfigError
 from m2grl.settings import Settings
 
@@ -212,11 +213,11 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
         "call at a time and QPS with --concurrency callers, for GetEmbeddings (100 ids) and SimilarItems "
         "(k = 100), each against the empty handler; SimilarItems recall@100 against exact search; then calls "
         "while a publisher writes a new version every second. Reports the server's peak RSS.")
-    bench.add_argument("--rows", type=int, default=1_000_000, help="items in the snapshot (default 1,000,000)")
-    bench.add_argument("--dim", type=int, default=64, help="dimensions (default 64)")
+    bench.add_argument("--rows", type=at_least_one, default=1_000_000, help="items in the snapshot (default 1,000,000)")
+    bench.add_argument("--dim", type=at_least_one, default=64, help="dimensions (default 64)")
     bench.add_argument("--seconds", type=float, default=5.0, help="seconds per measured phase (default 5)")
-    bench.add_argument("--concurrency", type=int, default=4, help="callers for the throughput phases (default 4)")
-    bench.add_argument("--rounds", type=int, default=3,
+    bench.add_argument("--concurrency", type=at_least_one, default=4, help="callers for the throughput phases (default 4)")
+    bench.add_argument("--rounds", type=at_least_one, default=3,
                        help="throughput phases per handler, taking turns with its empty baseline (default 3)")
     bench.add_argument("--swap-seconds", type=float, default=20.0, help="seconds of calls during swaps (default 20)")
     bench.add_argument("--json", action="store_true")

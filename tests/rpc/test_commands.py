@@ -90,3 +90,9 @@ def test_bench_rpc_measures_both_handlers_recall_and_swaps() -> None:
     swaps = report["during_swaps"]
     assert swaps["published"] >= 2 and swaps["went_live"] >= 1 and swaps["versions_went_back"] == 0
     assert not swaps["failures"] and report["server_peak_rss_mb"] > 0
+
+
+def test_bench_rpc_refuses_counts_below_one_before_starting_anything() -> None:
+    result = m2grl("bench", "rpc", "--rounds", "0", env={**os.environ})
+    assert result.returncode == 2 and "--rounds: must be at least 1, got 0" in result.stderr
+    assert "is not a whole number" in m2grl("bench", "rpc", "--concurrency", "four", env={**os.environ}).stderr
