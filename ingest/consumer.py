@@ -141,14 +141,53 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, applier: BatchApplier) -> None:
         self.applier = applier
         self.to_position: set[TopicPartition] = set()
+        self.assigned_at = time.monotonic()
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.applier.request_forget()
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        self.assigned_at = time.monotonic()
         self.applier.request_forget()
         self.to_position |= set(assigned)
+
+
+def heartbeat_silence_s(consumer: KafkaConsumer) -> float:
+    """Seconds since this member last sent its group a heartbeat (infinite before the first)."""
+    coordinator = consumer.metrics().get("consumer-coordinator-metrics", {})
+    return float(coordinator.get("last-heartbeat-seconds-ago", 0.0))
+
+
+def heartbeats_stopped(silence_s: float, held_for_s: float, session_timeout_s: float) -> bool:
+    """Whether a member holding partitions has been silent long enough for the group to drop it.
+
+    Both spans must pass the session timeout: right after a join the first heartbeat is still
+    an interval away, and the silence reads as infinite.
+    """
+    return held_for_s > session_timeout_s and silence_s > session_timeout_s
+
+
+@dataclass
+class _HeartbeatWatch:
+    """Notices a member that holds partitions but no longer heartbeats.
+
+    kafka-python 3.0 restarts a failed heartbeat task only when it rejoins, and only a heartbeat
+    reply tells it to rejoin; such a member is dropped by the broker after the session timeout and
+    keeps its partitions in its own eyes forever while the group hands them to the others (CI once
+    ended with each of two members holding all four partitions). Checked at most once a second:
+    reading the metrics walks all of them.
+    """
+
+    session_timeout_s: float
+    checked_at: float = 0.0
+
+    def stopped(self, consumer: KafkaConsumer, assigned_at: float) -> bool:
+        now = time.monotonic()
+        if now - self.checked_at < 1.0:
+            return False
+        self.checked_at = now
+        return heartbeats_stopped(heartbeat_silence_s(consumer), now - assigned_at, self.session_timeout_s)
 
 
 def create_topics(settings: Settings) -> list[str]:
@@ -182,6 +221,7 @@ class IngestConsumer:
             unassigned_since = fetched_at = time.monotonic()
             started = time.monotonic()
             rejoin_after_s = settings.ingest.rejoin_after_s
+            heartbeats = _HeartbeatWatch(settings.ingest.session_timeout_s)
             while not self.stop.is_set() and not writer.interrupted:
                 self._account(consumer, writer.finished(), totals, on_batch)
                 writer.check()
@@ -191,6 +231,12 @@ class IngestConsumer:
                         unassigned_since = fetched_at = time.monotonic()
                     if consumer.assignment():
                         unassigned_since = time.monotonic()
+                        if heartbeats.stopped(consumer, rebalance.assigned_at):
+                            log.warning("no heartbeat sent to the group for over %.0f s while holding partitions; "
+                                        "rejoining the group", settings.ingest.session_timeout_s)
+                            consumer.close(autocommit=False)
+                            consumer = None  # subscribed afresh at the top of the loop
+                            continue
                     elif time.monotonic() - unassigned_since > rejoin_after_s:
                         # A member that fell out of its group without noticing would idle forever;
                         # a fresh client rejoins. (Also harmless with more consumers than partitions.)

@@ -34,6 +34,8 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # kafka-python logs every refused connection as an error; our own code reports outages once.
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    # Group membership (joins, leaves, failed heartbeats) is what explains a stalled consumer group.
+    logging.getLogger("kafka.coordinator").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def stop_on_signals() -> threading.Event:

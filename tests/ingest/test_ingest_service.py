@@ -96,7 +96,8 @@ def wait_until_partitions_are_shared(logs: list[Path], partitions: int, timeout_
         if all(latest) and sorted(p for held in latest for p in held) == list(range(partitions)):
             return
         time.sleep(0.5)
-    pytest.fail(f"the two consumers did not share the {partitions} partitions in {timeout_s} s: {latest}")
+    tails = "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-40:]) for log in logs)
+    pytest.fail(f"the two consumers did not share the {partitions} partitions in {timeout_s} s: {latest}\n{tails}")
 
 
 def test_each_kind_of_bad_input_is_dead_lettered_and_the_stream_goes_on(
