@@ -42,13 +42,18 @@ def test_eval_names_the_views_the_data_has() -> None:
 
 @pytest.mark.slow
 def test_bench_train_reports_both_comparisons() -> None:
-    result = run_cli("bench", "train", "--dataset", "movielens-100k", "--json")
+    result = run_cli("bench", "train", "--dataset", "movielens-100k", "--seeds", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     ours, gensim = report["throughput"]["ours"], report["throughput"]["gensim"]
     assert ours["pairs"] > 0 and [run["epochs"] for run in gensim] == [1, 5]
     assert report["throughput"]["ratio"] == pytest.approx(ours["pairs_per_s"] / gensim[0]["pairs_per_s"], rel=1e-2)
     incremental = report["incremental"]
-    assert 0 < incremental["incremental"]["pairs"] < incremental["full_rebuild"]["pairs"]
+    assert [run["seed"] for run in incremental["seeds"]] == [0, 1]
+    assert all(0 < run["incremental"]["pairs"] < run["full_rebuild"]["pairs"] for run in incremental["seeds"])
+    assert incremental["full_rebuild"]["hr@20"] == pytest.approx(
+        sum(run["full_rebuild"]["hr@20"] for run in incremental["seeds"]) / 2, abs=1e-4)
+    assert incremental["quality_ratio"] == pytest.approx(
+        incremental["incremental"]["hr@20"] / incremental["full_rebuild"]["hr@20"], abs=2e-3)
     assert set(report["targets"]["met"]) == {"throughput", "incremental_time", "incremental_quality"}
     assert report["peak_rss_mb"]["whole_run"] > 0
