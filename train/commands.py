@@ -35,7 +35,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         trainer = Trainer(settings, cold_start=True)
         try:
             run_scheduled(trainer.round, settings.train.interval_s, stop_on_signals(), first_full=args.full,
-                          between_rounds=trainer.admit_new_items,
+                          full_every=settings.train.full_every_rounds, between_rounds=trainer.admit_new_items,
                           between_every_s=settings.train.cold_start_interval_s)
         finally:
             trainer.close()

@@ -60,23 +60,27 @@ def describe(stats: RoundStats) -> str:
 
 
 def run_scheduled(run_round: Callable[..., RoundStats], interval_s: float, stop: threading.Event, *,
-                  first_full: bool = False, on_round: Callable[[RoundStats], None] | None = None,
+                  first_full: bool = False, full_every: int = 0, on_round: Callable[[RoundStats], None] | None = None,
                   between_rounds: Callable[[], object] | None = None, between_every_s: float = 0.0) -> int:
     """Call ``run_round(full=...)`` every ``interval_s`` until ``stop`` is set; returns the rounds run.
+    ``full_every``: every this-many-th round is full, counting from the last full one (0: never).
     ``between_rounds`` (the cold-start lane) is called every ``between_every_s`` from its own thread."""
     rounds = 0
     pending_full = first_full
+    since_full = 0  # rounds since the last full one (or the start)
 
     def tick() -> None:
-        nonlocal rounds, pending_full
-        log.info("training round starting")
+        nonlocal rounds, pending_full, since_full
+        full = pending_full or (full_every > 0 and since_full >= full_every - 1)
+        log.info("training round starting%s", " (full rebuild)" if full else "")
         try:
-            stats = run_round(full=pending_full)
+            stats = run_round(full=full)
         except M2grlError as exc:
             metrics.ROUND_FAILURES.inc()
             log.warning("training round failed, will retry at the next tick: %s", exc)
             return
         pending_full = False
+        since_full = 0 if stats.full else since_full + 1
         rounds += 1
         record(stats)
         log.info(describe(stats))

@@ -44,6 +44,21 @@ def test_rounds_never_overlap_and_missed_ticks_coalesce() -> None:
     assert fulls[0] is True and not any(fulls[1:])
 
 
+def test_every_nth_round_is_a_full_rebuild_counting_from_the_last_full_one() -> None:
+    fulls: list[bool] = []
+    stop = threading.Event()
+
+    def quick_round(*, full: bool) -> RoundStats:
+        fulls.append(full)
+        if len(fulls) >= 9:
+            stop.set()
+        return RoundStats(version=len(fulls), full=full or len(fulls) == 2, seconds=0.0, pairs=0, steps=0)
+
+    # Round 2 comes back full although not asked to be (the trainer had no model yet): the count restarts there.
+    run_scheduled(quick_round, 0.01, stop, full_every=3)
+    assert fulls[:9] == [False, False, False, False, True, False, False, True, False]
+
+
 def write_version(root: Path, version: int, rows: int) -> None:
     manifest = snapshots.Manifest(version=version, created_ms=0, watermark_ms={"item": version}, views=["item"],
                                   dim=4, rows={"item": rows}, losses={}, sigma2={})
