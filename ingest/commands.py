@@ -6,6 +6,7 @@ import argparse
 import resource
 import sys
 
+from m2grl.cli import above_zero, at_least_one
 from m2grl.ingest import datasets
 from m2grl.settings import Settings
 
@@ -52,7 +53,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, limit_help: str) -> N
     parser.add_argument("--format", choices=datasets.FORMATS, help="file format (default: guessed from the name)")
     parser.add_argument("--columns", help="for --format csv: user=COL,item=COL,time=COL[,behavior=COL][,VIEW=COL...]")
     parser.add_argument("--time-unit", choices=("s", "ms"), default="s", help="unit of the csv time column")
-    parser.add_argument("--limit", type=int, help=limit_help)
+    parser.add_argument("--limit", type=at_least_one, help=limit_help)
 
 
 def dataset_from_args(args: argparse.Namespace, settings: Settings) -> tuple[datasets.DatasetRef, list]:
@@ -104,7 +105,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "taobao-timeslice, rees46 (from the shared data folder). Messages are keyed by user id.")
     add_dataset_arguments(replay, "send only the first N events (in time order)")
     replay.add_argument("--topic", help="target topic (default: ingest.topic)")
-    replay.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    replay.add_argument("--rate", type=above_zero, help="events per second (default: as fast as possible)")
     replay.add_argument("--json-encoding", action="store_true", help="send the JSON encoding instead of protobuf")
     replay.set_defaults(handler=_replay)
 
@@ -152,8 +153,8 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
         "each one's events/s (wall time until the last process ends), the speed-up, and whether both graphs are "
         "identical (every edge weight, node count and membership).")
     scaling.add_argument("--dataset", help="data set name or path (see `m2grl replay --help`)")
-    scaling.add_argument("--consumers", type=int, default=3, help="processes in the group (default 3)")
-    scaling.add_argument("--partitions", type=int, default=6, help="partitions of the topic (default 6)")
+    scaling.add_argument("--consumers", type=at_least_one, default=3, help="processes in the group (default 3)")
+    scaling.add_argument("--partitions", type=at_least_one, default=6, help="partitions of the topic (default 6)")
     scaling.add_argument("--use-configured-services", action="store_true",
                          help="run against the configured Kafka/Neo4j (WIPES the Neo4j database)")
     scaling.add_argument("--json", action="store_true")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from m2grl import pipeline
+from m2grl.cli import above_zero, at_least_one
 from m2grl.ingest.events import Event
 from m2grl.ingest.replay import ReplayResult, replay
 from m2grl.settings import Settings
@@ -248,11 +249,11 @@ def register_bench(benches: Any) -> None:
         "GetEmbeddings returns its first, side-view vector) and a pair of known items (measured until a snapshot "
         "trained on a graph read after their transition was written goes live). Prints p50/p95/max of each.")
     freshness.add_argument("--dataset", **common)
-    freshness.add_argument("--limit", type=int, metavar="N", help="use only the first N events (in time order)")
-    freshness.add_argument("--rate", type=float, default=300.0, help="background events per second (default 300)")
-    freshness.add_argument("--probes", type=int, default=20, help="probes of each kind (default 20)")
-    freshness.add_argument("--every", type=float, default=5.0, help="seconds between probes (default 5)")
-    freshness.add_argument("--interval", type=float, help="seconds between training rounds (default: train.interval_s)")
+    freshness.add_argument("--limit", type=at_least_one, metavar="N", help="use only the first N events (in time order)")
+    freshness.add_argument("--rate", type=above_zero, default=300.0, help="background events per second (default 300)")
+    freshness.add_argument("--probes", type=at_least_one, default=20, help="probes of each kind (default 20)")
+    freshness.add_argument("--every", type=above_zero, default=5.0, help="seconds between probes (default 5)")
+    freshness.add_argument("--interval", type=above_zero, help="seconds between training rounds (default: train.interval_s)")
     freshness.add_argument("--json", action="store_true")
     freshness.set_defaults(handler=_freshness)
 
@@ -264,11 +265,11 @@ def register_bench(benches: Any) -> None:
         "training rounds run. Reports calls/s, p50/p99 and failures of both; target: zero errors, p99 within "
         "3 × idle.")
     load.add_argument("--dataset", **common)
-    load.add_argument("--limit", type=int, metavar="N", help="use only the first N events (in time order)")
-    load.add_argument("--rate", type=float, default=300.0, help="events per second streamed (default 300)")
-    load.add_argument("--seconds", type=float, default=60.0, help="seconds of load while streaming (default 60)")
-    load.add_argument("--idle-seconds", type=float, default=15.0, help="seconds of the idle baseline (default 15)")
-    load.add_argument("--concurrency", type=int, default=4, help="callers (default 4)")
-    load.add_argument("--interval", type=float, help="seconds between training rounds (default: train.interval_s)")
+    load.add_argument("--limit", type=at_least_one, metavar="N", help="use only the first N events (in time order)")
+    load.add_argument("--rate", type=above_zero, default=300.0, help="events per second streamed (default 300)")
+    load.add_argument("--seconds", type=above_zero, default=60.0, help="seconds of load while streaming (default 60)")
+    load.add_argument("--idle-seconds", type=above_zero, default=15.0, help="seconds of the idle baseline (default 15)")
+    load.add_argument("--concurrency", type=at_least_one, default=4, help="callers (default 4)")
+    load.add_argument("--interval", type=above_zero, help="seconds between training rounds (default: train.interval_s)")
     load.add_argument("--json", action="store_true")
     load.set_defaults(handler=_load)

@@ -61,6 +61,17 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def above_zero(text: str) -> float:
+    """argparse type of rates and durations, which must be positive numbers."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def format_utc(ms: int | None, missing: str = "-") -> str:
     """Milliseconds since the epoch as a UTC time for tables; ``missing`` for None or 0."""
     if not ms:
@@ -121,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "against DeepWalk, EGES-style and popularity with a plot. Each run has its own topic and snapshot "
         "folder under services.state_dir/demo/; a local Neo4j's graph is wiped first.")
     demo.add_argument("--dataset", help="data set name or path (default: taobao-head if present, else movielens-100k)")
-    demo.add_argument("--limit", type=int, metavar="N", help="use only the first N events (in time order)")
-    demo.add_argument("--rate", type=float, default=2000.0, help="events per second to stream (default 2000)")
-    demo.add_argument("--interval", type=float, default=10.0, help="seconds between training rounds (default 10)")
+    demo.add_argument("--limit", type=at_least_one, metavar="N", help="use only the first N events (in time order)")
+    demo.add_argument("--rate", type=above_zero, default=2000.0, help="events per second to stream (default 2000)")
+    demo.add_argument("--interval", type=above_zero, default=10.0, help="seconds between training rounds (default 10)")
     demo.add_argument("--no-eval", action="store_true", help="skip the offline evaluation (saves a few minutes)")
     demo.add_argument("--keep-serving", action="store_true",
                       help="afterwards keep ingest, training and the server running until Ctrl-C")

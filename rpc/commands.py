@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from m2grl.cli import at_least_one
+from m2grl.cli import above_zero, at_least_one
 from m2grl.errors import ConfigError
 from m2grl.settings import Settings
 
@@ -143,7 +143,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "query", help="ask a running server: embed, similar, recommend, info, watch",
         description="A client of `m2grl serve`; address, token and TLS come from the rpc settings.")
     query.add_argument("--target", help="host:port of the server (default: rpc.host:rpc.port)")
-    query.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
+    query.add_argument("--timeout", type=above_zero, default=10.0, help="seconds per call (default 10)")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     actions = query.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -171,8 +171,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=_query_info)
 
     watch = actions.add_parser("watch", help="print each snapshot version as it goes live")
-    watch.add_argument("--count", type=int, help="stop after this many versions")
-    watch.add_argument("--seconds", type=float, help="stop after this many seconds")
+    watch.add_argument("--count", type=at_least_one, help="stop after this many versions")
+    watch.add_argument("--seconds", type=above_zero, help="stop after this many seconds")
     watch.set_defaults(handler=_query_watch)
 
 
@@ -215,10 +215,10 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
         "while a publisher writes a new version every second. Reports the server's peak RSS.")
     bench.add_argument("--rows", type=at_least_one, default=1_000_000, help="items in the snapshot (default 1,000,000)")
     bench.add_argument("--dim", type=at_least_one, default=64, help="dimensions (default 64)")
-    bench.add_argument("--seconds", type=float, default=5.0, help="seconds per measured phase (default 5)")
+    bench.add_argument("--seconds", type=above_zero, default=5.0, help="seconds per measured phase (default 5)")
     bench.add_argument("--concurrency", type=at_least_one, default=4, help="callers for the throughput phases (default 4)")
     bench.add_argument("--rounds", type=at_least_one, default=3,
                        help="throughput phases per handler, taking turns with its empty baseline (default 3)")
-    bench.add_argument("--swap-seconds", type=float, default=20.0, help="seconds of calls during swaps (default 20)")
+    bench.add_argument("--swap-seconds", type=above_zero, default=20.0, help="seconds of calls during swaps (default 20)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)

@@ -184,7 +184,7 @@ class Trainer:
         walks = self._walk(touched, new_ids, pace)
         self._cold_start_tick()
         pairs = {f"intra:{view}": skipgram_pairs(w, self.cfg.window) for view, w in walks.items()}
-        if not full and f"intra:{self.item}" in pairs:
+        if not pace.everything and f"intra:{self.item}" in pairs:
             pairs[f"intra:{self.item}"] = self._with_changed_edges(*pairs[f"intra:{self.item}"], news.changed_item_edges)
         # Sized by the tables, not the id maps: the cold-start lane may append ids during the round.
         rows = dict(zip(self.model.shape.views, self.model.shape.rows))
