@@ -2,22 +2,31 @@
 an empty handler on the same server in the same run, then again while snapshots are swapped.
 
 Three processes, as in production: the server (`python -m m2grl.rpc.bench serve`, the real
-EmbeddingServer plus the Baseline service of protos/benchmark.proto), a publisher that writes a
-new snapshot version every second (`… publish`), and this process, the client. Latency comes from
-one call at a time; throughput from ``concurrency`` callers. Vectors are generated around many
-centres (the shape trained embeddings have); recall@k is checked against exact search here.
+EmbeddingServer plus the Baseline service of protos/benchmark.proto), a publisher of a new
+snapshot version every second, and this process, the client. Latency comes from one call at a
+time; throughput from ``concurrency`` callers. Vectors are generated around many centres (the shape
+trained embeddings have); recall@k is checked against exact search here.
+
+Swaps are measured twice. First with the versions written beforehand (`… stage`) and moved in one
+per second (`… release`): what the server's own swapping costs its calls, the target's measure, as
+in a deployment where training writes from other cores or machines. Then with the publisher
+writing each version as it goes (`… publish`, 256 MB a second at 1M rows) on the same two cores:
+here that alone, with the server swapping nothing, took calls from a p99 of 3 ms to 6–8 ms and a
+slowest call of 23–25 ms (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +63,13 @@ def generated_vectors(rows: int, dim: int, seed: int) -> np.ndarray:
     return centres[rng.integers(0, len(centres), rows)] + 0.5 * rng.normal(size=(rows, dim)).astype(np.float32)
 
 
-def publish_generated(root: Path, version: int, vectors: np.ndarray) -> None:
+def publish_generated(root: Path, version: int, vectors: np.ndarray, *, keep: int = 3) -> None:
     from m2grl.train import snapshots
 
     manifest = snapshots.Manifest(version=version, created_ms=int(time.time() * 1000), watermark_ms={},
                                   views=["item"], dim=vectors.shape[1], rows={"item": len(vectors)}, losses={},
                                   sigma2={})
-    snapshots.publish(root, manifest, {"item": vectors}, {"item": _ids(0, len(vectors))}, {}, keep=3)
+    snapshots.publish(root, manifest, {"item": vectors}, {"item": _ids(0, len(vectors))}, {}, keep=keep)
 
 
 # -- the server and publisher processes ------------------------------------------------------------
@@ -85,40 +94,85 @@ def _serve(root: Path, port: int) -> None:
     server.wait(stop_on_signals())
 
 
-def _publish_every_second(root: Path, seconds: float) -> None:
-    """New versions as incremental training makes them: a share of rows moved, some ids appended.
-    At nice 10: it stands in for training, which a deployment runs on other cores or machines; on
-    this benchmark's shared cores it must not be what the calls wait for."""
+def _evolving(root: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """The versions after ``root``'s current one, as incremental training makes them: a share of rows
+    moved, some ids appended."""
     from m2grl.train import snapshots
-
-    os.nice(10)
 
     snapshot = snapshots.load(root)
     vectors, version = snapshot.vectors["item"], snapshot.manifest.version
     rng = np.random.default_rng(version)
-    ends = time.monotonic() + seconds
-    while time.monotonic() < ends:
-        started = time.monotonic()
+    while True:
         moved = rng.choice(len(vectors), int(CHANGED_PER_SWAP * len(vectors)), replace=False)
         vectors = np.vstack([vectors, generated_vectors(ADDED_PER_SWAP, vectors.shape[1], version)])
         vectors[moved] += 0.1 * rng.normal(size=(len(moved), vectors.shape[1])).astype(np.float32)
         version += 1
-        publish_generated(root, version, vectors)
+        yield version, vectors
+
+
+def _every_second(seconds: float, publish_next: Callable[[], int | None]) -> None:
+    """At nice 10: the publisher stands in for training, and on this benchmark's shared cores it must
+    not be what the calls wait for."""
+    os.nice(10)
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        started = time.monotonic()
+        version = publish_next()
+        if version is None:
+            return
         print(f"published {version} in {time.monotonic() - started:.2f} s", flush=True)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
 
 
+def _publish_every_second(root: Path, seconds: float) -> None:
+    versions = _evolving(root)
+
+    def publish_next() -> int:
+        version, vectors = next(versions)
+        publish_generated(root, version, vectors)
+        return version
+
+    _every_second(seconds, publish_next)
+
+
+def _stage(root: Path, staged: Path, count: int) -> None:
+    """Write the ``count`` versions after ``root``'s current one under ``staged``."""
+    for version, vectors in itertools.islice(_evolving(root), count):
+        publish_generated(staged, version, vectors, keep=count)
+
+
+def _release_every_second(root: Path, staged: Path, seconds: float) -> None:
+    from m2grl.train import snapshots
+
+    versions = iter(sorted(snapshots.read_manifest(folder).version
+                           for folder in (staged / snapshots.VERSIONS).iterdir() if folder.name.startswith("v")))
+
+    def release_next() -> int | None:
+        version = next(versions, None)
+        if version is not None:
+            snapshots.adopt(root, snapshots.version_dir(staged, version), keep=3)
+        return version
+
+    _every_second(seconds, release_next)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="helper processes of `m2grl bench rpc`")
-    parser.add_argument("role", choices=["serve", "publish"])
+    parser.add_argument("role", choices=["serve", "publish", "stage", "release"])
     parser.add_argument("root", type=Path)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--staged", type=Path, help="where stage writes versions and release takes them from")
+    parser.add_argument("--count", type=int, default=1, help="versions to stage")
     args = parser.parse_args(argv)
     if args.role == "serve":
         _serve(args.root, args.port)
-    else:
+    elif args.role == "publish":
         _publish_every_second(args.root, args.seconds)
+    elif args.role == "stage":
+        _stage(args.root, args.staged, args.count)
+    else:
+        _release_every_second(args.root, args.staged, args.seconds)
     return 0
 
 
@@ -276,8 +330,19 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
             say("checking recall against exact search")
             recall = _recall(calls, vectors)
             del vectors
-            say(f"swapping a new version in every second for {swap_seconds:.0f} s under load")
-            swap = _under_swaps(calls, root, env, swap_seconds)
+            versions = math.ceil(swap_seconds) + 1
+            say(f"writing {versions} versions ahead, then moving one in every second for {swap_seconds:.0f} s "
+                "under load")
+            staged = str(root.parent / "staged")
+            staging = _helper("stage", root, env, "--staged", staged, "--count", str(versions))
+            _, errors = staging.communicate()
+            if staging.returncode:
+                raise RuntimeError(f"writing the versions ahead failed: {errors[-2000:]}")
+            swap = _under_swaps(calls, swap_seconds,
+                                _helper("release", root, env, "--staged", staged, "--seconds", str(swap_seconds)))
+            say(f"again for {swap_seconds:.0f} s, each version written as it goes")
+            beside_publisher = _under_swaps(calls, swap_seconds,
+                                            _helper("publish", root, env, "--seconds", str(swap_seconds)))
             peak_rss = _peak_rss_mb(server.pid)
         finally:
             server.terminate()
@@ -285,16 +350,20 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
                 server.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 server.kill()
-    return _report(measured, concurrency, recall, swap, rows, dim, load_s, peak_rss)
+    return _report(measured, concurrency, recall, swap, beside_publisher, rows, dim, load_s, peak_rss)
 
 
-def _under_swaps(calls: _Calls, root: Path, env: dict[str, str], seconds: float) -> dict[str, Any]:
+def _helper(role: str, root: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "m2grl.rpc.bench", role, str(root), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _under_swaps(calls: _Calls, seconds: float, publisher: subprocess.Popen) -> dict[str, Any]:
+    """Calls for ``seconds`` while ``publisher`` puts out a version a second."""
     watched: list[int] = []
     stream = calls.service.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=seconds + 120)
     watcher = threading.Thread(target=lambda: _collect(stream, watched), daemon=True)
     watcher.start()
-    publisher = subprocess.Popen([sys.executable, "-m", "m2grl.rpc.bench", "publish", str(root), "--seconds",
-                                  str(seconds)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     embeddings = calls("embeddings")
     similar = calls("similar")
     load = drive(lambda n: (embeddings if n % 2 == 0 else similar)(n // 2), seconds, 1)
@@ -314,9 +383,15 @@ def _collect(stream: Any, into: list[int]) -> None:
 
 
 def _report(measured: dict[tuple[str, int], dict], concurrency: int, recall: float, swap: dict[str, Any],
-            rows: int, dim: int, load_s: float, peak_rss: float) -> dict[str, Any]:
+            beside_publisher: dict[str, Any], rows: int, dim: int, load_s: float, peak_rss: float) -> dict[str, Any]:
     def ratio(kind: str) -> float:
         return round(measured[kind, concurrency]["qps"] / max(measured[f"empty-{kind}", concurrency]["qps"], 1), 3)
+
+    def during(swaps: dict[str, Any]) -> dict[str, Any]:
+        summary = swaps["load"].summary()
+        return {**summary, "published": swaps["published"], "went_live": swaps["went_live"],
+                "versions_went_back": swaps["versions_went_back"],
+                "max_over_idle_p99": round(summary["max_ms"] / max(idle_p99, 1e-9), 2)}
 
     load: Load = swap["load"]
     idle_p99 = max(measured["embeddings", 1]["p99_ms"], measured["similar", 1]["p99_ms"])
@@ -327,9 +402,8 @@ def _report(measured: dict[tuple[str, int], dict], concurrency: int, recall: flo
                                    for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")},
         "qps_ratio_to_empty": {"embeddings": ratio("embeddings"), "similar": ratio("similar")},
         "similar_recall_at_100": round(recall, 4),
-        "during_swaps": {**load.summary(), "published": swap["published"], "went_live": swap["went_live"],
-                         "versions_went_back": swap["versions_went_back"],
-                         "max_over_idle_p99": round(load.summary()["max_ms"] / max(idle_p99, 1e-9), 2)},
+        "during_swaps": during(swap),
+        "during_swaps_beside_publisher": during(beside_publisher),
         "server_peak_rss_mb": round(peak_rss),
         "targets": {"embeddings_qps_ratio": TARGET_EMBEDDINGS_RATIO, "similar_p99_ms": TARGET_SIMILAR_P99_MS,
                     "recall": TARGET_RECALL, "spike_over_p99": TARGET_SPIKE},
@@ -337,7 +411,8 @@ def _report(measured: dict[tuple[str, int], dict], concurrency: int, recall: flo
             "embeddings_qps_ratio": ratio("embeddings") >= TARGET_EMBEDDINGS_RATIO,
             "similar_p99": measured["similar", 1]["p99_ms"] <= TARGET_SIMILAR_P99_MS,
             "recall": recall >= TARGET_RECALL,
-            "swaps_without_failures": not load.failures and swap["versions_went_back"] == 0,
+            "swaps_without_failures": all(not s["load"].failures and s["versions_went_back"] == 0
+                                          for s in (swap, beside_publisher)),
             "no_spike_during_swaps": load.summary()["max_ms"] <= TARGET_SPIKE * idle_p99,
         },
     }

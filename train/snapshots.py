@@ -128,6 +128,16 @@ def publish_appended(root: Path, base: int, manifest: Manifest, view: str, ids: 
     return _make_current(root, staging, manifest, keep)
 
 
+def adopt(root: Path, folder: Path, *, keep: int) -> Path:
+    """Make a complete version folder published under another root (on the same file system)
+    current in ``root``, by renaming it in: publishing without writing, for versions written ahead."""
+    manifest = read_manifest(folder)
+    staging = _staging(root, manifest.version)
+    staging.rmdir()
+    folder.rename(staging)
+    return _make_current(root, staging, manifest, keep)
+
+
 def _staging(root: Path, version: int) -> Path:
     versions = root / VERSIONS
     versions.mkdir(parents=True, exist_ok=True)
