@@ -108,3 +108,16 @@ def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="another trainer"):
             with exclusive_trainer(settings):
                 pass
+
+
+def test_a_version_written_under_another_root_is_adopted_whole(tmp_path: Path) -> None:
+    staged, served = tmp_path / "staged", tmp_path / "served"
+    write_version(served, 1, rows=3)
+    for version in (2, 3):
+        write_version(staged, version, rows=3 + version)
+    snapshots.adopt(served, snapshots.version_dir(staged, 2), keep=3)
+    assert snapshots.current_version(served) == 2
+    assert not snapshots.version_dir(staged, 2).exists() and snapshots.version_dir(staged, 3).exists()
+    adopted = snapshots.load(served)
+    assert adopted.manifest.version == 2 and adopted.vectors["item"].shape == (5, 4)
+    assert (adopted.vectors["item"] == 2.0).all() and adopted.ids["item"][-1] == "i4"
