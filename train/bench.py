@@ -125,6 +125,10 @@ def _incremental_against_rebuild(settings: Settings, side: tuple[str, ...], earl
                              "hr@20": round(_hr20(rebuilt, cases), 4)}}
 
 
+def _quality(incremental_hr: float, full_hr: float) -> float:
+    return round(incremental_hr / full_hr, 3) if full_hr else 0.0
+
+
 def _over_seeds(runs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     """Mean seconds, pairs and HR@20 of one kind of round over the seeds' runs."""
     def mean(key: str) -> float:
@@ -176,7 +180,7 @@ def _run(settings: Settings, dataset: str | None, seeds: int, scratch: Path, pro
         side, early, delta, everything, cases, scratch / f"seed-{n}", progress) for n in range(seeds)]
     incremental, full = _over_seeds(per_seed, "incremental"), _over_seeds(per_seed, "full_rebuild")
     time_ratio = incremental["seconds"] / full["seconds"]
-    quality_ratio = incremental["hr@20"] / full["hr@20"] if full["hr@20"] else 0.0
+    quality_ratio = _quality(incremental["hr@20"], full["hr@20"])
     return {
         "benchmark": "train",
         "dataset": name,
@@ -189,9 +193,9 @@ def _run(settings: Settings, dataset: str | None, seeds: int, scratch: Path, pro
         "incremental": {
             "views": ["item", *side], "new_events": len(train) - split, "seeds": per_seed,
             "incremental": incremental, "full_rebuild": full,
-            "time_ratio": round(time_ratio, 3), "quality_ratio": round(quality_ratio, 3),
-            "quality_ratio_per_seed": [round(run["incremental"]["hr@20"] / run["full_rebuild"]["hr@20"], 3)
-                                       if run["full_rebuild"]["hr@20"] else 0.0 for run in per_seed]},
+            "time_ratio": round(time_ratio, 3), "quality_ratio": quality_ratio,
+            "quality_ratio_per_seed": [_quality(run["incremental"]["hr@20"], run["full_rebuild"]["hr@20"])
+                                       for run in per_seed]},
         "peak_rss_mb": {"after_our_training": round(ours_rss), "whole_run": round(_peak_rss_mb())},
         "targets": {
             "ratio": TARGET_RATIO, "incremental_time_ratio": TARGET_INCREMENTAL_TIME,
