@@ -206,6 +206,7 @@ class RpcSettings(_Section):
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request accepted; larger ones get INVALID_ARGUMENT.")
     poll_s: float = Field(0.5, gt=0, description="Seconds between checks for a newly published snapshot (a read of one small file).")
     poller_niceness: int = Field(10, ge=0, le=19, description="Scheduling niceness of the thread that reads and indexes new snapshots, so calls keep their CPU.")
+    swap_block_rows: int = Field(4096, ge=1, description="A new snapshot version is read and compared with the rows it replaces this many at a time (a block that stays in the CPU cache, rather than a second copy of the matrix).")
     grace_s: float = Field(10.0, ge=0, description="On shutdown, how long in-flight calls may take to finish.")
     diversity_view: str = Field("category", description="Side view whose neighbourhood Recommend's diversity route explores.")
     nearby_values: int = Field(5, ge=1, description="Nearby values of diversity_view (not among the user's) that Recommend's diversity route draws from.")
@@ -215,7 +216,7 @@ class RpcSettings(_Section):
     ivf_lists: int = Field(0, ge=0, description="Inverted lists (clusters) of the IVF index; 0: 4·√rows.")
     ivf_probe: int = Field(512, ge=1, description="Lists searched per query (recall and latency grow with it).")
     ivf_train_per_list: int = Field(40, ge=10, description="Vectors sampled per list to train the IVF centroids.")
-    ivf_retrain_share: float = Field(0.5, gt=0, le=1, description="A new version with more than this share of rows changed or new is indexed from scratch, centroids retrained; fewer are updated in a copy of the live index.")
+    ivf_retrain_share: float = Field(0.5, gt=0, le=1, description="A new version with more than this share of rows changed or new is indexed from scratch, centroids retrained; fewer are patched into the spare index (rpc/live.py ViewStore).")
 
     @model_validator(mode="after")
     def _tls_needs_both(self) -> RpcSettings:

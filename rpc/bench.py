@@ -8,8 +8,9 @@ time; throughput from ``concurrency`` callers. Vectors are generated around many
 trained embeddings have); recall@k is checked against exact search here.
 
 Swaps are measured twice. First with the versions written beforehand (`… stage`) and moved in one
-per second (`… release`): what the server's own swapping costs its calls, the target's measure, as
-in a deployment where training writes from other cores or machines. Then with the publisher
+per second (`… release`, deleting none until the phase is over): what the server's own swapping
+costs its calls, the target's measure, as in a deployment where training writes (and deletes) from
+other cores or machines. Then with the publisher
 writing each version as it goes (`… publish`, 256 MB a second at 1M rows) on the same two cores:
 here that alone, with the server swapping nothing, took calls from a p99 of 3 ms to 6–8 ms and a
 slowest call of 23–25 ms (BENCHMARKS.md).
@@ -142,15 +143,19 @@ def _stage(root: Path, staged: Path, count: int) -> None:
 
 
 def _release_every_second(root: Path, staged: Path, seconds: float) -> None:
+    """Moves the staged versions in, deleting none: deleting a version is the publisher's work (here
+    it took the server's calls from a slowest 12 ms to 90–310 ms: 260 MB a second freed on a disk
+    mounted with `discard`, and the host took the CPU back), measured in the publisher's phase."""
     from m2grl.train import snapshots
 
-    versions = iter(sorted(snapshots.read_manifest(folder).version
-                           for folder in (staged / snapshots.VERSIONS).iterdir() if folder.name.startswith("v")))
+    staged_versions = sorted(snapshots.read_manifest(folder).version
+                             for folder in (staged / snapshots.VERSIONS).iterdir() if folder.name.startswith("v"))
+    versions = iter(staged_versions)
 
     def release_next() -> int | None:
         version = next(versions, None)
         if version is not None:
-            snapshots.adopt(root, snapshots.version_dir(staged, version), keep=3)
+            snapshots.adopt(root, snapshots.version_dir(staged, version), keep=len(staged_versions) + 1)
         return version
 
     _every_second(seconds, release_next)
@@ -302,11 +307,12 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
     the machine's speed drifts within a minute (one 5 s phase pair gave ratios from 0.7 to 1.2 on
     unchanged code), and interleaving exposes both to the same drift."""
     from m2grl.services.launcher import free_port
+    from m2grl.train import snapshots
 
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
     env = {**os.environ, "M2GRL_CONFIG": os.environ.get("M2GRL_CONFIG", "")}
     with tempfile.TemporaryDirectory(prefix="m2grl-bench-rpc-") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "served"
         say(f"generating a snapshot of {rows:,} × {dim} vectors")
         vectors = generated_vectors(rows, dim, seed=1)
         publish_generated(root, 1, vectors)
@@ -333,13 +339,14 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
             versions = math.ceil(swap_seconds) + 1
             say(f"writing {versions} versions ahead, then moving one in every second for {swap_seconds:.0f} s "
                 "under load")
-            staged = str(root.parent / "staged")
+            staged = str(Path(tmp) / "staged")
             staging = _helper("stage", root, env, "--staged", staged, "--count", str(versions))
             _, errors = staging.communicate()
             if staging.returncode:
                 raise RuntimeError(f"writing the versions ahead failed: {errors[-2000:]}")
             swap = _under_swaps(calls, swap_seconds,
                                 _helper("release", root, env, "--staged", staged, "--seconds", str(swap_seconds)))
+            snapshots.prune(root, keep=3)
             say(f"again for {swap_seconds:.0f} s, each version written as it goes")
             beside_publisher = _under_swaps(calls, swap_seconds,
                                             _helper("publish", root, env, "--seconds", str(swap_seconds)))
@@ -366,12 +373,24 @@ def _under_swaps(calls: _Calls, seconds: float, publisher: subprocess.Popen) -> 
     watcher.start()
     embeddings = calls("embeddings")
     similar = calls("similar")
+    stolen = _cpu_stolen_s()
     load = drive(lambda n: (embeddings if n % 2 == 0 else similar)(n // 2), seconds, 1)
+    stolen = _cpu_stolen_s() - stolen
     published, _ = publisher.communicate(timeout=300)
     time.sleep(3)
     stream.cancel()
     return {"load": load, "published": published.count("published"), "went_live": len(watched) - 1,
-            "versions_went_back": load.versions_went_back}
+            "versions_went_back": load.versions_went_back, "cpu_stolen_s": round(stolen, 2)}
+
+
+def _cpu_stolen_s() -> float:
+    """CPU time the hypervisor has taken from this machine's virtual CPUs since boot (0 on bare
+    metal): on the virtual machines here, stolen moments and the slowest calls came together."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def _collect(stream: Any, into: list[int]) -> None:
@@ -390,7 +409,7 @@ def _report(measured: dict[tuple[str, int], dict], concurrency: int, recall: flo
     def during(swaps: dict[str, Any]) -> dict[str, Any]:
         summary = swaps["load"].summary()
         return {**summary, "published": swaps["published"], "went_live": swaps["went_live"],
-                "versions_went_back": swaps["versions_went_back"],
+                "versions_went_back": swaps["versions_went_back"], "cpu_stolen_s": swaps["cpu_stolen_s"],
                 "max_over_idle_p99": round(summary["max_ms"] / max(idle_p99, 1e-9), 2)}
 
     load: Load = swap["load"]
@@ -402,6 +421,9 @@ def _report(measured: dict[tuple[str, int], dict], concurrency: int, recall: flo
                                    for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")},
         "qps_ratio_to_empty": {"embeddings": ratio("embeddings"), "similar": ratio("similar")},
         "similar_recall_at_100": round(recall, 4),
+        # The same measure with nothing swapped: the machine's own floor for the one below.
+        "idle_max_over_idle_p99": round(max(measured[kind, 1]["max_ms"] for kind in ("embeddings", "similar"))
+                                        / max(idle_p99, 1e-9), 2),
         "during_swaps": during(swap),
         "during_swaps_beside_publisher": during(beside_publisher),
         "server_peak_rss_mb": round(peak_rss),

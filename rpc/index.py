@@ -2,10 +2,10 @@
 vectors), labelled by row number. Views under ``rpc.exact_below`` rows are searched exactly. Larger
 ones go through an inverted-file index with 8-bit scalar-quantized lists (IVF-SQ8: a quarter of the
 memory of float lists and half their scan time, at the same recall on our data). Unlike a graph
-index it can be updated, so a new snapshot version is indexed by copying the live index and
-re-adding only the rows that changed, which keeps a 1M-row view swappable every second. Its
-centroids are retrained only when most rows changed at once (``rpc.ivf_retrain_share``), as after
-a full training rebuild.
+index it can be updated in place, so a new snapshot version is indexed by re-adding only the rows
+that changed (rpc/live.py keeps a spare index for that), which keeps a 1M-row view swappable every
+second. Its centroids are retrained only when most rows changed at once (``rpc.ivf_retrain_share``),
+as after a full training rebuild.
 """
 
 from __future__ import annotations
@@ -67,20 +67,23 @@ class VectorIndex:
         index.add_with_ids(unit, np.arange(len(unit), dtype=np.int64))
         return cls(_searching(index, cfg))
 
-    def updated(self, rows: int, changed: np.ndarray, unit_of: np.ndarray, cfg: RpcSettings) -> VectorIndex | None:
-        """An index of a later version of these rows, now ``rows`` of them, in which only the rows
-        ``changed`` and the appended ones differ; ``unit_of`` holds their unit vectors, in that
-        order. None when that is too much change to patch (build afresh instead). This index is
-        left as it is: the version it serves may still be answering calls."""
+    def copy(self, cfg: RpcSettings) -> VectorIndex:
+        index = faiss.clone_index(self.index)
+        return VectorIndex(index if self.exact else _searching(index, cfg))
+
+    def patch(self, rows: int, changed: np.ndarray, unit_of: np.ndarray, cfg: RpcSettings) -> bool:
+        """Bring this index, in place, to a later version of its rows, now ``rows`` of them, in which
+        only the rows ``changed`` and the appended ones differ; ``unit_of`` holds their unit vectors,
+        in that order. False, leaving it untouched, when it should be built afresh instead: an exact
+        index, or too much change for the centroids it was trained with."""
         fresh = np.concatenate([changed.astype(np.int64), np.arange(len(self), rows, dtype=np.int64)])
         if self.exact or rows < cfg.exact_below or len(fresh) > cfg.ivf_retrain_share * rows:
-            return None
-        index = faiss.clone_index(self.index)
+            return False
         if len(changed):
-            index.remove_ids(faiss.IDSelectorBatch(changed.astype(np.int64)))
+            self.index.remove_ids(faiss.IDSelectorBatch(changed.astype(np.int64)))
         if len(fresh):
-            index.add_with_ids(unit_of, fresh)
-        return VectorIndex(_searching(index, cfg))
+            self.index.add_with_ids(unit_of, fresh)
+        return True
 
     def search(self, query: np.ndarray, k: int, exclude: Collection[int] = ()) -> tuple[list[int], list[float]]:
         """Rows of the ``k`` vectors most similar to ``query`` (unit length), best first, none in

@@ -8,16 +8,17 @@ so a watcher gets each one exactly once however fast they follow each other.
 
 Rows are append-only across versions (training never re-indexes an id), so a view's ids are kept in
 one IdColumn shared by all versions: a new version reads only the ids added since, and each version
-sees only its own first ``rows`` of them. That keeps a swap of a million-row view to reading its
-vectors and re-indexing what changed, without long pauses for the threads answering calls.
-"""
+sees only its own first ``rows`` of them. Its vectors and index live in one of two ViewStores that
+take turns (see there), so a swap of a million-row view rewrites only the rows that changed."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,24 +34,17 @@ from m2grl.train.snapshots import Manifest
 log = logging.getLogger(__name__)
 
 HISTORY = 1000
+SPARE_WAIT_S = 1.0  # how long a swap waits for calls still answering from its spare store's version
 
 
-CHUNK_ROWS = 65536  # checks of a new version go this many rows at a time: see _chunks
+def _check_finite(name: str, block: np.ndarray) -> None:
+    if not np.isfinite(block).all():
+        raise ValueError(f"{name} vectors hold NaN or infinite values")
 
 
-def _chunks(vectors: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, rows) blocks. Whole-matrix temporaries (64 MB at a million rows) were mapped,
-    faulted in and unmapped by the kernel at each swap; blocks keep a swap's transient memory at a
-    few megabytes (and the one 0.43 s stall of an answering call seen during swaps has not recurred)."""
-    for start in range(0, len(vectors), CHUNK_ROWS):
-        yield start, vectors[start:start + CHUNK_ROWS]
-
-
-def _changed_rows(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Rows of ``before`` whose vector differs in ``after`` (which may have more rows)."""
-    found = [start + np.flatnonzero((chunk != after[start:start + len(chunk)]).any(axis=1))
-             for start, chunk in _chunks(before)]
-    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+def _capacity(rows: int) -> int:
+    # Room for the ids appended after a store is made: a store that must grow is copied whole.
+    return rows + rows // 4 + 1024
 
 
 class IdColumn:
@@ -77,6 +71,7 @@ class ServedView:
     vectors: np.ndarray  # float32 rows × dim, as published
     norms: np.ndarray
     index: VectorIndex
+    store: ViewStore  # what the three above live in
 
     @property
     def rows(self) -> int:
@@ -114,6 +109,111 @@ class ServedView:
 
     def id(self, row: int) -> str:
         return self.column.ids[row]
+
+
+class ViewStore:
+    """The memory one view's versions are served from, reused across versions: vectors and norms
+    with room for rows appended later, and the index of them. Each view has two that take turns:
+    the one the live version reads, and a spare that the version before it read. A swap brings the
+    spare up to the new version by rewriting only the rows that differ (an incremental round moves
+    about 1 %), block by block, and then serves from it. Going live thus neither allocates nor frees
+    hundreds of megabytes nor copies the whole matrix: at 1M × 64 on two cores, either, once a
+    second, stalled calls for 60–190 ms, even from another process (BENCHMARKS.md).
+
+    The first ``rows`` vectors, their norms and the index always agree; a store is changed only
+    while no served view reads it."""
+
+    def __init__(self, column: IdColumn, vectors: np.ndarray, norms: np.ndarray, rows: int,
+                 index: VectorIndex) -> None:
+        self.column = column
+        self.vectors = vectors  # capacity × dim; the rows past ``rows`` are room, not data
+        self.norms = norms
+        self.rows = rows
+        self.index = index
+        self._reader: weakref.ref[ServedView] | None = None
+
+    @classmethod
+    def read(cls, name: str, column: IdColumn, blocks: Iterable[tuple[int, np.ndarray]], rows: int, dim: int,
+             cfg: RpcSettings) -> ViewStore:
+        """A new store of a version read whole: a first one, or one that changed too much to patch."""
+        vectors = np.empty((_capacity(rows), dim), dtype=np.float32)
+        for start, block in blocks:
+            _check_finite(name, block)
+            vectors[start:start + len(block)] = block
+        norms = np.zeros(len(vectors), dtype=np.float32)
+        norms[:rows] = np.linalg.norm(vectors[:rows], axis=1)
+        return cls(column, vectors, norms, rows, VectorIndex.build(unit_rows(vectors[:rows]), cfg))
+
+    def copied(self, rows: int, cfg: RpcSettings) -> ViewStore:
+        """A second store holding what this one holds, with room for ``rows``: a view's first spare,
+        or a bigger one."""
+        vectors = np.empty((max(self.capacity, _capacity(rows)), self.dim), dtype=np.float32)
+        vectors[:self.rows] = self.vectors[:self.rows]
+        norms = np.zeros(len(vectors), dtype=np.float32)
+        norms[:self.rows] = self.norms[:self.rows]
+        return ViewStore(self.column, vectors, norms, self.rows, self.index.copy(cfg))
+
+    @property
+    def capacity(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def in_use(self) -> bool:
+        return self._reader is not None and self._reader() is not None
+
+    def unread_within(self, seconds: float) -> bool:
+        """Whether no served view reads this store, waiting up to ``seconds`` for calls still
+        answering from one (they take milliseconds; a spare's version went out of date a swap ago)."""
+        deadline = time.monotonic() + seconds
+        while self.in_use():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def fits(self, column: IdColumn, rows: int, dim: int) -> bool:
+        """Whether a version with these ids, rows and dimension can be written over this one."""
+        return self.column is column and self.dim == dim and self.rows <= rows <= self.capacity
+
+    def differences(self, name: str, blocks: Iterable[tuple[int, np.ndarray]],
+                    limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The rows of a later version, read ``blocks`` at a time, that differ from this store's or
+        are new (ascending), and their vectors; None as soon as more than ``limit`` rows do. Reads
+        only; ValueError if the version holds a NaN or infinite value."""
+        rows: list[np.ndarray] = []
+        vectors: list[np.ndarray] = []
+        count = 0
+        for start, block in blocks:
+            _check_finite(name, block)
+            known = min(len(block), max(0, self.rows - start))
+            differ = np.flatnonzero((block[:known] != self.vectors[start:start + known]).any(axis=1))
+            picked = np.concatenate([differ, np.arange(known, len(block))])
+            count += len(picked)
+            if count > limit:
+                return None
+            if len(picked):
+                rows.append(start + picked)
+                vectors.append(block[picked])
+        if not rows:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
+        return np.concatenate(rows), np.concatenate(vectors)
+
+    def apply(self, rows: int, changed: np.ndarray, vectors: np.ndarray, cfg: RpcSettings) -> None:
+        """Make this store hold the later version of ``rows`` rows that ``differences`` described."""
+        self.vectors[changed] = vectors
+        self.norms[changed] = np.linalg.norm(vectors, axis=1)
+        if not self.index.patch(rows, changed[changed < self.rows], unit_rows(vectors), cfg):
+            self.index = VectorIndex.build(unit_rows(self.vectors[:rows]), cfg)
+        self.rows = rows
+
+    def serve(self, name: str) -> ServedView:
+        view = ServedView(name, self.column, self.vectors[:self.rows], self.norms[:self.rows], self.index, self)
+        self._reader = weakref.ref(view)
+        view.gather([])  # the byte view is made here, not by the first call
+        return view
 
 
 @dataclass(frozen=True)
@@ -166,6 +266,7 @@ class LiveSnapshots:
         self.cfg = cfg
         self._current: ServedVersion | None = None
         self._columns: dict[str, IdColumn] = {}
+        self._stores: dict[str, list[ViewStore]] = {}  # per view: the live one and its spare, in no order
         self._changed = threading.Condition()
         self._history: list[WentLive] = []
         self.refused: dict[int, str] = {}  # version -> why
@@ -220,24 +321,39 @@ class LiveSnapshots:
         return ServedVersion(manifest, views, members, added)
 
     def _load_view(self, folder: Path, manifest: Manifest, name: str, before: ServedView | None) -> ServedView:
-        vectors = snapshots.read_vectors(folder, manifest, name)
-        if not all(np.isfinite(chunk).all() for _, chunk in _chunks(vectors)):
-            raise ValueError(f"{name} vectors hold NaN or infinite values")
         column = self._column(folder, manifest, name)
-        index = None
-        if before is not None and before.dim == manifest.dim and before.column is column and before.rows <= len(vectors):
-            # Patch what changed: an incremental round moves a small share of the rows.
-            changed = _changed_rows(before.vectors, vectors)
-            fresh = np.concatenate([changed, np.arange(before.rows, len(vectors))])
-            norms = np.concatenate([before.norms, np.empty(len(vectors) - before.rows, dtype=np.float32)])
-            norms[fresh] = np.linalg.norm(vectors[fresh], axis=1)
-            index = before.index.updated(len(vectors), changed, unit_rows(vectors[fresh]), self.cfg)
-        if index is None:
-            norms = np.linalg.norm(vectors, axis=1)
-            index = VectorIndex.build(unit_rows(vectors), self.cfg)
-        view = ServedView(name, column, vectors, norms, index)
-        view.gather([])  # the byte view is made here, not by the first call
-        return view
+        rows = manifest.rows[name]
+        spare = self._spare(name, before, column, rows, manifest.dim)
+        if spare is not None:
+            # Past the share where the IVF centroids are retrained, the version is read whole anyway.
+            limit = rows if rows < self.cfg.exact_below else int(self.cfg.ivf_retrain_share * rows)
+            changes = spare.differences(name, self._blocks(folder, manifest, name), limit)
+            if changes is not None:
+                try:
+                    spare.apply(rows, *changes, self.cfg)
+                except BaseException:
+                    self._stores[name].remove(spare)  # half-written: never to be read
+                    raise
+                return spare.serve(name)
+        store = ViewStore.read(name, column, self._blocks(folder, manifest, name), rows, manifest.dim, self.cfg)
+        # Its spare is made now, not by the next swap: that would copy the whole store while serving.
+        self._stores[name] = [store, store.copied(rows, self.cfg)]
+        return store.serve(name)
+
+    def _spare(self, name: str, before: ServedView | None, column: IdColumn, rows: int, dim: int) -> ViewStore | None:
+        """The store to write the version after ``before`` into, or None when it must be read whole."""
+        if before is None or before.column is not column or before.dim != dim or before.rows > rows:
+            return None
+        live = before.store
+        for store in self._stores.get(name, []):
+            if store is not live and store.fits(column, rows, dim) and store.unread_within(SPARE_WAIT_S):
+                return store
+        spare = live.copied(rows, self.cfg)
+        self._stores[name] = [live, spare]
+        return spare
+
+    def _blocks(self, folder: Path, manifest: Manifest, name: str) -> Iterator[tuple[int, np.ndarray]]:
+        return snapshots.vector_blocks(folder, manifest, name, self.cfg.swap_block_rows)
 
     def _column(self, folder: Path, manifest: Manifest, name: str) -> IdColumn:
         """The view's shared ids extended to this version; a new column if the file was rewritten

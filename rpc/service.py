@@ -105,18 +105,26 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                        context: grpc.ServicerContext) -> Iterator[pb.SnapshotEvent]:
         """The current version first (if any), then each one as it goes live, until the client
         leaves, its deadline passes, or the server shuts down."""
-        served = self.live.current
+        first = self._first_event()
         last = 0
-        if served is not None:
-            last = served.version
-            yield pb.SnapshotEvent(snapshot_version=last, created_ms=served.manifest.created_ms,
-                                   ids_added=served.ids_added)
+        if first is not None:
+            last = first.snapshot_version
+            yield first
         while context.is_active() and not self.stopping.is_set():
             remaining = context.time_remaining()
             for event in self.live.went_live_after(last, timeout=min(1.0, remaining) if remaining else 1.0):
                 last = event.version
                 yield pb.SnapshotEvent(snapshot_version=event.version, created_ms=event.created_ms,
                                        ids_added=event.ids_added)
+
+    def _first_event(self) -> pb.SnapshotEvent | None:
+        # Not kept in the stream's generator: a version a stream held for its whole life would keep
+        # its memory from being reused by the swaps after it (rpc/live.py ViewStore).
+        served = self.live.current
+        if served is None:
+            return None
+        return pb.SnapshotEvent(snapshot_version=served.version, created_ms=served.manifest.created_ms,
+                                ids_added=served.ids_added)
 
 
 def _denied(request: Any, context: grpc.ServicerContext) -> None:

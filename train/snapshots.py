@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,11 +162,12 @@ def _make_current(root: Path, staging: Path, manifest: Manifest, keep: int) -> P
     _write_file(pointer, lambda fh: fh.write(_name(manifest.version).encode()))
     pointer.replace(root / CURRENT)
     _fsync_dir(root)
-    _prune(root, keep)
+    prune(root, keep)
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` versions (never the current one), and crashed publishes."""
     versions = root / VERSIONS
     live = current_version(root)
     names = sorted(p.name for p in versions.iterdir() if p.name.startswith("v"))
@@ -210,10 +212,38 @@ def read_manifest(folder: Path) -> Manifest:
 
 def read_vectors(folder: Path, manifest: Manifest, view: str) -> np.ndarray:
     vectors = np.load(folder / f"{view}.vectors.npy")
-    if vectors.shape != (manifest.rows[view], manifest.dim) or vectors.dtype != np.float32:
-        raise ValueError(f"snapshot {folder}: {view} vectors are {vectors.dtype} {vectors.shape}, manifest says "
-                         f"float32 {manifest.rows[view]} x {manifest.dim}")
+    _check_vectors(folder, manifest, view, vectors.shape, vectors.dtype, fortran_order=False)
     return vectors
+
+
+def vector_blocks(folder: Path, manifest: Manifest, view: str, rows_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The view's vectors as (first row, block of rows), read into one small buffer that each block
+    reuses (copy what you keep): for a reader that must not hold the whole matrix a second time."""
+    with (folder / f"{view}.vectors.npy").open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        header = _NPY_HEADERS.get(version)
+        if header is None:
+            raise ValueError(f"snapshot {folder}: {view} vectors are in .npy format {version}, not 1.0 or 2.0")
+        shape, fortran_order, dtype = header(fh)
+        _check_vectors(folder, manifest, view, shape, dtype, fortran_order)
+        rows, dim = shape
+        buffer = np.empty((max(1, min(rows_per_block, rows)), dim), dtype=np.float32)
+        for start in range(0, rows, len(buffer)):
+            block = buffer[:min(len(buffer), rows - start)]
+            if fh.readinto(memoryview(block).cast("B")) != block.nbytes:
+                raise EOFError(f"snapshot {folder}: {view} vectors end before row {start + len(block)} of {rows}")
+            yield start, block
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_vectors(folder: Path, manifest: Manifest, view: str, shape: tuple[int, ...], dtype: np.dtype,
+                   fortran_order: bool) -> None:
+    if shape != (manifest.rows[view], manifest.dim) or dtype != np.float32 or fortran_order:
+        raise ValueError(f"snapshot {folder}: {view} vectors are {dtype} {shape}"
+                         f"{' (column-major)' if fortran_order else ''}, manifest says float32 "
+                         f"{manifest.rows[view]} x {manifest.dim}")
 
 
 def read_members(folder: Path, manifest: Manifest, side: str) -> np.ndarray:

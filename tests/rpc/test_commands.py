@@ -89,8 +89,8 @@ def test_bench_rpc_measures_both_handlers_recall_and_swaps() -> None:
     assert 0 < report["qps_ratio_to_empty"]["embeddings"] and report["similar_recall_at_100"] >= 0.95
     for swaps in (report["during_swaps"], report["during_swaps_beside_publisher"]):
         assert swaps["published"] >= 2 and swaps["went_live"] >= 1 and swaps["versions_went_back"] == 0
-        assert not swaps["failures"]
-    assert report["server_peak_rss_mb"] > 0
+        assert not swaps["failures"] and swaps["cpu_stolen_s"] >= 0
+    assert report["idle_max_over_idle_p99"] >= 1 and report["server_peak_rss_mb"] > 0
 
 
 def test_bench_rpc_refuses_counts_below_one_before_starting_anything() -> None:

@@ -1,5 +1,5 @@
 """The ANN index: exact below the threshold, IVF above it with recall checked against exact search,
-and updated in a copy when a new version changes a few rows."""
+and patched in place (in a copy here) when a new version changes a few rows."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_ivf_recall_at_100_against_exact_search_at_100k_rows() -> None:
 
 
 @pytest.mark.slow
-def test_an_updated_index_finds_moved_and_new_rows_and_leaves_the_old_one_alone() -> None:
+def test_a_patched_copy_finds_moved_and_new_rows_and_the_original_is_left_alone() -> None:
     cfg = RpcSettings(exact_below=5_000)
     before = unit_rows(clustered(20_000, 32))
     old = VectorIndex.build(before, cfg)
@@ -54,12 +54,13 @@ def test_an_updated_index_finds_moved_and_new_rows_and_leaves_the_old_one_alone(
     moved = np.sort(rng.choice(len(before), 500, replace=False))
     after = np.vstack([before, unit_rows(clustered(300, 32, seed=3))])
     after[moved] = unit_rows(clustered(500, 32, seed=4))
-    new = old.updated(len(after), moved, after[np.concatenate([moved, np.arange(20_000, 20_300)])], cfg)
-    assert new is not None and len(new) == 20_300 and len(old) == 20_000 and not new.exact
+    new = old.copy(cfg)
+    assert new.patch(len(after), moved, after[np.concatenate([moved, np.arange(20_000, 20_300)])], cfg)
+    assert len(new) == 20_300 and len(old) == 20_000 and not new.exact
     for row in [*moved[:20].tolist(), *range(20_000, 20_020)]:
         assert new.search(after[row], 1)[0][0] == row  # each moved or new row is found where it now is
-    assert old.search(before[moved[0]], 1)[0][0] == moved[0]  # the old version still answers as before
+    assert old.search(before[moved[0]], 1)[0][0] == moved[0]  # the original still answers as before
     exact = VectorIndex.build(after, RpcSettings(exact_below=10_000_000))
     assert recall_at(50, new, exact, after, rng.choice(len(after), 100, replace=False)) >= 0.95
-    # Most rows changed at once: not patched; the caller builds afresh (new centroids).
-    assert old.updated(len(before), np.arange(15_000), before[:15_000], cfg) is None
+    # Most rows changed at once: not patched, left as it was; the caller builds afresh (new centroids).
+    assert not old.patch(len(before), np.arange(15_000), before[:15_000], cfg) and len(old) == 20_000

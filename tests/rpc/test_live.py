@@ -119,18 +119,109 @@ def test_watchers_get_every_version_exactly_once(tmp_path: Path) -> None:
     assert seen == [1, 2, 3, 4, 5]
 
 
-def test_moved_rows_are_found_across_chunk_boundaries_and_reindexed(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(live_module, "CHUNK_ROWS", 3)  # a new version is compared a few rows at a time
-    live = LiveSnapshots(tmp_path, RpcSettings())
-    before = publish(tmp_path, 1, 10)
+def publish_vectors(root: Path, version: int, vectors: np.ndarray) -> None:
+    manifest = snapshots.Manifest(version=version, created_ms=version, watermark_ms={"item": version}, views=["item"],
+                                  dim=vectors.shape[1], rows={"item": len(vectors)}, losses={}, sigma2={})
+    snapshots.publish(root, manifest, {"item": vectors}, {"item": [f"i{n}" for n in range(len(vectors))]}, {},
+                      keep=3)
+
+
+def served_matrix(view: live_module.ServedView) -> np.ndarray:
+    found, raw = view.gather([f"i{n}" for n in range(view.rows)])
+    assert all(found)
+    return np.frombuffer(raw, "<f4").reshape(view.rows, view.dim)
+
+
+def moved(vectors: np.ndarray, rows: list[int], appended: int) -> np.ndarray:
+    fresh = np.random.default_rng(len(vectors)).normal(size=(appended, vectors.shape[1])).astype(np.float32)
+    after = np.vstack([vectors, fresh])
+    after[rows] = -vectors[rows] - 1
+    return after
+
+
+def test_versions_take_turns_in_two_stores_rewriting_only_what_changed(tmp_path: Path) -> None:
+    """Blocks of 3 rows: changed rows on block edges and appended rows are all found; each version
+    serves exactly its own vectors, also the one before it, still answering while the next goes live."""
+    live = LiveSnapshots(tmp_path, RpcSettings(swap_block_rows=3))
+    v1 = publish(tmp_path, 1, 10)
     live.refresh()
-    after = np.vstack([before, np.ones((2, 4), dtype=np.float32)])
-    after[[2, 3, 9]] = -before[[2, 3, 9]]
-    manifest = snapshots.Manifest(version=2, created_ms=2, watermark_ms={"item": 2}, views=["item"], dim=4,
-                                  rows={"item": 12}, losses={}, sigma2={"intra:item": 1.0})
-    snapshots.publish(tmp_path, manifest, {"item": after}, {"item": [f"i{n}" for n in range(12)]}, {}, keep=3)
-    assert live_module._changed_rows(before, after).tolist() == [2, 3, 9]
+    first_store = live.current.views["item"].store
+    v2 = moved(v1, [2, 3, 9], appended=2)
+    publish_vectors(tmp_path, 2, v2)
     assert live.refresh()
-    view = live.current.views["item"]
+    second = live.current.views["item"]
+    assert second.store is not first_store  # the first spare, seeded from the live store
+    assert np.array_equal(served_matrix(second), v2)
     for row in (2, 3, 9, 11):
-        assert view.index.search(view.unit(row), 1)[0][0] in {row, 10 if row == 11 else row}
+        assert second.index.search(second.unit(row), 1)[0][0] == row
+    v3 = moved(v2, [0, 5, 11], appended=1)
+    publish_vectors(tmp_path, 3, v3)
+    assert live.refresh()
+    third = live.current.views["item"]
+    assert third.store is first_store and first_store.rows == 13  # version 1's memory, brought up to date
+    assert np.array_equal(served_matrix(third), v3)
+    assert np.allclose(third.norms, np.linalg.norm(v3, axis=1))
+    assert np.array_equal(served_matrix(second), v2)  # the version before is untouched
+    for row in (0, 5, 11, 12):
+        assert third.index.search(third.unit(row), 1)[0][0] == row
+
+
+def test_a_store_still_answering_calls_is_not_written_over(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(live_module, "SPARE_WAIT_S", 0.05)
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    v1 = publish(tmp_path, 1, 10)
+    live.refresh()
+    held = live.current.views["item"]  # a call that is still answering from version 1
+    v2 = moved(v1, [1], appended=0)
+    publish_vectors(tmp_path, 2, v2)
+    live.refresh()
+    v3 = moved(v2, [4], appended=1)
+    publish_vectors(tmp_path, 3, v3)
+    assert live.refresh()
+    assert live.current.views["item"].store is not held.store
+    assert np.array_equal(served_matrix(held), v1)
+    assert np.array_equal(served_matrix(live.current.views["item"]), v3)
+
+
+def test_a_refused_version_leaves_both_stores_sound(tmp_path: Path) -> None:
+    live = LiveSnapshots(tmp_path, RpcSettings(swap_block_rows=4))
+    v1 = publish(tmp_path, 1, 10)
+    live.refresh()
+    v2 = moved(v1, [3], appended=1)
+    publish_vectors(tmp_path, 2, v2)
+    live.refresh()
+    broken = moved(v2, [0, 6], appended=0)
+    broken[9] = np.inf  # found in the third block, after two blocks of changes
+    publish_vectors(tmp_path, 3, broken)
+    assert not live.refresh() and "infinite" in live.refused[3]
+    v4 = moved(v2, [6, 10], appended=2)
+    publish_vectors(tmp_path, 4, v4)
+    assert live.refresh()
+    assert np.array_equal(served_matrix(live.current.views["item"]), v4)
+    v5 = moved(v4, [1], appended=0)
+    publish_vectors(tmp_path, 5, v5)
+    assert live.refresh()
+    assert np.array_equal(served_matrix(live.current.views["item"]), v5)
+
+
+def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: Path) -> None:
+    cfg = RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16, swap_block_rows=500)
+    rng = np.random.default_rng(5)
+    v1 = rng.normal(size=(3_000, 8)).astype(np.float32)
+    publish_vectors(tmp_path, 1, v1)
+    live = LiveSnapshots(tmp_path, cfg)
+    live.refresh()
+    v2 = moved(v1, rng.choice(3_000, 30, replace=False).tolist(), appended=10)
+    publish_vectors(tmp_path, 2, v2)
+    live.refresh()
+    patched = live.current.views["item"]
+    assert not patched.index.exact and len(patched.index) == 3_010
+    v3 = rng.normal(size=(3_020, 8)).astype(np.float32)  # as after a full training rebuild
+    publish_vectors(tmp_path, 3, v3)
+    live.refresh()
+    rebuilt = live.current.views["item"]
+    assert rebuilt.store is not patched.store and len(rebuilt.index) == 3_020
+    for view, vectors in ((patched, v2), (rebuilt, v3)):
+        assert np.array_equal(served_matrix(view), vectors)
+        for row in (0, 2_999, len(vectors) - 1):  # among the nearest (8-bit codes of 8 dimensions blur ties)
+            assert row in view.index.search(view.unit(row), 5)[0]

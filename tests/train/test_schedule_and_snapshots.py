@@ -121,3 +121,24 @@ def test_a_version_written_under_another_root_is_adopted_whole(tmp_path: Path) -
     adopted = snapshots.load(served)
     assert adopted.manifest.version == 2 and adopted.vectors["item"].shape == (5, 4)
     assert (adopted.vectors["item"] == 2.0).all() and adopted.ids["item"][-1] == "i4"
+
+
+def test_vectors_read_block_by_block_are_the_published_ones_and_a_bad_file_is_refused(tmp_path: Path) -> None:
+    manifest = snapshots.Manifest(version=1, created_ms=0, watermark_ms={}, views=["item"], dim=3, rows={"item": 10},
+                                  losses={}, sigma2={})
+    vectors = np.arange(30, dtype=np.float32).reshape(10, 3)
+    snapshots.publish(tmp_path, manifest, {"item": vectors}, {"item": [f"i{n}" for n in range(10)]}, {}, keep=3)
+    folder = snapshots.version_dir(tmp_path, 1)
+    blocks = [(start, block.copy()) for start, block in snapshots.vector_blocks(folder, manifest, "item", 4)]
+    assert [start for start, _ in blocks] == [0, 4, 8] and [len(block) for _, block in blocks] == [4, 4, 2]
+    assert np.array_equal(np.concatenate([block for _, block in blocks]), vectors)
+    with pytest.raises(ValueError, match="manifest says float32 11 x 3"):
+        list(snapshots.vector_blocks(folder, snapshots.Manifest(**{**manifest.__dict__, "rows": {"item": 11}}),
+                                     "item", 4))
+    path = folder / "item.vectors.npy"
+    path.write_bytes(path.read_bytes()[:-5])  # the last row cut short
+    with pytest.raises(EOFError, match="end before row 10 of 10"):
+        list(snapshots.vector_blocks(folder, manifest, "item", 4))
+    np.save(path, vectors.astype(np.float64))
+    with pytest.raises(ValueError, match="float64"):
+        list(snapshots.vector_blocks(folder, manifest, "item", 4))
