@@ -10,10 +10,9 @@ trained embeddings have); recall@k is checked against exact search here.
 Swaps are measured twice. First with the versions written beforehand (`… stage`) and moved in one
 per second (`… release`, deleting none until the phase is over): what the server's own swapping
 costs its calls, the target's measure, as in a deployment where training writes (and deletes) from
-other cores or machines. Then with the publisher
-writing each version as it goes (`… publish`, 256 MB a second at 1M rows) on the same two cores:
-here that alone, with the server swapping nothing, took calls from a p99 of 3 ms to 6–8 ms and a
-slowest call of 23–25 ms (BENCHMARKS.md).
+other cores or machines. Then with the publisher writing each version as it goes (`… publish`,
+256 MB a second at 1M rows) on the same two cores: here that alone, with the server swapping
+nothing, took calls from a p99 of 3 ms to 6–8 ms and a slowest call of 23–25 ms (BENCHMARKS.md).
 """
 
 from __future__ import annotations
