@@ -335,6 +335,9 @@ class LiveSnapshots:
                     self._stores[name].remove(spare)  # half-written: never to be read
                     raise
                 return spare.serve(name)
+        # Let go of the spare first: a view read whole then takes three stores at most, not four.
+        spare = None
+        self._stores.pop(name, None)
         store = ViewStore.read(name, column, self._blocks(folder, manifest, name), rows, manifest.dim, self.cfg)
         # Its spare is made now, not by the next swap: that would copy the whole store while serving.
         self._stores[name] = [store, store.copied(rows, self.cfg)]
