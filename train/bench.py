@@ -136,7 +136,7 @@ def _over_seeds(runs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return {"seconds": round(mean("seconds"), 2), "pairs": round(mean("pairs")), "hr@20": round(mean("hr@20"), 4)}
 
 
-def run_train_bench(settings: Settings, *, dataset: str | None, seeds: int = 3,
+def run_train_bench(settings: Settings, *, dataset: str | None, seeds: int,
                     progress: bool = True) -> dict[str, Any]:
     """Progress (bars for our rounds, a line per gensim run) goes to stderr."""
     with tempfile.TemporaryDirectory(prefix="m2grl-bench-") as scratch:

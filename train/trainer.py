@@ -80,6 +80,7 @@ class _Pace:
     alignment repeats, larger steps and a lower rate (the ``incremental_*`` settings)."""
 
     everything: bool
+    walks_per_node: int
     walk_length: int
     alignment_repeats: int
     batch_size: int
@@ -88,9 +89,9 @@ class _Pace:
     @classmethod
     def of(cls, cfg: TrainSettings, *, full: bool) -> _Pace:
         if full:
-            return cls(True, cfg.walk_length, cfg.alignment_repeats, cfg.batch_size, cfg.lr)
-        return cls(False, cfg.incremental_walk_length, cfg.incremental_alignment_repeats,
-                   cfg.incremental_batch_size, cfg.incremental_lr)
+            return cls(True, cfg.walks_per_node, cfg.walk_length, cfg.alignment_repeats, cfg.batch_size, cfg.lr)
+        return cls(False, cfg.incremental_walks_per_node, cfg.incremental_walk_length,
+                   cfg.incremental_alignment_repeats, cfg.incremental_batch_size, cfg.incremental_lr)
 
 
 class Trainer:
@@ -370,7 +371,7 @@ class Trainer:
                     starts = torch.cat([starts, torch.randint(0, n, (replay,), generator=self.generator)])
             parts = []
             if len(starts):
-                parts.append(random_walks(graph.graph, starts.repeat(cfg.walks_per_node), length,
+                parts.append(random_walks(graph.graph, starts.repeat(pace.walks_per_node), length,
                                           p=cfg.node2vec_p, q=cfg.node2vec_q))
             if not pace.everything and cfg.new_node_reverse_walks and new_rows.get(view.name):
                 rows = table_rows[view.name]

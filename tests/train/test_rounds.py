@@ -118,6 +118,22 @@ def test_an_incremental_round_walks_against_the_transitions_from_its_new_items(t
     assert walks_from_new_rows(0, "off")[1] == {}
 
 
+def test_an_incremental_round_walks_its_own_number_of_times_from_each_touched_node(tmp_path: Path) -> None:
+    """A full round starts ``walks_per_node`` walks at every node; an incremental one
+    ``incremental_walks_per_node`` at each touched node, and none elsewhere."""
+    settings = tiny_settings(tmp_path)
+    settings = settings.model_copy(update={"train": settings.train.model_copy(
+        update={"walks_per_node": 3, "incremental_walks_per_node": 7, "incremental_walk_length": 4})})
+    trainer = Trainer(settings)
+    trainer.round(full=True, reads=two_clusters(), publish=False)
+    a0, b3 = trainer.graphs["item"].ids.get(["a0", "b3"])
+    full = trainer._walk({}, {}, _Pace.of(settings.train, full=True))["item"]
+    assert full.shape == (3 * 12, 7) and torch.bincount(full[:, 0]).tolist() == [3] * 12
+    incremental = trainer._walk({"item": torch.tensor([a0, b3])}, {}, _Pace.of(settings.train, full=False))["item"]
+    assert incremental.shape == (7 * 2, 5)
+    assert sorted(incremental[:, 0].tolist()) == sorted([int(a0)] * 7 + [int(b3)] * 7)
+
+
 def test_incremental_rounds_step_at_their_own_rate_and_batch_size(tmp_path: Path) -> None:
     """A full round starts at ``lr`` with ``batch_size`` pairs a step; an incremental round, which
     continues a trained model, at ``incremental_lr`` with ``incremental_batch_size``."""
