@@ -76,8 +76,9 @@ class _News:
 @dataclass(frozen=True)
 class _Pace:
     """What sets a round's size and rate apart: a full round walks from every node at ``lr``; an
-    incremental one continues a trained model from what changed, with shorter walks, fewer
-    alignment repeats, larger steps and a lower rate (the ``incremental_*`` settings)."""
+    incremental one continues a trained model from what changed, with its own number of walks per
+    node, shorter walks, fewer alignment repeats, larger steps and a lower rate (the
+    ``incremental_*`` settings)."""
 
     everything: bool
     walks_per_node: int
