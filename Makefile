@@ -10,11 +10,12 @@ M2GRL := $(VENV)/bin/m2grl
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: env demo test test-faults services-up services-down clean help
+.PHONY: env demo lint test test-faults services-up services-down clean help
 
 help:
 	@echo "make demo           install, start local Kafka and Neo4j, run the main job (DEMO_ARGS='--no-eval')"
 	@echo "make test           install and run the tests (PYTEST_ARGS='-k kafka' to narrow)"
+	@echo "make lint           only the static checks: ruff and mypy (make test runs them first)"
 	@echo "make test-faults    only the fault suite (the whole pipeline under injected failures)"
 	@echo "make env            only install (idempotent)"
 	@echo "make services-down  stop the local Kafka and Neo4j"
@@ -27,7 +28,12 @@ env:
 demo: env
 	$(M2GRL) demo $(DEMO_ARGS)
 
-test: env
+# ruff over the tree (imports sorted), mypy over the package; the import contract is a test.
+lint: env
+	$(VENV)/bin/python -m ruff check .
+	@PYTHON=$(VENV)/bin/python scripts/typecheck.sh
+
+test: env lint
 	@scripts/ensure-tools.sh --test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
@@ -43,4 +49,4 @@ services-down:
 
 clean:
 	-$(M2GRL) services down
-	rm -rf $(VENV) .m2grl
+	rm -rf $(VENV) .m2grl build/typecheck build/mypy-cache

@@ -63,9 +63,8 @@ class GraphStore:
 
     def write_autocommit(self, cypher: str, **params: Any) -> None:
         """Run a query that manages its own transactions (``CALL {...} IN TRANSACTIONS``)."""
-        with translated_errors(self.target):
-            with self._driver.session(database=self.settings.database) as session:
-                session.run(cypher, params).consume()
+        with translated_errors(self.target), self._driver.session(database=self.settings.database) as session:
+            session.run(cypher, params).consume()
 
     def write_transaction(self, work: Callable[[neo4j.ManagedTransaction], T]) -> T:
         """Run ``work`` in one managed write transaction: all of it commits, or none of it.
@@ -73,9 +72,8 @@ class GraphStore:
         The driver retries ``work`` on transient failures (deadlocks, leader changes), so it must
         only run queries; exceptions it raises itself abort the transaction without a retry.
         """
-        with translated_errors(self.target):
-            with self._driver.session(database=self.settings.database) as session:
-                return session.execute_write(work)
+        with translated_errors(self.target), self._driver.session(database=self.settings.database) as session:
+            return session.execute_write(work)
 
 
 def ping(settings: Neo4jSettings, *, timeout_s: float = 3.0) -> None:
@@ -85,3 +83,21 @@ def ping(settings: Neo4jSettings, *, timeout_s: float = 3.0) -> None:
         rows = store.read("RETURN 1 AS ok")
     if rows != [{"ok": 1}]:
         raise GraphStoreError(f"{store.target} answered RETURN 1 with {rows!r}")
+
+
+class GraphStores:
+    """One GraphStore per Neo4j target (bolt URI and database), opened on first use: views whose
+    graphs share a database share its driver."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], GraphStore] = {}
+
+    def for_target(self, target: Neo4jSettings) -> GraphStore:
+        key = (target.bolt_uri, target.database)
+        if key not in self._open:
+            self._open[key] = GraphStore(target)
+        return self._open[key]
+
+    def close(self) -> None:
+        for store in self._open.values():
+            store.close()

@@ -14,7 +14,7 @@ NO_OFFSET = -1
 class SessionState:
     """Where a user's current session stands: its latest event time and, per view, the latest value."""
 
-    last_time_ms: int
+    last_seen_ms: int
     last: Mapping[str, str]
 
 
@@ -38,9 +38,9 @@ class Tally:
     count: int = 0
     last_seen_ms: int = 0
 
-    def add(self, time_ms: int) -> None:
+    def add(self, event_time_ms: int) -> None:
         self.count += 1
-        self.last_seen_ms = max(self.last_seen_ms, time_ms)
+        self.last_seen_ms = max(self.last_seen_ms, event_time_ms)
 
 
 @dataclass

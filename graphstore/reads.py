@@ -51,8 +51,8 @@ def read_memberships(store: GraphStore, view: View, since_ms: int) -> ViewRead:
 
 
 def _add_memberships(store: GraphStore, view: View, since: int, read: ViewRead) -> None:
-    links = store.read(
+    rows = store.read(
         f"MATCH (i:Item)-[r:{view.membership_type}]->(v:{view.label}) WHERE r.updated_at >= $since "
         "RETURN i.id AS item, v.id AS value", since=since)
-    read.member_items.extend(r["item"] for r in links)
-    read.member_values.extend(r["value"] for r in links)
+    read.member_items.extend(r["item"] for r in rows)
+    read.member_values.extend(r["value"] for r in rows)

@@ -104,7 +104,7 @@ def _session_rows(sessions: Mapping[str, SessionState]) -> list[dict[str, Any]]:
     rows = []
     for user_id in sorted(sessions):
         state = sessions[user_id]
-        props: dict[str, Any] = {"id": user_id, "last_time": state.last_time_ms}
+        props: dict[str, Any] = {"id": user_id, "last_time": state.last_seen_ms}
         props.update({f"last_{view}": value for view, value in state.last.items()})
         rows.append({"id": user_id, "props": props})
     return rows
@@ -151,7 +151,7 @@ class BehaviorGraphWriter:
             props = row["props"]
             last = {key[len("last_"):]: value for key, value in props.items()
                     if key.startswith("last_") and key != "last_time"}
-            sessions[props["id"]] = SessionState(last_time_ms=int(props["last_time"]), last=last)
+            sessions[props["id"]] = SessionState(last_seen_ms=int(props["last_time"]), last=last)
         return sessions
 
     def prepare(self, delta: GraphDelta) -> PendingWrite:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -48,13 +49,12 @@ def ensure_topics(settings: KafkaSettings, topics: list[TopicSpec], *, timeout_s
             existing = set(admin.list_topics())
             missing = [t for t in topics if t.name not in existing]
             if missing:
-                try:
+                # another process may create one between list and create: same outcome
+                with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics(
                         [NewTopic(t.name, t.partitions, t.replication_factor) for t in missing],
                         timeout_ms=int(timeout_s * 1000),
                     )
-                except TopicAlreadyExistsError:
-                    pass  # another process created it between list and create: same outcome
         finally:
             admin.close()
     return [t.name for t in missing]

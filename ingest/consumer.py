@@ -76,7 +76,7 @@ class _Writer:
             except Interrupted:
                 self.interrupted = True
                 return
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the consumer thread by check()
+            except BaseException as exc:  # re-raised on the consumer thread by check()
                 self._failure = exc
                 return
             self._finished.put((batch, result))
@@ -100,7 +100,7 @@ class _Writer:
 
     def wait_idle(self, stop: threading.Event) -> list[tuple[PreparedBatch, BatchResult]]:
         """Block until every submitted batch is applied (or shutdown); return the finished ones."""
-        done = []
+        done: list[tuple[PreparedBatch, BatchResult]] = []
         while len(done) < self.in_flight and not stop.is_set() and not self.interrupted:
             self.check()
             try:

@@ -10,7 +10,6 @@ from kafka import errors as kafka_errors
 from m2grl.errors import StreamError, StreamUnavailable
 
 
-
 @contextmanager
 def translated_errors(target: str) -> Iterator[None]:
     """Re-raise Kafka client errors as StreamError / StreamUnavailable naming ``target``."""

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from m2grl.protos import events_pb2
 
 
-class Reason(str, enum.Enum):
+class Reason(str, enum.Enum):  # noqa: UP042 - StrEnum would change str()/format() from Reason.X to the value
     """Why a message was dead-lettered; sent as the ``reason`` header."""
 
     UNDECODABLE = "undecodable"
@@ -33,19 +33,19 @@ class Event:
     user_id: str
     item_id: str
     behavior: str
-    time_ms: int
+    event_time_ms: int
     side: dict[str, str] = field(default_factory=dict)
 
     def to_proto(self) -> events_pb2.BehaviorEvent:
         return events_pb2.BehaviorEvent(user_id=self.user_id, item_id=self.item_id, behavior=self.behavior,
-                                        event_time_ms=self.time_ms, side=self.side)
+                                        event_time_ms=self.event_time_ms, side=self.side)
 
     def encode(self) -> bytes:
         return self.to_proto().SerializeToString()
 
     def encode_json(self) -> bytes:
         return json.dumps({"user_id": self.user_id, "item_id": self.item_id, "behavior": self.behavior,
-                           "event_time_ms": self.time_ms, "side": self.side}).encode()
+                           "event_time_ms": self.event_time_ms, "side": self.side}).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +106,4 @@ def decode(raw: bytes | None, rules: EventRules, *, now_ms: int) -> Event | Reje
         return Rejection(Reason.BAD_TIMESTAMP, f"event_time_ms {parsed.event_time_ms} outside the plausible window")
     side = {view: value for view, value in parsed.side.items() if value.strip()}
     return Event(user_id=parsed.user_id, item_id=parsed.item_id, behavior=parsed.behavior,
-                 time_ms=parsed.event_time_ms, side=side)
+                 event_time_ms=parsed.event_time_ms, side=side)

@@ -63,19 +63,19 @@ def replay(settings: Settings, events: Sequence[Event], *, topic: str | None = N
     stop = stop or threading.Event()
     started = time.monotonic()
     sent = 0
-    with EventProducer(settings, topic=topic, encoding=encoding) as producer:
-        with tqdm(total=len(events), unit="ev", desc=f"replay -> {producer.topic}", disable=not progress) as bar:
-            for event in events:
-                if rate and sent % 50 == 0:
-                    ahead = sent / rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        stop.wait(ahead)
-                if stop.is_set():
-                    break
-                producer.send(event)
-                sent += 1
-                if sent % 1000 == 0:
-                    bar.update(1000)
-            bar.update(sent - bar.n)
-            producer.flush()
+    with (EventProducer(settings, topic=topic, encoding=encoding) as producer,
+          tqdm(total=len(events), unit="ev", desc=f"replay -> {producer.topic}", disable=not progress) as bar):
+        for event in events:
+            if rate and sent % 50 == 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    stop.wait(ahead)
+            if stop.is_set():
+                break
+            producer.send(event)
+            sent += 1
+            if sent % 1000 == 0:
+                bar.update(1000)
+        bar.update(sent - bar.n)
+        producer.flush()
     return ReplayResult(sent=sent, seconds=time.monotonic() - started)

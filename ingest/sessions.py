@@ -20,14 +20,14 @@ from m2grl.ingest.events import Event
 from m2grl.views import View
 
 
-def _count(table: dict, key: object, time_ms: int) -> None:
+def _count(table: dict, key: object, event_time_ms: int) -> None:
     entry = table.get(key)
     if entry is None:
-        table[key] = Tally(1, time_ms)
+        table[key] = Tally(1, event_time_ms)
     else:
         entry.count += 1
-        if time_ms > entry.last_seen_ms:
-            entry.last_seen_ms = time_ms
+        if event_time_ms > entry.last_seen_ms:
+            entry.last_seen_ms = event_time_ms
 
 
 def extract(events: Iterable[Event], prior: Mapping[str, SessionState], views: tuple[View, ...],
@@ -40,24 +40,24 @@ def extract(events: Iterable[Event], prior: Mapping[str, SessionState], views: t
               delta.memberships.get(view.name)) for view in views]
     for event in events:
         delta.events += 1
-        time_ms = event.time_ms
+        event_time_ms = event.event_time_ms
         state = sessions.get(event.user_id) or prior.get(event.user_id)
-        if state is not None and time_ms - state.last_time_ms <= gap_ms:
+        if state is not None and event_time_ms - state.last_seen_ms <= gap_ms:
             last = dict(state.last)
-            last_time = max(state.last_time_ms, time_ms)
+            last_seen = max(state.last_seen_ms, event_time_ms)
         else:
             last = {}
-            last_time = time_ms
+            last_seen = event_time_ms
         for name, is_item, nodes, transitions, memberships in lanes:
             value = event.item_id if is_item else event.side.get(name)
             if value is None:
                 continue
             previous = last.get(name)
             if previous is not None and previous != value:
-                _count(transitions, (previous, value), time_ms)
+                _count(transitions, (previous, value), event_time_ms)
             last[name] = value
-            _count(nodes, value, time_ms)
+            _count(nodes, value, event_time_ms)
             if memberships is not None:
-                _count(memberships, (event.item_id, value), time_ms)
-        sessions[event.user_id] = SessionState(last_time_ms=last_time, last=last)
+                _count(memberships, (event.item_id, value), event_time_ms)
+        sessions[event.user_id] = SessionState(last_seen_ms=last_seen, last=last)
     return delta

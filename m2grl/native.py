@@ -58,6 +58,7 @@ class NativeSource:
 
 def import_library(name: str, library: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, library)
+    assert spec is not None and spec.loader is not None  # a .so path always finds the extension loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -140,22 +140,50 @@ class ViewsSettings(_Section):
 
 class IngestSettings(_Section):
     topic: str = Field("m2grl.behavior", description="Topic of BehaviorEvent messages, keyed by user id.")
-    dead_letter_topic: str = Field("m2grl.behavior.dlq", description="Where rejected messages go, with a reason header.")
+    dead_letter_topic: str = Field(
+        "m2grl.behavior.dlq",
+        description="Where rejected messages go, with a reason header.",
+    )
     partitions: int = Field(4, ge=1, description="Partitions of both topics when m2grl creates them.")
     group_id: str = Field("m2grl-ingest", description="Kafka consumer group of the ingest processes.")
-    session_timeout_s: float = Field(45.0, ge=6, le=300, description="How long the group waits for a silent (crashed) consumer before giving its partitions to the others.")
+    session_timeout_s: float = Field(
+        45.0, ge=6, le=300,
+        description="How long the group waits for a silent (crashed) consumer before giving its partitions to the "
+        "others.",
+    )
     batch_max_records: int = Field(5000, ge=1, description="Largest batch written in one Neo4j transaction.")
     batch_max_ms: int = Field(500, ge=1, description="Longest time a batch waits to fill before it is written.")
-    session_gap_s: float = Field(1800.0, gt=0, description="A gap longer than this between two events of a user starts a new session.")
-    behaviors: tuple[str, ...] = Field(("pv", "cart", "fav", "buy"), min_length=1, description="Accepted behaviour types; others are dead-lettered.")
+    session_gap_s: float = Field(
+        1800.0, gt=0,
+        description="A gap longer than this between two events of a user starts a new session.",
+    )
+    behaviors: tuple[str, ...] = Field(
+        ("pv", "cart", "fav", "buy"), min_length=1,
+        description="Accepted behaviour types; others are dead-lettered.",
+    )
     max_event_bytes: int = Field(65536, ge=64, description="Larger messages are dead-lettered as oversized.")
-    min_event_time_ms: int = Field(631152000000, description="Events before this time (ms, UTC; default 1990-01-01) are dead-lettered.")
+    min_event_time_ms: int = Field(
+        631152000000,
+        description="Events before this time (ms, UTC; default 1990-01-01) are dead-lettered.",
+    )
     max_future_s: float = Field(86400.0, ge=0, description="Events further than this in the future are dead-lettered.")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus metrics port of `m2grl ingest` (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
-    retry_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between retries while Neo4j or Kafka is down.")
-    switch_interval_ms: float = Field(0.5, gt=0, description="The interpreter's thread switch interval in `m2grl ingest` (Python's default is 5 ms): the writer thread, back from each Neo4j round trip, waits at most this long for the thread that decodes and plans the next batch.")
-    rejoin_after_s: float = Field(60.0, gt=0, description="A consumer with no partitions assigned, or fetching nothing while its partitions hold messages, for this long leaves and rejoins the group with a fresh client.")
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0,
+        description="Longest wait between retries while Neo4j or Kafka is down.",
+    )
+    switch_interval_ms: float = Field(
+        0.5, gt=0,
+        description="The interpreter's thread switch interval in `m2grl ingest` (Python's default is 5 ms): the "
+        "writer thread, back from each Neo4j round trip, waits at most this long for the thread that decodes and "
+        "plans the next batch.",
+    )
+    rejoin_after_s: float = Field(
+        60.0, gt=0,
+        description="A consumer with no partitions assigned, or fetching nothing while its partitions hold messages, "
+        "for this long leaves and rejoins the group with a fresh client.",
+    )
 
 
 class TrainSettings(_Section):
@@ -164,30 +192,106 @@ class TrainSettings(_Section):
     walk_length: int = Field(10, ge=1, description="Steps per walk.")
     window: int = Field(5, ge=1, description="Skip-gram window: nodes at most this many steps apart form a pair.")
     negatives: int = Field(5, ge=1, description="Negatives per (center, context) pair, as word2vec counts them.")
-    negative_pool: int = Field(32, ge=1, description="Negatives drawn per step and shared by all its pairs; their term is scaled to `negatives` per pair.")
+    negative_pool: int = Field(
+        32, ge=1,
+        description="Negatives drawn per step and shared by all its pairs; their term is scaled to `negatives` per "
+        "pair.",
+    )
     batch_size: int = Field(4096, ge=1, description="(center, context) pairs per step and task.")
-    alignment_repeats: int = Field(20, ge=1, description="Times per epoch each item of a round trains each alignment task (item → its side value).")
+    alignment_repeats: int = Field(
+        20, ge=1,
+        description="Times per epoch each item of a round trains each alignment task (item → its side value).",
+    )
     epochs: int = Field(1, ge=1, description="Passes over a round's pairs.")
-    lr: float = Field(0.3, gt=0, description="Row-wise Adagrad learning rate of the embedding tables at the start of a round; falls linearly to 1e-4 of itself.")
+    lr: float = Field(
+        0.3, gt=0,
+        description="Row-wise Adagrad learning rate of the embedding tables at the start of a round; falls linearly "
+        "to 1e-4 of itself.",
+    )
     dense_lr: float = Field(0.001, gt=0, description="Adam learning rate of the projections and uncertainties.")
-    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip of the dense parameters (projections, uncertainties).")
+    grad_clip: float = Field(
+        1.0, gt=0,
+        description="Gradient norm clip of the dense parameters (projections, uncertainties).",
+    )
     node2vec_p: float = Field(1.0, gt=0, description="node2vec return parameter; p = q = 1 walks by transition weight.")
     node2vec_q: float = Field(1.0, gt=0, description="node2vec in-out parameter.")
-    replay_share: float = Field(0.0, ge=0, description="Incremental rounds also walk from this many untouched nodes per touched node. Off by default: at `incremental_lr` the round keeps what the model knew without them, and they cost a quarter of its time (BENCHMARKS.md).")
-    incremental_lr: float = Field(0.05, gt=0, description="Like `lr`, for incremental rounds: they continue a trained model, and restarted at the full rate they moved the rows it had learned (on Taobao, HR@20 fell below the model's before the round).")
-    incremental_batch_size: int = Field(8192, ge=1, description="Like `batch_size`, for incremental rounds: at their lower rate larger steps lost nothing measurable and halve the steps' fixed cost.")
-    incremental_walks_per_node: int = Field(25, ge=1, description="Like `walks_per_node`, for incremental rounds, from each touched node: their walks are short and start at what changed, and per pair they taught the round more than the walks against the transitions from new nodes (`new_node_reverse_walks`; BENCHMARKS.md).")
-    incremental_walk_length: int = Field(5, ge=1, description="Like `walk_length`, for incremental rounds: their walks start at what changed, and the pairs near the start are the ones it teaches.")
-    incremental_alignment_repeats: int = Field(5, ge=1, description="Like `alignment_repeats`, for incremental rounds: an item walked through in round after round is pulled towards its side values in each, and at 20 the items of an incremental round drifted towards their category's average (HR@20 lower on three seeds out of three).")
-    new_node_reverse_walks: int = Field(15, ge=0, description="Incremental rounds also walk this many times against the transitions from each node new in the round: a new item is often a dead end (the last one its user viewed, the typical query), from which walks along the transitions go nowhere.")
-    changed_edge_repeats: int = Field(30, ge=0, description="Incremental rounds also train on each item transition added or re-weighted since the last round, as a (center, context) pair both ways, this many times (a new transition is one out-edge among many for a walk; 0: walks only).")
-    changed_edge_max_share: float = Field(0.1, ge=0, description="Those pairs are at most this share of the round's item walk pairs: fewer repeats when many transitions changed, but each changed transition once at least.")
+    replay_share: float = Field(
+        0.0, ge=0,
+        description="Incremental rounds also walk from this many untouched nodes per touched node. Off by default: at "
+        "`incremental_lr` the round keeps what the model knew without them, and they cost a quarter of its time "
+        "(BENCHMARKS.md).",
+    )
+    incremental_lr: float = Field(
+        0.05, gt=0,
+        description="Like `lr`, for incremental rounds: they continue a trained model, and restarted at the full rate "
+        "they moved the rows it had learned (on Taobao, HR@20 fell below the model's before the round).",
+    )
+    incremental_batch_size: int = Field(
+        8192, ge=1,
+        description="Like `batch_size`, for incremental rounds: at their lower rate larger steps lost nothing "
+        "measurable and halve the steps' fixed cost.",
+    )
+    incremental_walks_per_node: int = Field(
+        25, ge=1,
+        description="Like `walks_per_node`, for incremental rounds, from each touched node: their walks are short and "
+        "start at what changed, and per pair they taught the round more than the walks against the transitions from "
+        "new nodes (`new_node_reverse_walks`; BENCHMARKS.md).",
+    )
+    incremental_walk_length: int = Field(
+        5, ge=1,
+        description="Like `walk_length`, for incremental rounds: their walks start at what changed, and the pairs "
+        "near the start are the ones it teaches.",
+    )
+    incremental_alignment_repeats: int = Field(
+        5, ge=1,
+        description="Like `alignment_repeats`, for incremental rounds: an item walked through in round after round is "
+        "pulled towards its side values in each, and at 20 the items of an incremental round drifted towards their "
+        "category's average (HR@20 lower on three seeds out of three).",
+    )
+    new_node_reverse_walks: int = Field(
+        15, ge=0,
+        description="Incremental rounds also walk this many times against the transitions from each node new in the "
+        "round: a new item is often a dead end (the last one its user viewed, the typical query), from which walks "
+        "along the transitions go nowhere.",
+    )
+    changed_edge_repeats: int = Field(
+        30, ge=0,
+        description="Incremental rounds also train on each item transition added or re-weighted since the last round, "
+        "as a (center, context) pair both ways, this many times (a new transition is one out-edge among many for a "
+        "walk; 0: walks only).",
+    )
+    changed_edge_max_share: float = Field(
+        0.1, ge=0,
+        description="Those pairs are at most this share of the round's item walk pairs: fewer repeats when many "
+        "transitions changed, but each changed transition once at least.",
+    )
     interval_s: float = Field(30.0, gt=0, description="Seconds between scheduled rounds of `m2grl train`.")
-    full_every_rounds: int = Field(0, ge=0, description="Make every this-many-th scheduled round of `m2grl train` a full rebuild (0: only the first when there is no checkpoint, or with --full). Incremental rounds reach about 99 % of a rebuild's HR@20 on Taobao, a round at a time (BENCHMARKS.md); a rebuild now and then brings the vectors back to what one gives, at the cost of one long round during which nothing newer is trained.")
-    cold_start_interval_s: float = Field(1.0, ge=0, description="How often `m2grl train` looks for brand-new items and publishes them with a first vector from their side views, between rounds and during them (0: only rounds publish new items).")
-    cold_start_overlap_s: float = Field(10.0, ge=0, description="Those looks re-read memberships linked this long before the last one (ingest transactions commit after they stamp).")
-    delta_overlap_s: float = Field(120.0, ge=0, description="Re-read edges updated this long before the last watermark (transactions commit after they stamp).")
-    snapshot_dir: Path = Field(Path(".m2grl/snapshots"), description="Where versioned snapshots and checkpoints are published.")
+    full_every_rounds: int = Field(
+        0, ge=0,
+        description="Make every this-many-th scheduled round of `m2grl train` a full rebuild (0: only the first when "
+        "there is no checkpoint, or with --full). Incremental rounds reach about 99 % of a rebuild's HR@20 on Taobao, "
+        "a round at a time (BENCHMARKS.md); a rebuild now and then brings the vectors back to what one gives, at the "
+        "cost of one long round during which nothing newer is trained.",
+    )
+    cold_start_interval_s: float = Field(
+        1.0, ge=0,
+        description="How often `m2grl train` looks for brand-new items and publishes them with a first vector from "
+        "their side views, between rounds and during them (0: only rounds publish new items).",
+    )
+    cold_start_overlap_s: float = Field(
+        10.0, ge=0,
+        description="Those looks re-read memberships linked this long before the last one (ingest transactions commit "
+        "after they stamp).",
+    )
+    delta_overlap_s: float = Field(
+        120.0, ge=0,
+        description="Re-read edges updated this long before the last watermark (transactions commit after they "
+        "stamp).",
+    )
+    snapshot_dir: Path = Field(
+        Path(".m2grl/snapshots"),
+        description="Where versioned snapshots and checkpoints are published.",
+    )
     keep_snapshots: int = Field(5, ge=1, description="Snapshot versions kept; older ones are deleted after a publish.")
     seed: int = Field(0, description="Seed of walks, negatives and initialisation.")
     metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus metrics port of `m2grl train` (0: off).")
@@ -195,29 +299,76 @@ class TrainSettings(_Section):
 
 
 class RpcSettings(_Section):
-    host: str = Field("127.0.0.1", description="Address `m2grl serve` binds to (loopback by default; 0.0.0.0 for all interfaces).")
-    port: int = Field(50051, ge=0, le=65535, description="gRPC port of `m2grl serve` (0: any free port, logged at start-up).")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address `m2grl serve` binds to (loopback by default; 0.0.0.0 for all interfaces).",
+    )
+    port: int = Field(
+        50051, ge=0, le=65535,
+        description="gRPC port of `m2grl serve` (0: any free port, logged at start-up).",
+    )
     workers: int = Field(16, ge=1, description="Threads answering calls; each open WatchSnapshots stream holds one.")
-    token: SecretStr | None = Field(None, description="Bearer token every call must carry (`authorization: Bearer <token>`); unset: no auth. Health checks need none.")
-    tls_cert: Path | None = Field(None, description="PEM certificate chain of the server; with tls_key, the server speaks TLS only.")
+    token: SecretStr | None = Field(
+        None,
+        description="Bearer token every call must carry (`authorization: Bearer <token>`); unset: no auth. Health "
+        "checks need none.",
+    )
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate chain of the server; with tls_key, the server speaks TLS only.",
+    )
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
-    tls_ca: Path | None = Field(None, description="PEM certificates that clients (`m2grl query`, benchmarks) trust; unset: tls_cert itself (self-signed).")
-    max_ids: int = Field(10_000, ge=1, description="Most ids in one GetEmbeddings call, and most recent or excluded ids in other calls.")
+    tls_ca: Path | None = Field(
+        None,
+        description="PEM certificates that clients (`m2grl query`, benchmarks) trust; unset: tls_cert itself "
+        "(self-signed).",
+    )
+    max_ids: int = Field(
+        10_000, ge=1,
+        description="Most ids in one GetEmbeddings call, and most recent or excluded ids in other calls.",
+    )
     max_k: int = Field(1_000, ge=1, description="Most results one SimilarItems or Recommend call may ask for.")
-    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request accepted; larger ones get INVALID_ARGUMENT.")
-    poll_s: float = Field(0.5, gt=0, description="Seconds between checks for a newly published snapshot (a read of one small file).")
-    poller_niceness: int = Field(10, ge=0, le=19, description="Scheduling niceness of the thread that reads and indexes new snapshots, so calls keep their CPU.")
-    swap_block_rows: int = Field(4096, ge=1, description="A new snapshot version is read and compared with the rows it replaces this many at a time (a block that stays in the CPU cache, rather than a second copy of the matrix).")
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024,
+        description="Largest request accepted; larger ones get INVALID_ARGUMENT.",
+    )
+    poll_s: float = Field(
+        0.5, gt=0,
+        description="Seconds between checks for a newly published snapshot (a read of one small file).",
+    )
+    poller_niceness: int = Field(
+        10, ge=0, le=19,
+        description="Scheduling niceness of the thread that reads and indexes new snapshots, so calls keep their CPU.",
+    )
+    swap_block_rows: int = Field(
+        4096, ge=1,
+        description="A new snapshot version is read and compared with the rows it replaces this many at a time (a "
+        "block that stays in the CPU cache, rather than a second copy of the matrix).",
+    )
     grace_s: float = Field(10.0, ge=0, description="On shutdown, how long in-flight calls may take to finish.")
-    diversity_view: str = Field("category", description="Side view whose neighbourhood Recommend's diversity route explores.")
-    nearby_values: int = Field(5, ge=1, description="Nearby values of diversity_view (not among the user's) that Recommend's diversity route draws from.")
+    diversity_view: str = Field(
+        "category",
+        description="Side view whose neighbourhood Recommend's diversity route explores.",
+    )
+    nearby_values: int = Field(
+        5, ge=1,
+        description="Nearby values of diversity_view (not among the user's) that Recommend's diversity route draws "
+        "from.",
+    )
     metrics_port: int = Field(9110, ge=0, le=65535, description="Prometheus metrics port of `m2grl serve` (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the server's metrics endpoint binds to.")
-    exact_below: int = Field(50_000, ge=1, description="Views with fewer vectors are searched exactly; larger ones through an IVF index.")
+    exact_below: int = Field(
+        50_000, ge=1,
+        description="Views with fewer vectors are searched exactly; larger ones through an IVF index.",
+    )
     ivf_lists: int = Field(0, ge=0, description="Inverted lists (clusters) of the IVF index; 0: 4·√rows.")
     ivf_probe: int = Field(512, ge=1, description="Lists searched per query (recall and latency grow with it).")
     ivf_train_per_list: int = Field(40, ge=10, description="Vectors sampled per list to train the IVF centroids.")
-    ivf_retrain_share: float = Field(0.5, gt=0, le=1, description="A new version with more than this share of rows changed or new is indexed from scratch, centroids retrained; fewer are patched into the spare index (rpc/live.py ViewStore).")
+    ivf_retrain_share: float = Field(
+        0.5, gt=0, le=1,
+        description="A new version with more than this share of rows changed or new is indexed from scratch, "
+        "centroids retrained; fewer are patched into the spare index (rpc/live.py VectorBuffer).",
+    )
 
     @model_validator(mode="after")
     def _tls_needs_both(self) -> RpcSettings:
@@ -328,7 +479,8 @@ def masked_dict(settings: Settings) -> dict[str, Any]:
             return str(value)
         return value
 
-    return mask(settings)
+    masked: dict[str, Any] = mask(settings)  # a BaseModel masks to a dict
+    return masked
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from numpy.typing import NDArray
 
 from m2grl.errors import ConfigError, RpcError
 from m2grl.protos import embedding_pb2 as pb
@@ -28,15 +29,15 @@ ROUTE_NAMES = {pb.ROUTE_ITEM_NEIGHBOUR: "item-neighbour", pb.ROUTE_NEARBY_CATEGO
 class Embeddings:
     version: int
     ids: list[str]
-    found: np.ndarray  # bool, per id
-    vectors: np.ndarray  # float32 (ids, dim); rows of unknown ids are 0
+    found: NDArray[np.bool_]  # per id
+    vectors: NDArray[np.float32]  # (ids, dim); rows of unknown ids are 0
 
 
 @dataclass(frozen=True)
 class Neighbours:
     version: int
     ids: list[str]
-    scores: np.ndarray  # float32 cosine similarities, best first
+    scores: NDArray[np.float32]  # cosine similarities, best first
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def _translated() -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
-        raise RpcError(code.name if code else "UNKNOWN", exc.details() if hasattr(exc, "details") else str(exc)) from None
+        detail = exc.details() if hasattr(exc, "details") else None
+        raise RpcError(code.name if code else "UNKNOWN", detail if detail is not None else str(exc)) from None
 
 
 class EmbeddingClient:
@@ -151,7 +153,8 @@ class EmbeddingClient:
                 timeout=self.timeout, metadata=self._metadata)
         return Recommendations(
             response.snapshot_version,
-            [Recommendation(r.item_id, r.score, ROUTE_NAMES.get(r.route, "unspecified"), r.via) for r in response.results],
+            [Recommendation(r.item_id, r.score, ROUTE_NAMES.get(r.route, "unspecified"), r.via)
+             for r in response.results],
             list(response.unknown_recent_ids))
 
     def info(self) -> ModelInfo:

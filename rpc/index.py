@@ -55,9 +55,9 @@ class VectorIndex:
         """An index of ``unit`` (rows × dim, unit length)."""
         dim = unit.shape[1]
         if len(unit) < cfg.exact_below:
-            index = faiss.IndexFlatIP(dim)
-            index.add(unit)
-            return cls(index)
+            flat = faiss.IndexFlatIP(dim)
+            flat.add(unit)
+            return cls(flat)
         lists = _ivf_lists(len(unit), cfg)
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
@@ -69,7 +69,10 @@ class VectorIndex:
 
     def copy(self, cfg: RpcSettings) -> VectorIndex:
         index = faiss.clone_index(self.index)
-        return VectorIndex(index if self.exact else _searching(index, cfg))
+        if self.exact:
+            return VectorIndex(index)
+        assert isinstance(index, faiss.IndexIVF)  # clone_index returns the clone downcast to its class
+        return VectorIndex(_searching(index, cfg))
 
     def patch(self, rows: int, changed: np.ndarray, unit_of: np.ndarray, cfg: RpcSettings) -> bool:
         """Bring this index, in place, to a later version of its rows, now ``rows`` of them, in which

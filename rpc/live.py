@@ -8,7 +8,7 @@ so a watcher gets each one exactly once however fast they follow each other.
 
 Rows are append-only across versions (training never re-indexes an id), so a view's ids are kept in
 one IdColumn shared by all versions: a new version reads only the ids added since, and each version
-sees only its own first ``rows`` of them. Its vectors and index live in one of two ViewStores that
+sees only its own first ``rows`` of them. Its vectors and index live in one of two VectorBuffers that
 take turns (see there), so a swap of a million-row view rewrites only the rows that changed."""
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from m2grl import snapshots
 from m2grl.rpc import metrics
 from m2grl.rpc.idtable import new_id_table
 from m2grl.rpc.index import VectorIndex, unit_rows
 from m2grl.settings import RpcSettings
-from m2grl.train import snapshots
-from m2grl.train.snapshots import Manifest
+from m2grl.snapshots import Manifest
 
 log = logging.getLogger(__name__)
 
 HISTORY = 1000
-SPARE_WAIT_S = 1.0  # how long a swap waits for calls still answering from its spare store's version
+SPARE_WAIT_S = 1.0  # how long a swap waits for calls still answering from its spare buffer's version
 
 
 def _check_finite(name: str, block: np.ndarray) -> None:
@@ -43,7 +43,7 @@ def _check_finite(name: str, block: np.ndarray) -> None:
 
 
 def _capacity(rows: int) -> int:
-    # Room for the ids appended after a store is made: a store that must grow is copied whole.
+    # Room for the ids appended after a buffer is made: a buffer that must grow is copied whole.
     return rows + rows // 4 + 1024
 
 
@@ -71,7 +71,7 @@ class ServedView:
     vectors: np.ndarray  # float32 rows × dim, as published
     norms: np.ndarray
     index: VectorIndex
-    store: ViewStore  # what the three above live in
+    buffer: VectorBuffer  # what the three above live in
 
     @property
     def rows(self) -> int:
@@ -101,7 +101,7 @@ class ServedView:
     def _raw(self) -> memoryview:
         if not self.vectors.size:  # a view without rows yet (training published an empty graph)
             return memoryview(b"")
-        return memoryview(self.vectors.astype("<f4", copy=False)).cast("B")
+        return self.vectors.astype("<f4", copy=False).data.cast("B")
 
     def unit(self, rows: np.ndarray | list[int] | int) -> np.ndarray:
         """Unit-length vectors of ``rows``: what the index compares."""
@@ -111,7 +111,7 @@ class ServedView:
         return self.column.ids[row]
 
 
-class ViewStore:
+class VectorBuffer:
     """The memory one view's versions are served from, reused across versions: vectors and norms
     with room for rows appended later, and the index of them. Each view has two that take turns:
     the one the live version reads, and a spare that the version before it read. A swap brings the
@@ -120,7 +120,7 @@ class ViewStore:
     hundreds of megabytes nor copies the whole matrix: at 1M × 64 on two cores, either, once a
     second, stalled calls for 60–190 ms, even from another process (BENCHMARKS.md).
 
-    The first ``rows`` vectors, their norms and the index always agree; a store is changed only
+    The first ``rows`` vectors, their norms and the index always agree; a buffer is changed only
     while no served view reads it."""
 
     def __init__(self, column: IdColumn, vectors: np.ndarray, norms: np.ndarray, rows: int,
@@ -134,8 +134,8 @@ class ViewStore:
 
     @classmethod
     def read(cls, name: str, column: IdColumn, blocks: Iterable[tuple[int, np.ndarray]], rows: int, dim: int,
-             cfg: RpcSettings) -> ViewStore:
-        """A new store of a version read whole: a first one, or one that changed too much to patch."""
+             cfg: RpcSettings) -> VectorBuffer:
+        """A new buffer of a version read whole: a first one, or one that changed too much to patch."""
         vectors = np.empty((_capacity(rows), dim), dtype=np.float32)
         for start, block in blocks:
             _check_finite(name, block)
@@ -144,14 +144,14 @@ class ViewStore:
         norms[:rows] = np.linalg.norm(vectors[:rows], axis=1)
         return cls(column, vectors, norms, rows, VectorIndex.build(unit_rows(vectors[:rows]), cfg))
 
-    def copied(self, rows: int, cfg: RpcSettings) -> ViewStore:
-        """A second store holding what this one holds, with room for ``rows``: a view's first spare,
+    def copied(self, rows: int, cfg: RpcSettings) -> VectorBuffer:
+        """A second buffer holding what this one holds, with room for ``rows``: a view's first spare,
         or a bigger one."""
         vectors = np.empty((max(self.capacity, _capacity(rows)), self.dim), dtype=np.float32)
         vectors[:self.rows] = self.vectors[:self.rows]
         norms = np.zeros(len(vectors), dtype=np.float32)
         norms[:self.rows] = self.norms[:self.rows]
-        return ViewStore(self.column, vectors, norms, self.rows, self.index.copy(cfg))
+        return VectorBuffer(self.column, vectors, norms, self.rows, self.index.copy(cfg))
 
     @property
     def capacity(self) -> int:
@@ -165,7 +165,7 @@ class ViewStore:
         return self._reader is not None and self._reader() is not None
 
     def unread_within(self, seconds: float) -> bool:
-        """Whether no served view reads this store, waiting up to ``seconds`` for calls still
+        """Whether no served view reads this buffer, waiting up to ``seconds`` for calls still
         answering from one (they take milliseconds; a spare's version went out of date a swap ago)."""
         deadline = time.monotonic() + seconds
         while self.in_use():
@@ -180,7 +180,7 @@ class ViewStore:
 
     def differences(self, name: str, blocks: Iterable[tuple[int, np.ndarray]],
                     limit: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The rows of a later version, read ``blocks`` at a time, that differ from this store's or
+        """The rows of a later version, read ``blocks`` at a time, that differ from this buffer's or
         are new (ascending), and their vectors; None as soon as more than ``limit`` rows do. Reads
         only; ValueError if the version holds a NaN or infinite value."""
         rows: list[np.ndarray] = []
@@ -202,7 +202,7 @@ class ViewStore:
         return np.concatenate(rows), np.concatenate(vectors)
 
     def apply(self, rows: int, changed: np.ndarray, vectors: np.ndarray, cfg: RpcSettings) -> None:
-        """Make this store hold the later version of ``rows`` rows that ``differences`` described."""
+        """Make this buffer hold the later version of ``rows`` rows that ``differences`` described."""
         self.vectors[changed] = vectors
         self.norms[changed] = np.linalg.norm(vectors, axis=1)
         if not self.index.patch(rows, changed[changed < self.rows], unit_rows(vectors), cfg):
@@ -266,7 +266,7 @@ class LiveSnapshots:
         self.cfg = cfg
         self._current: ServedVersion | None = None
         self._columns: dict[str, IdColumn] = {}
-        self._stores: dict[str, list[ViewStore]] = {}  # per view: the live one and its spare, in no order
+        self._buffers: dict[str, list[VectorBuffer]] = {}  # per view: the live one and its spare, in no order
         self._changed = threading.Condition()
         self._history: list[WentLive] = []
         self.refused: dict[int, str] = {}  # version -> why
@@ -332,27 +332,28 @@ class LiveSnapshots:
                 try:
                     spare.apply(rows, *changes, self.cfg)
                 except BaseException:
-                    self._stores[name].remove(spare)  # half-written: never to be read
+                    self._buffers[name].remove(spare)  # half-written: never to be read
                     raise
                 return spare.serve(name)
-        # Let go of the spare first: a view read whole then takes three stores at most, not four.
+        # Let go of the spare first: a view read whole then takes three buffers at most, not four.
         spare = None
-        self._stores.pop(name, None)
-        store = ViewStore.read(name, column, self._blocks(folder, manifest, name), rows, manifest.dim, self.cfg)
-        # Its spare is made now, not by the next swap: that would copy the whole store while serving.
-        self._stores[name] = [store, store.copied(rows, self.cfg)]
-        return store.serve(name)
+        self._buffers.pop(name, None)
+        buffer = VectorBuffer.read(name, column, self._blocks(folder, manifest, name), rows, manifest.dim, self.cfg)
+        # Its spare is made now, not by the next swap: that would copy the whole buffer while serving.
+        self._buffers[name] = [buffer, buffer.copied(rows, self.cfg)]
+        return buffer.serve(name)
 
-    def _spare(self, name: str, before: ServedView | None, column: IdColumn, rows: int, dim: int) -> ViewStore | None:
-        """The store to write the version after ``before`` into, or None when it must be read whole."""
+    def _spare(self, name: str, before: ServedView | None, column: IdColumn, rows: int,
+               dim: int) -> VectorBuffer | None:
+        """The buffer to write the version after ``before`` into, or None when it must be read whole."""
         if before is None or before.column is not column or before.dim != dim or before.rows > rows:
             return None
-        live = before.store
-        for store in self._stores.get(name, []):
-            if store is not live and store.fits(column, rows, dim) and store.unread_within(SPARE_WAIT_S):
-                return store
+        live = before.buffer
+        for buffer in self._buffers.get(name, []):
+            if buffer is not live and buffer.fits(column, rows, dim) and buffer.unread_within(SPARE_WAIT_S):
+                return buffer
         spare = live.copied(rows, self.cfg)
-        self._stores[name] = [live, spare]
+        self._buffers[name] = [live, spare]
         return spare
 
     def _blocks(self, folder: Path, manifest: Manifest, name: str) -> Iterator[tuple[int, np.ndarray]]:

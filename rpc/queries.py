@@ -146,6 +146,7 @@ def _nearby_category_items(served: ServedVersion, items: ServedView, recent: lis
     if not own:
         return []
     closeness: dict[int, float] = {}
+    rows: list[int] | np.ndarray  # the nearby values' rows first, then each value's member item rows
     for value in own:
         rows, scores = categories.index.search(categories.unit(value), cfg.nearby_values, own)
         for row, score in zip(rows, scores):

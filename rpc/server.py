@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import faiss
 import grpc
@@ -47,7 +48,7 @@ class EmbeddingServer:
         self.cfg = cfg
         self.live = LiveSnapshots(snapshot_dir, cfg)
         self._stopping = threading.Event()
-        interceptors: list[grpc.ServerInterceptor] = [Observed()]
+        interceptors: list[grpc.ServerInterceptor[Any, Any]] = [Observed()]
         if cfg.token is not None:
             interceptors.append(BearerTokenAuth(cfg.token.get_secret_value()))
         # The transport's own limit only guards memory; requests between it and rpc.max_request_bytes

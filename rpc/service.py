@@ -27,7 +27,8 @@ STATUS = {
     NotServing: grpc.StatusCode.UNAVAILABLE,
     CannotAnswer: grpc.StatusCode.FAILED_PRECONDITION,
 }
-ROUTES = {queries.Route.ITEM_NEIGHBOUR: pb.ROUTE_ITEM_NEIGHBOUR, queries.Route.NEARBY_CATEGORY: pb.ROUTE_NEARBY_CATEGORY}
+ROUTES = {queries.Route.ITEM_NEIGHBOUR: pb.ROUTE_ITEM_NEIGHBOUR,
+          queries.Route.NEARBY_CATEGORY: pb.ROUTE_NEARBY_CATEGORY}
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -67,7 +68,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         return served
 
     @_answer
-    def GetEmbeddings(self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
+    def GetEmbeddings(self, request: pb.GetEmbeddingsRequest,
+                      context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
         served = self._served()
         found, vectors = queries.embeddings(served, request.view, request.ids, self.cfg)
         return pb.GetEmbeddingsResponse(snapshot_version=served.version, dimension=served.views[request.view].dim,
@@ -119,7 +121,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     def _first_event(self) -> pb.SnapshotEvent | None:
         # Not kept in the stream's generator: a version a stream held for its whole life would keep
-        # its memory from being reused by the swaps after it (rpc/live.py ViewStore).
+        # its memory from being reused by the swaps after it (rpc/live.py VectorBuffer).
         served = self.live.current
         if served is None:
             return None
@@ -173,7 +175,7 @@ class Observed(grpc.ServerInterceptor):
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
-    code = context.code()
+    code = context.code()  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks code(), grpcio has it
     if code is None:
         if not failed:
             return "OK"

@@ -55,7 +55,7 @@ def test_invalid_values_name_the_variable(
 def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[neo4j]\nbolt_prot = 7001\n")
-    with pytest.raises(ConfigError, match="neo4j.bolt_prot"):
+    with pytest.raises(ConfigError, match=r"neo4j\.bolt_prot"):
         load_settings(config)
 
 

@@ -1,4 +1,5 @@
-"""The M2GRL trainer: DGL graph mirror, walks, the multi-task model, snapshots (issue #4)."""
+"""The M2GRL trainer: DGL graph mirror, walks, the multi-task model, rounds and the cold-start lane.
 
-# The methods `m2grl eval` compares (train/evaluation.py); here so the CLI can list them without torch.
-EVAL_METHODS = ("m2grl", "deepwalk", "eges", "popularity")
+It reads the graphs through graphstore/ and publishes through m2grl/snapshots.py; it imports
+nothing from ingest/ or rpc/.
+"""

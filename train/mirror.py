@@ -1,4 +1,5 @@
-"""An in-memory DGL copy of each view's graph, loaded once and then updated from deltas in place.
+"""The trainer's mirrors: an in-memory DGL copy of each view's graph, plus the items' memberships,
+loaded once and then updated in place from what each round reads.
 
 External ids map to internal indices that never change: new ids are appended, so a table row, once
 given to an id, stays that id's row across rounds and checkpoints.
@@ -6,14 +7,16 @@ given to an id, stays that id's row across rounds and checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from m2grl.graphstore.reads import ViewRead
 from m2grl.train.sampling import WEIGHT, dgl
+from m2grl.views import View
 
 
 class IdMap:
@@ -43,10 +46,10 @@ class IdMap:
 
 
 @dataclass(frozen=True)
-class Delta:
-    """What one read did to a view's graph. ``nodes``: the nodes whose edges it added or
-    re-weighted (or, when asked for, every node it named); ``src``, ``dst``: the edges it added or
-    re-weighted."""
+class ReadChanges:
+    """What one read did to a view's graph. ``nodes``: the nodes whose transitions it added or
+    re-weighted (or, when asked for, every node it named); ``src``, ``dst``: the transitions it added
+    or re-weighted."""
 
     nodes: Tensor
     src: Tensor
@@ -64,21 +67,21 @@ class ViewGraph:
         self.graph.edata[WEIGHT] = torch.empty(0, dtype=torch.float32)
 
     def ensure_nodes(self) -> None:
-        """Give every id in the map a node (ids may arrive through memberships, without edges)."""
+        """Give every id in the map a node (ids may arrive through memberships, without transitions)."""
         missing = len(self.ids) - self.graph.num_nodes()
         if missing > 0:
             self.graph.add_nodes(missing)
 
-    def apply(self, read: ViewRead, *, changes_only: bool = True) -> Delta:
+    def apply(self, read: ViewRead, *, changes_only: bool = True) -> ReadChanges:
         """Merge a read into the graph (absolute weights). Reads overlap, so most of a re-read
-        edge's nodes have nothing new to learn: ``Delta.nodes`` holds only the nodes of changed
-        edges unless ``changes_only`` is off."""
+        transition's nodes have nothing new to learn: ``ReadChanges.nodes`` holds only the nodes of
+        changed transitions unless ``changes_only`` is off."""
         src = self.ids.add(read.src)
         dst = self.ids.add(read.dst)
         self.ensure_nodes()
         if len(src) == 0:
             empty = torch.empty(0, dtype=torch.long)
-            return Delta(empty, empty, empty)
+            return ReadChanges(empty, empty, empty)
         weight = torch.tensor(read.weight, dtype=torch.float32)
         exists = self.graph.has_edges_between(src, dst)
         changed = ~exists
@@ -91,4 +94,96 @@ class ViewGraph:
             self.graph.add_edges(src[new], dst[new], data={WEIGHT: weight[new]})
         changed_src, changed_dst = src[changed], dst[changed]
         nodes = torch.cat([changed_src, changed_dst]) if changes_only else torch.cat([src, dst])
-        return Delta(torch.unique(nodes), changed_src, changed_dst)
+        return ReadChanges(torch.unique(nodes), changed_src, changed_dst)
+
+
+class Memberships:
+    """Each side view's memberships: item row -> the row of the item's value in that side view."""
+
+    def __init__(self, sides: Iterable[str]) -> None:
+        self._links: dict[str, dict[int, int]] = {side: {} for side in sides}
+        self._lookups: dict[str, Tensor] = {}  # lookup's last answer per side view
+
+    @property
+    def sides(self) -> list[str]:
+        """The side views, in configured order."""
+        return list(self._links)
+
+    def value(self, side: str, item: int) -> int | None:
+        return self._links[side].get(item)
+
+    def link(self, side: str, items: Iterable[int], values: Iterable[int]) -> None:
+        """Link each of ``items`` to the value at the same position in ``values`` (replacing a link)."""
+        self._links[side].update(zip(items, values))
+        self._lookups.pop(side, None)
+
+    def lookup(self, side: str, rows: int) -> Tensor:
+        """Value row in ``side`` of each of the first ``rows`` items, -1: none. Read-only: it is
+        cached until the memberships change (the cold-start lane asks every second)."""
+        cached = self._lookups.get(side)
+        if cached is None or len(cached) < rows:
+            links = self._links[side]
+            cached = torch.full((max(rows, max(links, default=-1) + 1),), -1, dtype=torch.long)
+            if links:
+                cached[torch.tensor(list(links.keys()))] = torch.tensor(list(links.values()))
+            self._lookups[side] = cached
+        return cached[:rows]
+
+    def lookups(self, rows: int) -> dict[str, Tensor]:
+        """``lookup`` of every side view."""
+        return {side: self.lookup(side, rows) for side in self._links}
+
+
+@dataclass
+class News:
+    """What merging reads into the mirrors brought a round: per view, the nodes touched; and the
+    item transitions added or re-weighted (incremental rounds train on them directly)."""
+
+    touched: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
+    changed_item_transitions: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+    def touched_nodes(self) -> dict[str, Tensor]:
+        return {name: torch.unique(torch.cat(parts)) for name, parts in self.touched.items()}
+
+
+class Mirrors:
+    """What the trainer knows of the graphs: each view's graph and id map (``graphs``, the item view
+    first) and the items' memberships in the side views."""
+
+    def __init__(self, views: Sequence[View]) -> None:
+        self.views = tuple(views)
+        self.item = self.views[0].name
+        self.graphs = {view.name: ViewGraph(view.name) for view in self.views}
+        self.memberships = Memberships(view.name for view in self.views[1:])
+
+    def merge_reads(self, reads: Mapping[str, ViewRead]) -> News:
+        """Merge reads given directly (no database) into the mirrors, in view order."""
+        news = News()
+        for view in self.views:
+            if view.name in reads:
+                self.merge(view, reads[view.name], news)
+        return news
+
+    def merge(self, view: View, read: ViewRead, news: News, *, changes_only: bool = True) -> None:
+        """Apply one read to the mirrors (idempotent: weights are absolute) and add to ``news`` the
+        nodes it changed (``changes_only``: and the item transitions it changed) or, else, named."""
+        graph = self.graphs[view.name]
+        changes = graph.apply(read, changes_only=changes_only)
+        if changes_only and view.is_item:
+            news.changed_item_transitions.append((changes.src, changes.dst))
+        touched = {view.name: changes.nodes}
+        if not view.is_item and read.member_items:
+            items = self.graphs[self.item]
+            item_idx = items.ids.add(read.member_items)
+            value_idx = graph.ids.add(read.member_values)
+            items.ensure_nodes()
+            graph.ensure_nodes()
+            if changes_only:
+                fresh = torch.tensor([self.memberships.value(view.name, i) != v
+                                      for i, v in zip(item_idx.tolist(), value_idx.tolist())], dtype=torch.bool)
+                item_idx, value_idx = item_idx[fresh], value_idx[fresh]
+            self.memberships.link(view.name, item_idx.tolist(), value_idx.tolist())
+            touched[view.name] = torch.cat([touched[view.name], value_idx])
+            touched[self.item] = item_idx
+        for name, nodes in touched.items():
+            news.touched[name].append(nodes)

@@ -111,7 +111,8 @@ class RowBatch:
             table.weight.index_add_(0, index, grad * factor.unsqueeze(-1))
 
 
-LOSS_SAMPLE = 1024  # pairs whose loss is evaluated for the reports (sgns_loss: the negative term; the compiled step: both)
+# pairs whose loss is evaluated for the reports (sgns_loss: the negative term; the compiled step: both)
+LOSS_SAMPLE = 1024
 
 
 class _SharedNegativeSGNS(torch.autograd.Function):
@@ -179,7 +180,7 @@ class M2GRL(nn.Module):
     def aligns(self) -> bool:
         return any(task.startswith("inter:") for task in self.tasks)
 
-    def attach_members(self, members: dict[str, Tensor]) -> None:
+    def attach_memberships(self, memberships: dict[str, Tensor]) -> None:
         """Item → side value lookups (-1: none). M2GRL gets them through the alignment losses."""
 
     def vectors(self, view: str) -> Tensor:

@@ -10,9 +10,9 @@ import os
 
 os.environ.setdefault("DGLBACKEND", "pytorch")  # dgl asks (and prints) otherwise
 
-import dgl  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import dgl
+import torch
+from torch import Tensor
 
 WEIGHT = "weight"
 NO_NODE = -1  # DGL pads walks that reach a node without out-edges

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -113,7 +114,5 @@ def _every(call: Callable[[], object], every_s: float, stop: threading.Event) ->
             log.warning("publishing new items failed, will retry: %s", exc)
 
 
-def _now():  # noqa: ANN202 - apscheduler wants an aware datetime
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc)
+def _now() -> datetime:
+    return datetime.now(UTC)  # apscheduler wants an aware datetime

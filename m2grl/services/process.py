@@ -35,7 +35,7 @@ class ProcessRecord:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
-            raise ServiceError(f"pid file {pidfile} is unreadable ({exc}); remove it if no service is running")
+            raise ServiceError(f"pid file {pidfile} is unreadable ({exc}); remove it if no service is running") from exc
 
 
 def _proc_state(pid: int) -> str | None:

@@ -6,25 +6,29 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from m2grl import pipeline
+from m2grl import snapshots
 from m2grl.errors import RpcError
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.stats import view_stats
 from m2grl.ingest.events import Event
+from m2grl.lab import pipeline
 from m2grl.rpc.client import EmbeddingClient
 from m2grl.services.launcher import free_port
 from m2grl.settings import Settings
-from m2grl.train import snapshots
 from tests.ingest.conftest import movielens_sample  # noqa: F401 - shared fixture
 from tests.ingest.reference import Graph, expected_graph
+
+T = TypeVar("T")
 
 GAP_MS = 30 * 60 * 1000
 OUTCOMES: list[dict] = []
@@ -99,7 +103,7 @@ class Watcher:
 
     def went_back(self) -> int:
         versions = [version for _, version, *_ in self.answers]
-        return sum(later < earlier for earlier, later in zip(versions, versions[1:]))
+        return sum(later < earlier for earlier, later in pairwise(versions))
 
 
 @dataclass
@@ -169,7 +173,7 @@ class Rig:
         with GraphStore(self.settings.neo4j_for(item)) as store:
             return view_stats(store, item).total_weight
 
-    def wait(self, what: str, ready, timeout_s: float = 240.0, every_s: float = 0.25):  # noqa: ANN001, ANN201
+    def wait(self, what: str, ready: Callable[[], T | None], timeout_s: float = 240.0, every_s: float = 0.25) -> T:
         return pipeline.wait_for(what, ready, self.processes, timeout_s, every_s)
 
     def training_watermark(self) -> int:
@@ -180,7 +184,8 @@ class Rig:
 
     def round_in_progress(self) -> bool:
         log = self.log("train")
-        return len(re.findall(r"training round starting", log)) > len(re.findall(r"\bround \d+ \((?:full|incremental)\)", log))
+        started = len(re.findall(r"training round starting", log))
+        return started > len(re.findall(r"\bround \d+ \((?:full|incremental)\)", log))
 
 
 def expected(events: list[Event]) -> Graph:

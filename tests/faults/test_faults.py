@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
-from m2grl import pipeline
+from m2grl import snapshots
+from m2grl.lab import pipeline
 from m2grl.services import launcher
-from m2grl.train import snapshots
 from tests.faults.conftest import OUTCOMES, Rig, Stream, expected, weight_differences
 from tests.ingest.conftest import read_topic, with_malformed
 from tests.ingest.reference import assert_same_graph, stored_graph

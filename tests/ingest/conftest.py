@@ -18,10 +18,10 @@ from kafka import KafkaConsumer
 
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.maintenance import wipe_graph
-from m2grl.ingest import datasets
 from m2grl.ingest.consumer import create_topics
 from m2grl.ingest.deadletter import header_map
 from m2grl.ingest.events import Event
+from m2grl.lab import datasets
 from m2grl.settings import Settings, settings_env
 from tests.conftest import REPO_ROOT
 
@@ -52,7 +52,7 @@ def movielens_sample(stack: Settings) -> list[Event]:
     MovieLens is fetched from PyPI (the recbole wheel), so it is there on every machine."""
     folder = datasets.fetch_movielens(stack.data.cache_dir)
     events = datasets.load_events(folder, "movielens")[:15000]
-    return [Event(e.user_id, e.item_id, e.behavior, e.time_ms, {"category": e.side["genre"]}) for e in events]
+    return [Event(e.user_id, e.item_id, e.behavior, e.event_time_ms, {"category": e.side["genre"]}) for e in events]
 
 
 @pytest.fixture(scope="session")

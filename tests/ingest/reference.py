@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.stats import memberships, node_events, transition_weights
@@ -33,11 +34,11 @@ def expected_graph(events: list[Event], side_views: tuple[str, ...], gap_ms: int
     for history in by_user.values():
         sessions, current, clock = [], [], None
         for event in history:
-            if clock is not None and event.time_ms - clock > gap_ms:
+            if clock is not None and event.event_time_ms - clock > gap_ms:
                 sessions.append(current)
                 current, clock = [], None
             current.append(event)
-            clock = event.time_ms if clock is None else max(clock, event.time_ms)
+            clock = event.event_time_ms if clock is None else max(clock, event.event_time_ms)
         sessions.append(current)
         for session in sessions:
             for view in views:
@@ -45,7 +46,7 @@ def expected_graph(events: list[Event], side_views: tuple[str, ...], gap_ms: int
                 seq = [value for value in seq if value]
                 nodes[view].update(seq)
                 collapsed = [value for i, value in enumerate(seq) if i == 0 or value != seq[i - 1]]
-                transitions[view].update(zip(collapsed, collapsed[1:]))
+                transitions[view].update(pairwise(collapsed))
         for event in history:
             for view in side_views:
                 if event.side.get(view):

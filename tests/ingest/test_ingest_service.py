@@ -15,8 +15,14 @@ from m2grl.ingest.events import Event
 from m2grl.ingest.replay import replay
 from m2grl.services import launcher
 from m2grl.settings import Settings
-from tests.ingest.conftest import (kill_at_random_moments, read_topic, run_ingest, start_ingest, with_ingest,
-                                   with_malformed)
+from tests.ingest.conftest import (
+    kill_at_random_moments,
+    read_topic,
+    run_ingest,
+    start_ingest,
+    with_ingest,
+    with_malformed,
+)
 from tests.ingest.reference import Graph, assert_same_graph, expected_graph, stored_graph
 
 pytestmark = pytest.mark.services

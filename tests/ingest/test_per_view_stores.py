@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from m2grl import snapshots
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.maintenance import wipe_graph
 from m2grl.graphstore.stats import view_stats
@@ -19,7 +20,6 @@ from m2grl.ingest.replay import replay
 from m2grl.services import launcher
 from m2grl.services.launcher import free_port
 from m2grl.settings import Settings, ViewStore
-from m2grl.train import snapshots
 from m2grl.train.trainer import Trainer
 from tests.ingest.conftest import kill_at_random_moments, run_ingest, with_ingest
 from tests.ingest.reference import assert_same_graph, expected_graph, stored_graph

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from m2grl import snapshots
 from m2grl.rpc.client import EmbeddingClient
 from m2grl.rpc.server import EmbeddingServer
 from m2grl.settings import RpcSettings
-from m2grl.train import snapshots
 
 DIM = 8
 CATEGORIES = 6
@@ -76,4 +76,4 @@ def wait_for_version(client: EmbeddingClient, version: int, timeout: float = 20.
 
 def version_marked(vectors: np.ndarray) -> set[int]:
     """The versions the rows of ``vectors`` were published in (see catalogue)."""
-    return {int(round(float(x) * 1000)) for x in vectors[:, -1]}
+    return {round(float(x) * 1000) for x in vectors[:, -1]}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from m2grl import snapshots
 from m2grl.rpc import live as live_module
 from m2grl.rpc.live import LiveSnapshots
 from m2grl.settings import RpcSettings
-from m2grl.train import snapshots
 
 
 def publish(root: Path, version: int, rows: int, fill: float | None = None) -> np.ndarray:
@@ -145,12 +145,12 @@ def test_versions_take_turns_in_two_stores_rewriting_only_what_changed(tmp_path:
     live = LiveSnapshots(tmp_path, RpcSettings(swap_block_rows=3))
     v1 = publish(tmp_path, 1, 10)
     live.refresh()
-    first_store = live.current.views["item"].store
+    first_buffer = live.current.views["item"].buffer
     v2 = moved(v1, [2, 3, 9], appended=2)
     publish_vectors(tmp_path, 2, v2)
     assert live.refresh()
     second = live.current.views["item"]
-    assert second.store is not first_store  # the first spare, seeded from the live store
+    assert second.buffer is not first_buffer  # the first spare, seeded from the live buffer
     assert np.array_equal(served_matrix(second), v2)
     for row in (2, 3, 9, 11):
         assert second.index.search(second.unit(row), 1)[0][0] == row
@@ -158,7 +158,7 @@ def test_versions_take_turns_in_two_stores_rewriting_only_what_changed(tmp_path:
     publish_vectors(tmp_path, 3, v3)
     assert live.refresh()
     third = live.current.views["item"]
-    assert third.store is first_store and first_store.rows == 13  # version 1's memory, brought up to date
+    assert third.buffer is first_buffer and first_buffer.rows == 13  # version 1's memory, brought up to date
     assert np.array_equal(served_matrix(third), v3)
     assert np.allclose(third.norms, np.linalg.norm(v3, axis=1))
     assert np.array_equal(served_matrix(second), v2)  # the version before is untouched
@@ -178,7 +178,7 @@ def test_a_store_still_answering_calls_is_not_written_over(tmp_path: Path, monke
     v3 = moved(v2, [4], appended=1)
     publish_vectors(tmp_path, 3, v3)
     assert live.refresh()
-    assert live.current.views["item"].store is not held.store
+    assert live.current.views["item"].buffer is not held.buffer
     assert np.array_equal(served_matrix(held), v1)
     assert np.array_equal(served_matrix(live.current.views["item"]), v3)
 
@@ -220,7 +220,7 @@ def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: 
     publish_vectors(tmp_path, 3, v3)
     live.refresh()
     rebuilt = live.current.views["item"]
-    assert rebuilt.store is not patched.store and len(rebuilt.index) == 3_020
+    assert rebuilt.buffer is not patched.buffer and len(rebuilt.index) == 3_020
     for view, vectors in ((patched, v2), (rebuilt, v3)):
         assert np.array_equal(served_matrix(view), vectors)
         for row in (0, 2_999, len(vectors) - 1):  # among the nearest (8-bit codes of 8 dimensions blur ties)

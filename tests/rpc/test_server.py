@@ -51,7 +51,7 @@ def code_of(call: Callable[[], object]) -> tuple[str, str]:
 
 
 def test_every_method_answers_from_the_served_snapshot(start_server: Start) -> None:
-    server, _, client = serving(start_server)
+    _server, _, client = serving(start_server)
     with client:
         answer = client.embeddings("item", ["c0-1", "nobody", "c2-3"])
         assert answer.version == 1 and answer.ids == ["c0-1", "nobody", "c2-3"]

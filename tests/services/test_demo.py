@@ -32,6 +32,7 @@ def test_demo_streams_trains_serves_and_answers(tmp_path: Path) -> None:
         assert "freshness: a brand-new item" in out and "was servable" in out
         assert "ingest, training and serving stopped" in out
         run_dirs = list((tmp_path / "state" / "demo").iterdir())
-        assert len(run_dirs) == 1 and {"ingest.log", "train.log", "serve.log"} <= {p.name for p in run_dirs[0].iterdir()}
+        assert len(run_dirs) == 1
+        assert {"ingest.log", "train.log", "serve.log"} <= {p.name for p in run_dirs[0].iterdir()}
     finally:
         m2grl("services", "down", env=env)

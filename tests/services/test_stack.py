@@ -60,7 +60,7 @@ def test_neo4j_constraint_write_and_read_with_auth(stack: Settings) -> None:
         store.write(f"UNWIND $ids AS id MERGE (:{label} {{id: id}})", ids=["a", "b"])  # MERGE: no duplicates
         rows = store.read(f"MATCH (n:{label}) RETURN n.id AS id ORDER BY id")
         assert [r["id"] for r in rows] == ["a", "b", "c"]
-        with pytest.raises(GraphStoreError, match="ConstraintValidation|already exists"):
+        with pytest.raises(GraphStoreError, match=r"ConstraintValidation|already exists"):
             store.write(f"CREATE (:{label} {{id: 'a'}})")
         constraints = store.read("SHOW CONSTRAINTS YIELD labelsOrTypes RETURN labelsOrTypes")
         assert [label] in [r["labelsOrTypes"] for r in constraints]
@@ -68,9 +68,8 @@ def test_neo4j_constraint_write_and_read_with_auth(stack: Settings) -> None:
 
 def test_neo4j_rejects_a_wrong_password(stack: Settings) -> None:
     wrong = stack.neo4j.model_copy(update={"password": type(stack.neo4j.password)("not-the-password")})
-    with pytest.raises(GraphStoreError, match="rejected the credentials"):
-        with GraphStore(wrong) as store:
-            store.read("RETURN 1")
+    with pytest.raises(GraphStoreError, match="rejected the credentials"), GraphStore(wrong) as store:
+        store.read("RETURN 1")
 
 
 def test_status_reports_both_services_healthy(stack: Settings) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m2grl.train.evaluation import Case, leave_last_out, popularity_scores, rank_scores, reads_from_events
 from m2grl.ingest.events import Event
+from m2grl.lab.evaluation import Case, leave_last_out, popularity_scores, rank_scores, reads_from_events
 from m2grl.views import ViewSet
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from m2grl.train.eges import EGES
+from m2grl.lab.eges import EGES
 from m2grl.train.model import M2GRL, SIGMA2_FLOOR, ModelShape, RowBatch, Table, sgns_loss
 
 
@@ -193,7 +193,7 @@ def test_eges_fuses_item_and_side_vectors_by_learned_weights() -> None:
         model.inputs["item"].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
         model.inputs["category"].weight.copy_(torch.tensor([[0.0, 2.0]]))
         model.attention.weight.copy_(torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]]))
-    model.attach_members({"category": torch.tensor([0, -1])})  # item 1 has no category
+    model.attach_memberships({"category": torch.tensor([0, -1])})  # item 1 has no category
     vectors = model.vectors("item")
     assert torch.allclose(vectors[0], torch.tensor([0.25, 1.5]))  # weights 1/4, 3/4
     assert torch.allclose(vectors[1], torch.tensor([0.0, 4.0]))  # only its own vector

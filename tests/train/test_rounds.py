@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from m2grl import snapshots
 from m2grl.graphstore.reads import ViewRead
-from m2grl.ingest import datasets
+from m2grl.lab import datasets
+from m2grl.lab.eges import EGES
+from m2grl.lab.evaluation import evaluate
 from m2grl.settings import Settings, load_settings
-from m2grl.train import snapshots
-from m2grl.train.eges import EGES
-from m2grl.train.evaluation import evaluate
 from m2grl.train.model import M2GRL, RowBatch
+from m2grl.train.pace import Pace
 from m2grl.train.sampling import NO_NODE
-from m2grl.train.trainer import Trainer, _Pace
+from m2grl.train.trainer import Trainer
 
 
 def tiny_settings(tmp_path: Path) -> Settings:
@@ -47,7 +48,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_a_new_item_gets_a_vector_from_its_category_before_it_has_walks(tmp_path: Path) -> None:
     trainer = Trainer(tiny_settings(tmp_path))
     trainer.round(full=True, reads=two_clusters(), publish=False)
-    ids, before = trainer.vectors("item")
+    ids, _before = trainer.vectors("item")
     newcomer = {"item": ViewRead("item", 1),
                 "category": ViewRead("category", 1, member_items=["a-new"], member_values=["A"])}
     stats = trainer.round(reads=newcomer, publish=False)
@@ -105,10 +106,11 @@ def test_an_incremental_round_walks_against_the_transitions_from_its_new_items(t
             update={"new_node_reverse_walks": reverse, "incremental_walk_length": 3})})
         trainer = Trainer(settings)
         trainer.round(full=True, reads=two_clusters(), publish=False)
-        trainer._merge_reads({"item": ViewRead("item", 1, src=["a0"], dst=["a-new"], weight=[1])})
+        trainer.mirrors.merge_reads({"item": ViewRead("item", 1, src=["a0"], dst=["a-new"], weight=[1])})
         new_rows = trainer._grow(fresh=False)
         assert new_rows == {"item": 1, "category": 0}
-        return trainer, trainer._walk({}, new_rows, _Pace.of(settings.train, full=False))  # no touched nodes: new rows only
+        # No touched nodes: new rows only.
+        return trainer, trainer._walk({}, new_rows, Pace.of(settings.train, full=False))
 
     trainer, walks = walks_from_new_rows(7, "reverse")
     new, a0 = trainer.graphs["item"].ids.get(["a-new", "a0"])
@@ -127,9 +129,9 @@ def test_an_incremental_round_walks_its_own_number_of_times_from_each_touched_no
     trainer = Trainer(settings)
     trainer.round(full=True, reads=two_clusters(), publish=False)
     a0, b3 = trainer.graphs["item"].ids.get(["a0", "b3"])
-    full = trainer._walk({}, {}, _Pace.of(settings.train, full=True))["item"]
+    full = trainer._walk({}, {}, Pace.of(settings.train, full=True))["item"]
     assert full.shape == (3 * 12, 7) and torch.bincount(full[:, 0]).tolist() == [3] * 12
-    incremental = trainer._walk({"item": torch.tensor([a0, b3])}, {}, _Pace.of(settings.train, full=False))["item"]
+    incremental = trainer._walk({"item": torch.tensor([a0, b3])}, {}, Pace.of(settings.train, full=False))["item"]
     assert incremental.shape == (7 * 2, 5)
     assert sorted(incremental[:, 0].tolist()) == sorted([int(a0)] * 7 + [int(b3)] * 7)
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from m2grl.train.sampling import (NO_NODE, WEIGHT, NegativeSampler, node_counts, random_walks, reverse_walks,
-                                  skipgram_pairs)
-from m2grl.train.sampling import dgl
+from m2grl.train.sampling import (
+    NO_NODE,
+    WEIGHT,
+    NegativeSampler,
+    dgl,
+    node_counts,
+    random_walks,
+    reverse_walks,
+    skipgram_pairs,
+)
 
 
 def weighted_graph(edges: list[tuple[int, int, float]], num_nodes: int) -> dgl.DGLGraph:

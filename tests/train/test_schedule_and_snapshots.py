@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from m2grl import snapshots
 from m2grl.errors import ConfigError
 from m2grl.settings import load_settings
-from m2grl.train import snapshots
 from m2grl.train.service import exclusive_trainer, run_scheduled
 from m2grl.train.trainer import RoundStats
 
@@ -80,7 +80,7 @@ def test_readers_only_ever_see_whole_versions(tmp_path: Path) -> None:
                 snap = snapshots.load(root)
             except FileNotFoundError:
                 continue  # pruned while we read an old version: a clean miss, the caller retries
-            except Exception as exc:  # noqa: BLE001 - any other failure is what this test looks for
+            except Exception as exc:  # any other failure is what this test looks for
                 errors.append(repr(exc))
                 continue
             version = snap.manifest.version
@@ -104,10 +104,9 @@ def test_readers_only_ever_see_whole_versions(tmp_path: Path) -> None:
 
 def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     settings = load_settings(train={"snapshot_dir": str(tmp_path)})
-    with exclusive_trainer(settings):
-        with pytest.raises(ConfigError, match="another trainer"):
-            with exclusive_trainer(settings):
-                pass
+    with (exclusive_trainer(settings), pytest.raises(ConfigError, match="another trainer"),
+          exclusive_trainer(settings)):
+        pass
 
 
 def test_a_version_written_under_another_root_is_adopted_whole(tmp_path: Path) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from m2grl import snapshots
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.stats import node_events
 from m2grl.ingest.events import Event
 from m2grl.ingest.replay import replay
 from m2grl.settings import Settings
-from m2grl.train import snapshots
-from m2grl.train import trainer as trainer_module
+from m2grl.train import pairs as pairs_module
 from m2grl.train.trainer import Trainer
 from tests.ingest.conftest import run_ingest
 
@@ -115,7 +115,7 @@ def test_new_items_are_published_from_their_side_views_between_and_during_rounds
         replay(settings, [Event(anchor.user_id, item, "pv", at_ms, {"category": category})], progress=False)
         run_ingest(settings)
 
-    last_ms = movielens_sample[5999].time_ms
+    last_ms = movielens_sample[5999].event_time_ms
     arrive("cold-known-genre", genre, last_ms + 1)
     arrive("cold-new-genre", "a genre nobody has seen", last_ms + 2)
     assert trainer.admit_new_items() == 1  # the other item's only side value has no vector yet
@@ -138,13 +138,14 @@ def test_new_items_are_published_from_their_side_views_between_and_during_rounds
 
     def walk_while_an_item_arrives(*args: object, **kwargs: object) -> object:
         arrive("cold-during-round", genre, last_ms + 3)
-        trainer._cold_start_due = 0.0
+        trainer.lane.due_at = 0.0
         return walk(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "_walk", walk_while_an_item_arrives)
     sampled_rows = []
-    sampler = trainer_module.NegativeSampler
-    monkeypatch.setattr(trainer_module, "NegativeSampler", lambda counts: sampled_rows.append(len(counts)) or sampler(counts))
+    sampler = pairs_module.NegativeSampler
+    monkeypatch.setattr(pairs_module, "NegativeSampler",
+                        lambda counts: sampled_rows.append(len(counts)) or sampler(counts))
     stats = trainer.round()
     # Negatives come from rows the tables have, not from rows appended while the round ran.
     assert sampled_rows[0] == trainer.model.shape.rows[0] == len(trainer.graphs["item"].ids) - 1

@@ -6,13 +6,12 @@ import argparse
 import resource
 import sys
 
-from m2grl.cli import above_zero, at_least_one
-from m2grl.ingest import datasets
+from m2grl.console import above_zero, at_least_one, print_json, stop_on_signals
+from m2grl.lab import datasets
 from m2grl.settings import Settings
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json, stop_on_signals
     from m2grl.ingest.consumer import IngestConsumer
     from m2grl.metrics import serve_metrics
 
@@ -69,8 +68,7 @@ def _fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-    from m2grl.ingest.bench import run_ingest_bench
+    from m2grl.lab.bench.ingest import run_ingest_bench
 
     report = run_ingest_bench(settings, dataset=args.dataset, reuse_services=args.use_configured_services)
     if args.json:
@@ -117,8 +115,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-    from m2grl.ingest.bench import run_ingest_scaling_bench
+    from m2grl.lab.bench.ingest import run_ingest_scaling_bench
 
     report = run_ingest_scaling_bench(settings, dataset=args.dataset, consumers=args.consumers,
                                       partitions=args.partitions, reuse_services=args.use_configured_services)

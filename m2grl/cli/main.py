@@ -1,82 +1,23 @@
 """The `m2grl` command line: parse, load settings once, call the component, print errors as one line.
 
-Each component registers its own subcommands (``register(commands)``); this module only assembles
-them and owns the error boundary: any M2grlError becomes ``m2grl: error: ...`` and exit code 1.
+Each command group has a module beside this one that registers its subcommands
+(``register(commands)``); this module only assembles them and owns the error boundary: any
+M2grlError becomes ``m2grl: error: ...`` and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import signal
 import sys
-import threading
-from datetime import datetime, timezone
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from m2grl import __version__
+from m2grl.console import above_zero, at_least_one, print_json, setup_logging
 from m2grl.errors import M2grlError
 from m2grl.settings import Settings, load_settings, masked_dict, render_toml
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Log lines for long-running commands; third-party chatter only from WARNING up."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for noisy in ("neo4j", "faiss"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # A round longer than the interval makes APScheduler warn at every tick it skips; skipped ticks
-    # coalescing is the intended schedule. Its errors (a round that raised) still show.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    # kafka-python logs every refused connection as an error; our own code reports outages once.
-    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
-    # Group membership (joins, leaves, failed heartbeats) is what explains a stalled consumer group.
-    logging.getLogger("kafka.coordinator").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT, so loops finish their current step and exit cleanly."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
-def print_json(data: object) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-def at_least_one(text: str) -> int:
-    """argparse type of counts that must be 1 or more (a usage error otherwise, not a crash later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def above_zero(text: str) -> float:
-    """argparse type of rates and durations, which must be positive numbers."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def format_utc(ms: int | None, missing: str = "-") -> str:
-    """Milliseconds since the epoch as a UTC time for tables; ``missing`` for None or 0."""
-    if not ms:
-        return missing
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _config_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,7 +30,7 @@ def _config_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.demo import DemoOptions, run_demo
+    from m2grl.lab.demo import DemoOptions, run_demo
 
     return run_demo(settings, DemoOptions(
         dataset=args.dataset, limit=args.limit, rate=args.rate, interval_s=args.interval, evaluate=not args.no_eval,
@@ -97,12 +38,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from m2grl import benches as pipeline_benches
-    from m2grl.graphstore import commands as graph_commands
-    from m2grl.ingest import commands as ingest_commands
-    from m2grl.rpc import commands as rpc_commands
-    from m2grl.services import commands as services_commands
-    from m2grl.train import commands as train_commands
+    from m2grl.cli import bench as pipeline_benches
+    from m2grl.cli import graph as graph_commands
+    from m2grl.cli import ingest as ingest_commands
+    from m2grl.cli import rpc as rpc_commands
+    from m2grl.cli import services as services_commands
+    from m2grl.cli import train as train_commands
 
     parser = argparse.ArgumentParser(
         prog="m2grl",

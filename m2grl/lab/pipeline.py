@@ -19,8 +19,8 @@ from m2grl.errors import ConfigError, GraphStoreUnavailable, M2grlError, RpcErro
 from m2grl.settings import Settings, settings_env
 
 if TYPE_CHECKING:
-    from m2grl.ingest.datasets import DatasetRef
     from m2grl.ingest.events import Event
+    from m2grl.lab.datasets import DatasetRef
     from m2grl.rpc.client import EmbeddingClient
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class LoadedData:
 def load_data(settings: Settings, dataset: str | None, limit: int | None = None) -> LoadedData:
     """A named or given data set (default: the Taobao head when present, else MovieLens-100K) and
     the side views it has."""
-    from m2grl.ingest import datasets
+    from m2grl.lab import datasets
 
     name = dataset or datasets.shared_or_movielens("taobao-head", settings.data.shared_dir)
     ref = datasets.resolve_dataset(name, shared_dir=settings.data.shared_dir, cache_dir=settings.data.cache_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from m2grl.console import format_utc, print_json
 from m2grl.graphstore.connection import GraphStore
 from m2grl.graphstore.stats import ViewStats, view_stats
 from m2grl.settings import Settings
@@ -18,8 +19,6 @@ def collect_stats(settings: Settings) -> list[ViewStats]:
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import format_utc, print_json
-
     stats = collect_stats(settings)
     if args.json:
         print_json([s.as_dict() for s in stats])

@@ -19,22 +19,23 @@ class EGES(M2GRL):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__(shape)
         self.attention = Table(shape.rows[0], len(shape.views), init="zeros")  # equal weights until learned
-        self.members: dict[str, Tensor] = {}
+        self.memberships: dict[str, Tensor] = {}
 
     @property
     def tasks(self) -> tuple[str, ...]:
         return (f"intra:{self.shape.views[0]}",)
 
-    def attach_members(self, members: dict[str, Tensor]) -> None:
-        self.members = members
+    def attach_memberships(self, memberships: dict[str, Tensor]) -> None:
+        self.memberships = memberships
 
     def _fused(self, items: Tensor, rows: RowBatch | None, pairs: int) -> Tensor:
         item_view = self.shape.views[0]
-        take = (lambda table, index: rows.take(table, index, pairs)) if rows else (lambda table, index: table.weight[index])
+        take = ((lambda table, index: rows.take(table, index, pairs)) if rows
+                else (lambda table, index: table.weight[index]))
         parts = [take(self.inputs[item_view], items)]
         present = [torch.ones(len(items), dtype=torch.bool)]
         for side in self.shape.side_views:
-            lookup = self.members.get(side)
+            lookup = self.memberships.get(side)
             values = lookup[items] if lookup is not None else torch.full_like(items, -1)
             present.append(values >= 0)
             parts.append(take(self.inputs[side], values.clamp(min=0)))  # masked out below where absent

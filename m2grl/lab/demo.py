@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m2grl import pipeline
 from m2grl.errors import M2grlError
+from m2grl.lab import pipeline
 from m2grl.settings import Settings
 
 if TYPE_CHECKING:
-    from m2grl.ingest.datasets import DatasetRef
     from m2grl.ingest.events import Event
+    from m2grl.lab.datasets import DatasetRef
     from m2grl.rpc.client import EmbeddingClient
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
 def _readable_names(ref: DatasetRef) -> dict[str, str]:
     if ref.fmt != "movielens":
         return {}
-    from m2grl.ingest.datasets import movielens_genres
+    from m2grl.lab.datasets import movielens_genres
 
     return {item: title for item, (title, _) in movielens_genres(ref.path).items()}
 
@@ -139,8 +139,8 @@ def _show_examples(client: EmbeddingClient, events: list[Event], names: dict[str
 def _freshness(settings: Settings, client: EmbeddingClient, events: list[Event],
                children: pipeline.Processes) -> None:
     """One probe of each kind (m2grl/freshness.py): a brand-new item, and two known items in a row."""
-    from m2grl.freshness import FreshnessProbes
     from m2grl.ingest.replay import EventProducer
+    from m2grl.lab.freshness import FreshnessProbes
 
     second = events[-1]
     first = next(e for e in reversed(events) if e.item_id != second.item_id)  # a transition, not a repeat
@@ -181,8 +181,8 @@ def _stream(settings: Settings, events: list[Event], rate: float, children: pipe
 
 
 def _evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], name: str, run_dir: Path) -> None:
-    from m2grl.train.evaluation import KS, evaluate
-    from m2grl.train.plots import plot_evaluation
+    from m2grl.lab.evaluation import KS, evaluate
+    from m2grl.lab.plots import plot_evaluation
 
     report = evaluate(settings, events, side, dataset=name, progress=True)
     _say(f"  {report.cases} test users; HitRate@K and MRR@20 of the held-out next item")

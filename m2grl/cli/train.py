@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from m2grl.cli import at_least_one
+from m2grl.console import at_least_one, print_json, stop_on_signals
 from m2grl.errors import ConfigError
 from m2grl.settings import Settings
 
@@ -15,7 +15,6 @@ BENCH_SEEDS = 10
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json, stop_on_signals
     from m2grl.metrics import serve_metrics
     from m2grl.train.service import describe, exclusive_trainer, record, run_scheduled
     from m2grl.train.trainer import Trainer
@@ -64,17 +63,16 @@ def _side_views(requested: str | None, settings: Settings, events: list) -> tupl
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-    from m2grl.ingest.commands import dataset_from_args
-    from m2grl.train.evaluation import KS, evaluate
+    from m2grl.cli.ingest import dataset_from_args
+    from m2grl.lab.evaluation import KS, evaluate
 
-    ref, events = dataset_from_args(args, settings)
+    _ref, events = dataset_from_args(args, settings)
     side = _side_views(args.views, settings, events)
     methods = tuple(m for m in args.methods.split(",") if m)
     report = evaluate(settings, events, side, dataset=args.dataset, methods=methods, progress=not args.json)
     plot = None
     if args.plot:
-        from m2grl.train.plots import plot_evaluation
+        from m2grl.lab.plots import plot_evaluation
 
         plot = plot_evaluation(report, Path(args.plot))
     if args.json:
@@ -118,27 +116,28 @@ def register(commands: argparse._SubParsersAction) -> None:
         "before it the query; every method trains one full round on the events before the targets (same "
         "settings, same seed, so the same item walks) and ranks all items by cosine to the query. Prints "
         "HitRate@10/20/50, MRR@20 and cold-query coverage per method. No Kafka or Neo4j needed.")
-    from m2grl.ingest.commands import add_dataset_arguments
-    from m2grl.train import EVAL_METHODS as METHODS
+    from m2grl.cli.ingest import add_dataset_arguments
+    from m2grl.lab import EVAL_METHODS as METHODS
 
     add_dataset_arguments(evaluation, "use only the first N events (in time order)")
     evaluation.add_argument("--views", help="comma-separated side views (default: the configured ones the data has)")
-    evaluation.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default: {','.join(METHODS)})")
+    evaluation.add_argument("--methods", default=",".join(METHODS),
+                            help=f"comma-separated (default: {','.join(METHODS)})")
     evaluation.add_argument("--plot", metavar="PNG", help="write loss and σ² per task and HR@K per method to this file")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(handler=_eval)
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-    from m2grl.train.bench import run_train_bench
+    from m2grl.lab.bench.train import run_train_bench
 
     report = run_train_bench(settings, dataset=args.dataset, seeds=args.seeds)
     if args.json:
         print_json(report)
         return 0
     ours, gensim = report["throughput"]["ours"], report["throughput"]["gensim"]
-    print(f"train benchmark on {report['dataset']} ({report['train_events']:,} events, {report['test_users']} test users)")
+    print(f"train benchmark on {report['dataset']} ({report['train_events']:,} events, "
+          f"{report['test_users']} test users)")
     print(f"  ours (item view, {ours['epochs']} epoch): {ours['pairs_per_s']:>10,} pairs/s  HR@20 {ours['hr@20']:.3f}")
     for run in gensim:
         print(f"  gensim, {run['epochs']} epoch(s):       {run['pairs_per_s']:>10,} pairs/s  HR@20 {run['hr@20']:.3f}")

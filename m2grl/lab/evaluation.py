@@ -25,9 +25,9 @@ from m2grl.errors import ConfigError
 from m2grl.graphstore.reads import ViewRead
 from m2grl.ingest.events import Event
 from m2grl.ingest.sessions import extract
+from m2grl.lab import EVAL_METHODS
+from m2grl.lab.eges import EGES
 from m2grl.settings import Settings
-from m2grl.train import EVAL_METHODS
-from m2grl.train.eges import EGES
 from m2grl.train.model import M2GRL
 from m2grl.train.trainer import RoundStats, Trainer
 from m2grl.views import ViewSet

@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from m2grl.train.evaluation import KS, EvalReport  # noqa: E402
+from m2grl.lab.evaluation import KS, EvalReport
 
 
 def plot_evaluation(report: EvalReport, path: Path) -> Path:

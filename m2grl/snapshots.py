@@ -24,12 +24,13 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.typing import NDArray
 
 FORMAT_VERSION = 2
 CURRENT = "CURRENT"
@@ -89,8 +90,8 @@ def version_dir(root: Path, version: int) -> Path:
     return root / VERSIONS / _name(version)
 
 
-def publish(root: Path, manifest: Manifest, vectors: dict[str, np.ndarray], ids: dict[str, list[str]],
-            checkpoint: Any, *, keep: int, members: dict[str, np.ndarray] | None = None) -> Path:
+def publish(root: Path, manifest: Manifest, vectors: dict[str, NDArray[Any]], ids: dict[str, list[str]],
+            checkpoint: Any, *, keep: int, members: dict[str, NDArray[Any]] | None = None) -> Path:
     """Write a new version and make it current, atomically. Returns its folder. ``members``: per
     side view, the row of each item's value there (-1: none); the manifest must list them."""
     import torch  # only publishing needs torch; readers of snapshots do not
@@ -105,8 +106,8 @@ def publish(root: Path, manifest: Manifest, vectors: dict[str, np.ndarray], ids:
     return _make_current(root, staging, manifest, keep)
 
 
-def publish_appended(root: Path, base: int, manifest: Manifest, view: str, ids: list[str], vectors: np.ndarray,
-                     members: dict[str, np.ndarray], *, keep: int) -> Path:
+def publish_appended(root: Path, base: int, manifest: Manifest, view: str, ids: list[str], vectors: NDArray[Any],
+                     members: dict[str, NDArray[Any]], *, keep: int) -> Path:
     """Publish version ``base`` with rows appended to ``view``: its ``ids`` and ``vectors`` and, for
     the item view, each new item's value row per side view in ``members``. Every other file is
     hard-linked from ``base``, the checkpoint included (it stays the base's model, whose tables the
@@ -183,9 +184,9 @@ def prune(root: Path, keep: int) -> None:
 class Snapshot:
     manifest: Manifest
     ids: dict[str, list[str]]
-    vectors: dict[str, np.ndarray]
+    vectors: dict[str, NDArray[np.float32]]
     path: Path
-    members: dict[str, np.ndarray] = field(default_factory=dict)
+    members: dict[str, NDArray[np.int64]] = field(default_factory=dict)
 
 
 def encode_ids(ids: list[str]) -> bytes:
@@ -210,17 +211,18 @@ def read_manifest(folder: Path) -> Manifest:
     return Manifest.from_json((folder / "manifest.json").read_text())
 
 
-def read_vectors(folder: Path, manifest: Manifest, view: str) -> np.ndarray:
-    vectors = np.load(folder / f"{view}.vectors.npy")
+def read_vectors(folder: Path, manifest: Manifest, view: str) -> NDArray[np.float32]:
+    vectors: NDArray[np.float32] = np.load(folder / f"{view}.vectors.npy")  # float32: checked below
     _check_vectors(folder, manifest, view, vectors.shape, vectors.dtype, fortran_order=False)
     return vectors
 
 
-def vector_blocks(folder: Path, manifest: Manifest, view: str, rows_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
+def vector_blocks(folder: Path, manifest: Manifest, view: str,
+                  rows_per_block: int) -> Iterator[tuple[int, NDArray[np.float32]]]:
     """The view's vectors as (first row, block of rows), read into one small buffer that each block
     reuses (copy what you keep): for a reader that must not hold the whole matrix a second time."""
     with (folder / f"{view}.vectors.npy").open("rb") as fh:
-        version = np.lib.format.read_magic(fh)
+        version = _read_magic(fh)
         header = _NPY_HEADERS.get(version)
         if header is None:
             raise ValueError(f"snapshot {folder}: {view} vectors are in .npy format {version}, not 1.0 or 2.0")
@@ -230,15 +232,18 @@ def vector_blocks(folder: Path, manifest: Manifest, view: str, rows_per_block: i
         buffer = np.empty((max(1, min(rows_per_block, rows)), dim), dtype=np.float32)
         for start in range(0, rows, len(buffer)):
             block = buffer[:min(len(buffer), rows - start)]
-            if fh.readinto(memoryview(block).cast("B")) != block.nbytes:
+            if fh.readinto(block.data.cast("B")) != block.nbytes:
                 raise EOFError(f"snapshot {folder}: {view} vectors end before row {start + len(block)} of {rows}")
             yield start, block
 
 
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# numpy's stubs (lib/format.pyi) leave these untyped; typed here as numpy documents them.
+_read_magic: Callable[[BinaryIO], tuple[int, int]] = np.lib.format.read_magic
+_NPY_HEADERS: dict[tuple[int, int], Callable[[BinaryIO], tuple[tuple[int, ...], bool, np.dtype[Any]]]] = {
+    (1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _check_vectors(folder: Path, manifest: Manifest, view: str, shape: tuple[int, ...], dtype: np.dtype,
+def _check_vectors(folder: Path, manifest: Manifest, view: str, shape: tuple[int, ...], dtype: np.dtype[Any],
                    fortran_order: bool) -> None:
     if shape != (manifest.rows[view], manifest.dim) or dtype != np.float32 or fortran_order:
         raise ValueError(f"snapshot {folder}: {view} vectors are {dtype} {shape}"
@@ -246,8 +251,8 @@ def _check_vectors(folder: Path, manifest: Manifest, view: str, shape: tuple[int
                          f"{manifest.rows[view]} x {manifest.dim}")
 
 
-def read_members(folder: Path, manifest: Manifest, side: str) -> np.ndarray:
-    rows = np.load(folder / f"{side}.members.npy")
+def read_members(folder: Path, manifest: Manifest, side: str) -> NDArray[np.int64]:
+    rows: NDArray[np.int64] = np.load(folder / f"{side}.members.npy")  # as publish writes them
     items = manifest.rows[manifest.views[0]]
     if rows.shape != (items,) or (items and not -1 <= rows.min() <= rows.max() < manifest.rows[side]):
         raise ValueError(f"snapshot {folder}: {side} memberships do not fit {items} items and "

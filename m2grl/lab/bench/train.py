@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from m2grl.graphstore.reads import ViewRead
-from m2grl.ingest import datasets
+from m2grl.lab import datasets
+from m2grl.lab.evaluation import Case, leave_last_out, offline_settings, rank_scores, reads_from_events
 from m2grl.settings import Settings
-from m2grl.train.evaluation import Case, leave_last_out, offline_settings, rank_scores, reads_from_events
 from m2grl.train.trainer import Trainer
 from m2grl.views import ViewSet
 

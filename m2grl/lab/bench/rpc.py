@@ -1,7 +1,7 @@
 """`m2grl bench rpc`: latency and throughput of the server on a 1M × 64 snapshot, each method against
 an empty handler on the same server in the same run, then again while snapshots are swapped.
 
-Three processes, as in production: the server (`python -m m2grl.rpc.bench serve`, the real
+Three processes, as in production: the server (`python -m m2grl.lab.bench.rpc serve`, the real
 EmbeddingServer plus the Baseline service of protos/benchmark.proto), a publisher of a new
 snapshot version every second, and this process, the client. Latency comes from one call at a
 time; throughput from ``concurrency`` callers. Vectors are generated around many centres (the shape
@@ -35,10 +35,11 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from m2grl.console import stop_on_signals
+from m2grl.errors import RpcError
 from m2grl.protos import benchmark_pb2_grpc as baseline_grpc
 from m2grl.protos import embedding_pb2 as pb
 from m2grl.protos import embedding_pb2_grpc as pb_grpc
-from m2grl.errors import RpcError
 from m2grl.settings import Settings
 
 TARGET_EMBEDDINGS_RATIO = 0.7
@@ -64,7 +65,7 @@ def generated_vectors(rows: int, dim: int, seed: int) -> np.ndarray:
 
 
 def publish_generated(root: Path, version: int, vectors: np.ndarray, *, keep: int = 3) -> None:
-    from m2grl.train import snapshots
+    from m2grl import snapshots
 
     manifest = snapshots.Manifest(version=version, created_ms=int(time.time() * 1000), watermark_ms={},
                                   views=["item"], dim=vectors.shape[1], rows={"item": len(vectors)}, losses={},
@@ -75,7 +76,8 @@ def publish_generated(root: Path, version: int, vectors: np.ndarray, *, keep: in
 # -- the server and publisher processes ------------------------------------------------------------
 
 class _EmptyBaseline(baseline_grpc.BaselineServicer):
-    def GetEmbeddings(self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
+    def GetEmbeddings(self, request: pb.GetEmbeddingsRequest,
+                      context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
         return pb.GetEmbeddingsResponse()
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
@@ -83,7 +85,6 @@ class _EmptyBaseline(baseline_grpc.BaselineServicer):
 
 
 def _serve(root: Path, port: int) -> None:
-    from m2grl.cli import stop_on_signals
     from m2grl.rpc.server import EmbeddingServer
     from m2grl.settings import load_settings
 
@@ -97,7 +98,7 @@ def _serve(root: Path, port: int) -> None:
 def _evolving(root: Path) -> Iterator[tuple[int, np.ndarray]]:
     """The versions after ``root``'s current one, as incremental training makes them: a share of rows
     moved, some ids appended."""
-    from m2grl.train import snapshots
+    from m2grl import snapshots
 
     snapshot = snapshots.load(root)
     vectors, version = snapshot.vectors["item"], snapshot.manifest.version
@@ -145,7 +146,7 @@ def _release_every_second(root: Path, staged: Path, seconds: float) -> None:
     """Moves the staged versions in, deleting none: deleting a version is the publisher's work (here
     it took the server's calls from a slowest 12 ms to 90–310 ms: 260 MB a second freed on a disk
     mounted with `discard`, and the host took the CPU back), measured in the publisher's phase."""
-    from m2grl.train import snapshots
+    from m2grl import snapshots
 
     staged_versions = sorted(snapshots.read_manifest(folder).version
                              for folder in (staged / snapshots.VERSIONS).iterdir() if folder.name.startswith("v"))
@@ -214,6 +215,7 @@ def drive(call: Callable[[int], int], seconds: float, concurrency: int) -> Load:
     ends = time.perf_counter() + seconds
 
     def caller(offset: int) -> None:
+        failures: dict[str, int]
         latencies, failures, went_back, last, n = [], {}, 0, 0, offset
         while time.perf_counter() < ends:
             started = time.perf_counter()
@@ -249,7 +251,8 @@ class _Calls:
         rng = np.random.default_rng(seed)
         self.service = pb_grpc.EmbeddingServiceStub(channel)
         self.baseline = baseline_grpc.BaselineStub(channel)
-        self.embeddings = [pb.GetEmbeddingsRequest(view="item", ids=[f"item-{n}" for n in rng.integers(0, rows, IDS_PER_CALL)])
+        self.embeddings = [pb.GetEmbeddingsRequest(view="item",
+                                                   ids=[f"item-{n}" for n in rng.integers(0, rows, IDS_PER_CALL)])
                            for _ in range(512)]
         self.queries = rng.integers(0, rows, 512)
         self.similar = [pb.SimilarItemsRequest(view="item", id=f"item-{n}", k=K) for n in self.queries]
@@ -305,8 +308,8 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
     """Each throughput phase runs ``rounds`` times, a handler and its empty baseline taking turns:
     the machine's speed drifts within a minute (one 5 s phase pair gave ratios from 0.7 to 1.2 on
     unchanged code), and interleaving exposes both to the same drift."""
+    from m2grl import snapshots
     from m2grl.services.launcher import free_port
-    from m2grl.train import snapshots
 
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
     env = {**os.environ, "M2GRL_CONFIG": os.environ.get("M2GRL_CONFIG", "")}
@@ -316,7 +319,8 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
         vectors = generated_vectors(rows, dim, seed=1)
         publish_generated(root, 1, vectors)
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "m2grl.rpc.bench", "serve", str(root), "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "m2grl.lab.bench.rpc", "serve", str(root),
+                                   "--port", str(port)],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)])
@@ -360,7 +364,7 @@ def run_rpc_bench(settings: Settings, *, rows: int = 1_000_000, dim: int = 64, s
 
 
 def _helper(role: str, root: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "m2grl.rpc.bench", role, str(root), *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "m2grl.lab.bench.rpc", role, str(root), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -415,7 +419,8 @@ def _report(measured: dict[tuple[str, int], dict], concurrency: int, recall: flo
     idle_p99 = max(measured["embeddings", 1]["p99_ms"], measured["similar", 1]["p99_ms"])
     return {
         "snapshot": {"rows": rows, "dim": dim, "first_load_s": round(load_s, 1)},
-        "one_at_a_time": {kind: measured[kind, 1] for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")},
+        "one_at_a_time": {kind: measured[kind, 1]
+                          for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")},
         f"{concurrency}_callers": {kind: measured[kind, concurrency]
                                    for kind in ("empty-embeddings", "embeddings", "empty-similar", "similar")},
         "qps_ratio_to_empty": {"embeddings": ratio("embeddings"), "similar": ratio("similar")},

@@ -11,7 +11,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from m2grl.errors import ConfigError, M2grlError
@@ -68,7 +68,7 @@ def _taobao(path: Path) -> Iterator[Event]:
 def _rees46(path: Path) -> Iterator[Event]:
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
-            moment = datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
+            moment = datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
             side = {"category": row["category_id"]}
             if row.get("brand"):
                 side["brand"] = row["brand"]
@@ -137,7 +137,7 @@ def load_events(path: Path, fmt: str, layout: CsvLayout | None = None) -> list[E
         events = list(_csv(path, layout))
     else:
         raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    events.sort(key=lambda e: e.time_ms)
+    events.sort(key=lambda e: e.event_time_ms)
     return events
 
 

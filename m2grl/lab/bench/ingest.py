@@ -26,11 +26,11 @@ from m2grl.graphstore import GraphStore
 from m2grl.graphstore.maintenance import wipe_graph
 from m2grl.graphstore.model import PartitionMark, SessionState
 from m2grl.graphstore.writes import BehaviorGraphWriter
-from m2grl.ingest import datasets
 from m2grl.ingest.consumer import create_topics
 from m2grl.ingest.events import Event, EventRules, decode
 from m2grl.ingest.replay import replay
 from m2grl.ingest.sessions import extract
+from m2grl.lab import datasets
 from m2grl.services.launcher import throwaway_stack
 from m2grl.settings import Settings, settings_env
 

@@ -108,7 +108,7 @@ class FreshnessProbes:
         out = {}
         for kind in KINDS:
             probes = [p for p in self.probes if p.kind == kind]
-            times = sorted(p.fresh_after_s for p in probes if not p.pending)
+            times = sorted(p.fresh_after_s for p in probes if p.fresh_after_s is not None)  # not pending
             out[kind] = {"probes": len(probes), "never_fresh": len(probes) - len(times),
                          "p50_s": _quantile(times, 0.5), "p95_s": _quantile(times, 0.95),
                          "max_s": round(times[-1], 2) if times else None}

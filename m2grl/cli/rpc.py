@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from m2grl.cli import above_zero, at_least_one
+from m2grl.console import above_zero, at_least_one, format_utc, print_json, stop_on_signals
 from m2grl.errors import ConfigError
 from m2grl.settings import Settings
 
@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import stop_on_signals
     from m2grl.metrics import serve_metrics
     from m2grl.rpc.server import EmbeddingServer
 
@@ -35,8 +34,6 @@ def _client(args: argparse.Namespace, settings: Settings) -> EmbeddingClient:
 
 
 def _query_embed(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-
     with _client(args, settings) as client:
         answer = client.embeddings(args.view, args.ids)
     if args.json:
@@ -59,8 +56,6 @@ def _parse_vector(text: str) -> list[float]:
 
 
 def _query_similar(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-
     if (args.id is None) == (args.vector is None):
         raise ConfigError("give exactly one of ID and --vector")
     with _client(args, settings) as client:
@@ -77,8 +72,6 @@ def _query_similar(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _query_recommend(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-
     with _client(args, settings) as client:
         answer = client.recommend(args.recent, k=args.k, diversity=args.diversity)
     if args.json:
@@ -95,8 +88,6 @@ def _query_recommend(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _query_info(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import format_utc, print_json
-
     with _client(args, settings) as client:
         info = client.info()
     if args.json:
@@ -114,8 +105,6 @@ def _query_info(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _query_watch(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import format_utc, print_json
-
     with _client(args, settings) as client:
         for count, event in enumerate(client.watch(timeout=args.seconds), 1):
             if args.json:
@@ -177,8 +166,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from m2grl.cli import print_json
-    from m2grl.rpc.bench import run_rpc_bench
+    from m2grl.lab.bench.rpc import run_rpc_bench
 
     report = run_rpc_bench(settings, rows=args.rows, dim=args.dim, seconds=args.seconds,
                            concurrency=args.concurrency, rounds=args.rounds, swap_seconds=args.swap_seconds,
@@ -219,9 +207,11 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
     bench.add_argument("--rows", type=at_least_one, default=1_000_000, help="items in the snapshot (default 1,000,000)")
     bench.add_argument("--dim", type=at_least_one, default=64, help="dimensions (default 64)")
     bench.add_argument("--seconds", type=above_zero, default=5.0, help="seconds per measured phase (default 5)")
-    bench.add_argument("--concurrency", type=at_least_one, default=4, help="callers for the throughput phases (default 4)")
+    bench.add_argument("--concurrency", type=at_least_one, default=4,
+                       help="callers for the throughput phases (default 4)")
     bench.add_argument("--rounds", type=at_least_one, default=3,
                        help="throughput phases per handler, taking turns with its empty baseline (default 3)")
-    bench.add_argument("--swap-seconds", type=above_zero, default=20.0, help="seconds of calls during swaps (default 20)")
+    bench.add_argument("--swap-seconds", type=above_zero, default=20.0,
+                       help="seconds of calls during swaps (default 20)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)

@@ -1,0 +1,1 @@
+"""The benchmarks behind `m2grl bench`: each measures its baseline in the same run and prints JSON."""

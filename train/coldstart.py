@@ -1,0 +1,158 @@
+"""Vectors from side views, and the cold-start lane.
+
+An item that the item view's walks say little about (new to the tables, or without a transition of
+its own) starts from its side views instead: from the items that share its side values.
+
+With ``cold_start`` on, brand-new items do not wait for a round: about every
+``train.cold_start_interval_s`` the trainer reads the memberships linked since it last looked, gives
+each new item whose side values it knows a vector from them, and publishes a version that appends
+those rows to the last one (``snapshots.publish_appended``). During a round this happens between its
+steps, in the round's own thread; between rounds a caller's thread does it under the trainer's
+``busy`` lock. Either way one thread at a time touches the id maps, so rows stay append-only across
+every version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from m2grl.graphstore import GraphStore
+from m2grl.graphstore.reads import read_memberships
+from m2grl.settings import TrainSettings
+from m2grl.train import metrics
+from m2grl.train.mirror import Mirrors, ViewGraph
+from m2grl.train.model import M2GRL
+from m2grl.train.publishing import Appended, Publisher
+from m2grl.views import View
+
+
+@torch.no_grad()
+def side_view_vectors(model: M2GRL, mirrors: Mirrors, values: Mapping[str, Tensor],
+                      peers: Tensor) -> tuple[Tensor, Tensor]:
+    """Vectors for items with the given side values (per side view, one value row per item, -1:
+    none), and which items got one. Per side value: the mean input vector of the ``peers`` that
+    share it, or, where the value has no peers yet, the value's context vector (which the
+    alignment projection maps to the same point, so the item scores highest against its own
+    value); averaged over the side views."""
+    table = model.inputs[mirrors.item].weight
+    count = len(next(iter(values.values()))) if values else 0
+    guesses = torch.zeros(count, table.shape[1])
+    sources = torch.zeros(count)
+    for side, value in values.items():
+        lookup = mirrors.memberships.lookup(side, model.shape.rows[0])
+        contexts = model.contexts[side].weight
+        is_peer = torch.zeros(len(lookup), dtype=torch.bool)
+        shared = min(len(peers), len(lookup))
+        is_peer[:shared] = peers[:shared]
+        linked = is_peer & (lookup >= 0)
+        # Mean vector of the peers per side value, for all values at once.
+        sums = torch.zeros(len(contexts), table.shape[1]).index_add_(0, lookup[linked], table[linked])
+        counts = torch.zeros(len(contexts)).index_add_(0, lookup[linked], torch.ones(int(linked.sum())))
+        has_value = (value >= 0) & (value < len(contexts))
+        value = torch.where(has_value, value, 0)
+        peer_mean = sums[value] / counts[value].clamp(min=1).unsqueeze(-1)
+        from_peers = has_value & (counts[value] > 0)
+        from_context = has_value & ~from_peers & (contexts[value].abs().sum(-1) > 0)
+        guess = torch.where(from_peers.unsqueeze(-1), peer_mean, contexts[value])
+        usable = from_peers | from_context
+        guesses[usable] += guess[usable]
+        sources += usable.float()
+    covered = sources > 0
+    guesses[covered] /= sources[covered].unsqueeze(-1)
+    return guesses, covered
+
+
+@torch.no_grad()
+def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, peers: Tensor) -> None:
+    """Give each item in ``rows`` a vector from its side views (see ``side_view_vectors``); the
+    ``peers`` are a boolean mask over items."""
+    if len(rows) == 0:
+        return
+    values = {side: mirrors.memberships.lookup(side, model.shape.rows[0])[rows] for side in mirrors.memberships.sides}
+    guesses, covered = side_view_vectors(model, mirrors, values, peers)
+    model.inputs[mirrors.item].weight[rows[covered]] = guesses[covered]
+
+
+def walked(graph: ViewGraph) -> Tensor:
+    """Which rows of ``graph`` have a transition of their own (their vectors learn from walks)."""
+    return (graph.graph.in_degrees() + graph.graph.out_degrees()) > 0
+
+
+def cover_items_without_walks(model: M2GRL, mirrors: Mirrors) -> None:
+    """Items with no transition of their own (seen once, or only through a membership) learn
+    nothing from the item view's walks; serve them their side views' vector instead."""
+    items_walked = walked(mirrors.graphs[mirrors.item])
+    start_from_side_views(model, mirrors, torch.nonzero(~items_walked).flatten(), peers=items_walked)
+
+
+class ColdStartLane:
+    """The trainer's lane for brand-new items (see above): when it looks next, how far it has read
+    each side view's memberships, and the vectors it gave the item rows it appended."""
+
+    def __init__(self, cfg: TrainSettings, mirrors: Mirrors, store_for: Callable[[View], GraphStore], *,
+                 every_s: float) -> None:
+        """``every_s``: seconds between looks, 0: the lane is off (the trainer still admits new
+        items when asked)."""
+        self.cfg = cfg
+        self.mirrors = mirrors
+        self.store_for = store_for
+        self.every_s = every_s
+        self.due_at = 0.0  # time.monotonic() of the next look
+        self.since: dict[str, int] = {}  # per side view: database time of the last membership read
+        # Item rows appended since the model's tables were last grown: row -> the vector published for it.
+        self.pending: dict[int, Tensor] = {}
+
+    def due(self) -> bool:
+        return bool(self.every_s) and time.monotonic() >= self.due_at
+
+    def admit(self, model: M2GRL | None, watermarks: Mapping[str, int], publisher: Publisher, *,
+              last_version: int) -> Appended | None:
+        """Publish brand-new items with a first vector from their side views, in a version after
+        ``last_version``; None where nothing was published (no aligning model or no version yet, or
+        no new item whose side values have a vector)."""
+        self.due_at = time.monotonic() + self.every_s
+        if model is None or not model.aligns or not publisher.rows:
+            return None
+        self._append(model, self._new_items(watermarks))
+        appended = publisher.publish_new_items(model, self.mirrors, self.pending, last_version=last_version)
+        if appended is not None:
+            metrics.COLD_START_ITEMS.inc(appended.items)
+            metrics.SNAPSHOT_VERSION.set(appended.version)
+        return appended
+
+    def _new_items(self, watermarks: Mapping[str, int]) -> dict[str, dict[str, int]]:
+        """Items linked to a side value since the last look that have no row yet: per item, the
+        row of its value in each side view whose value the tables already hold."""
+        known = self.mirrors.graphs[self.mirrors.item].ids.index
+        overlap_ms = int(self.cfg.cold_start_overlap_s * 1000)
+        found: dict[str, dict[str, int]] = {}
+        for view in self.mirrors.views[1:]:
+            since = self.since.get(view.name, watermarks.get(view.name, 0))
+            read = read_memberships(self.store_for(view), view, since - overlap_ms)
+            self.since[view.name] = read.watermark_ms
+            values = self.mirrors.graphs[view.name].ids.index
+            for item, value in zip(read.member_items, read.member_values):
+                row = values.get(value)
+                if item not in known and row is not None:
+                    found.setdefault(item, {})[view.name] = row
+        return found
+
+    def _append(self, model: M2GRL, found: dict[str, dict[str, int]]) -> None:
+        """Rows for the new items that their side views give a vector; the rest wait for a round."""
+        if not found:
+            return
+        memberships = self.mirrors.memberships
+        items = list(found)
+        values = {side: torch.tensor([found[item].get(side, -1) for item in items]) for side in memberships.sides}
+        item_graph = self.mirrors.graphs[self.mirrors.item]
+        guesses, covered = side_view_vectors(model, self.mirrors, values, walked(item_graph))
+        admitted = [item for item, ok in zip(items, covered.tolist()) if ok]
+        rows = item_graph.ids.add(admitted).tolist()
+        for item, row, vector in zip(admitted, rows, guesses[covered]):
+            self.pending[row] = vector
+            for side, value in found[item].items():
+                memberships.link(side, [row], [value])

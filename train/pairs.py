@@ -1,0 +1,117 @@
+"""What a round trains on: walks over each view's mirrored graph, the skip-gram pairs of their
+windows (plus, in an incremental round, the item transitions the round changed), negative samplers
+over the walk corpus, and (item, side value) alignment pairs.
+
+A task's pairs are (left, right) row tensors, keyed by the task's name: ``intra:<view>`` for a
+view's skip-gram pairs, ``inter:<side view>`` for the alignment of items with their side values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from m2grl.settings import TrainSettings
+from m2grl.train.mirror import Memberships, ViewGraph
+from m2grl.train.model import M2GRL, ModelShape
+from m2grl.train.pace import Pace
+from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, reverse_walks, skipgram_pairs
+
+Pairs = tuple[Tensor, Tensor]
+
+
+def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[str, Tensor],
+               new_rows: Mapping[str, int], pace: Pace, cfg: TrainSettings, *, seed: int,
+               generator: torch.Generator) -> dict[str, Tensor]:
+    """Walks from every node (a full round's ``pace``), or, in an incremental round, from the touched
+    nodes (plus a replay share of the rest) along the transitions and from the ``new_rows``
+    last rows of each view against them. Only views the ``model`` trains on are walked; ``seed``
+    is the round's."""
+    # Seeded per round: reruns reproduce, and methods compared on one graph walk it identically.
+    dgl.seed(seed)
+    length = pace.walk_length
+    table_rows = dict(zip(model.shape.views, model.shape.rows))
+    walks = {}
+    for view, graph in graphs.items():
+        n = graph.graph.num_nodes()
+        if n == 0 or f"intra:{view}" not in model.tasks:
+            continue
+        if pace.everything:
+            starts = torch.arange(n)
+        else:
+            starts = touched.get(view, torch.empty(0, dtype=torch.long))
+            replay = int(len(starts) * cfg.replay_share)
+            if replay:
+                starts = torch.cat([starts, torch.randint(0, n, (replay,), generator=generator)])
+        parts = []
+        if len(starts):
+            parts.append(random_walks(graph.graph, starts.repeat(pace.walks_per_node), length,
+                                      p=cfg.node2vec_p, q=cfg.node2vec_q))
+        if not pace.everything and cfg.new_node_reverse_walks and new_rows.get(view):
+            rows = table_rows[view]
+            new = torch.arange(rows - new_rows[view], min(n, rows))
+            if len(new):
+                parts.append(reverse_walks(graph.graph, new.repeat(cfg.new_node_reverse_walks), length))
+        if parts:
+            walks[view] = torch.cat(parts)
+    return walks
+
+
+def intra_view_pairs(walks: Mapping[str, Tensor], window: int) -> dict[str, Pairs]:
+    """Each walked view's skip-gram pairs."""
+    return {f"intra:{view}": skipgram_pairs(w, window) for view, w in walks.items()}
+
+
+def with_changed_transitions(centers: Tensor, contexts: Tensor, changed: list[Pairs], *, repeats: int,
+                             max_share: float) -> Pairs:
+    """The item walks' pairs plus each item transition this round added or re-weighted, both
+    ways, ``repeats`` (``train.changed_edge_repeats``) times, fewer where that would exceed
+    ``max_share`` (``train.changed_edge_max_share``) of the walk pairs (a dense log changes so many
+    transitions that the round outgrew a rebuild), but once at least. A walk from a touched node
+    takes a new transition with the probability of one count among its out-transitions', so without
+    these the round trained little on what was new, and lowered HR@20 below the model it started
+    from (BENCHMARKS.md)."""
+    if not repeats or not changed:
+        return centers, contexts
+    src = torch.cat([s for s, _ in changed])
+    dst = torch.cat([d for _, d in changed])
+    loops = src == dst
+    src, dst = src[~loops], dst[~loops]
+    affordable = int(max_share * len(centers) / max(2 * len(src), 1))
+    repeats = max(1, min(repeats, affordable))
+    src, dst = src.repeat(repeats), dst.repeat(repeats)
+    return torch.cat([centers, src, dst]), torch.cat([contexts, dst, src])
+
+
+def negative_samplers(walks: Mapping[str, Tensor], shape: ModelShape) -> dict[str, NegativeSampler]:
+    """Per walked view, negatives by how often each node occurs in the round's walks (plus one, so
+    every row can be drawn)."""
+    # Sized by the tables, not the id maps: the cold-start lane may append ids during the round.
+    rows = dict(zip(shape.views, shape.rows))
+    return {view: NegativeSampler(node_counts(w, rows[view]) + 1) for view, w in walks.items()}
+
+
+def alignment_pairs(memberships: Memberships, item: str, item_rows: int, touched: Mapping[str, Tensor],
+                    walks: Mapping[str, Tensor], samplers: Mapping[str, NegativeSampler],
+                    pace: Pace) -> dict[str, Pairs]:
+    """(item, its side value) for every linked item of this round among the first ``item_rows``,
+    the ``pace``'s alignment repeats times: all items in a full round; in an incremental one, those
+    touched or walked through. Per item rather than per walk occurrence, so a rarely seen
+    item gets as much pull towards its side values as a popular one (for which it is a
+    negligible share of its updates). A side view without negatives (not walked) gets none."""
+    item_walks = walks.get(item, torch.empty(0, dtype=torch.long))
+    in_round = torch.cat([touched.get(item, torch.empty(0, dtype=torch.long)), item_walks.reshape(-1)])
+    out = {}
+    for side in memberships.sides:
+        lookup = memberships.lookup(side, item_rows)
+        items = torch.nonzero(lookup >= 0).flatten()
+        if not pace.everything:
+            mask = torch.zeros(len(lookup), dtype=torch.bool)
+            mask[in_round[in_round >= 0]] = True
+            items = items[mask[items]]
+        if len(items) and side in samplers:
+            items = items.repeat(pace.alignment_repeats)
+            out[f"inter:{side}"] = (items, lookup[items])
+    return out
