@@ -62,7 +62,9 @@ def test_a_member_without_heartbeats_rejoins_and_keeps_applying(
         worker.join(timeout=60)
     assert not worker.is_alive(), "the consumer must stop when asked"
     assert sum(applied) == len(events)
-    assert len(clients) == 2, f"one rejoin expected, saw {len(clients) - 1}"
+    # At least one rejoin: on a busy machine the fresh client can miss heartbeats too and rejoin
+    # again; what must hold is that every event was applied once (above), not the number of retries.
+    assert len(clients) >= 2, "the silent member never rejoined"
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, failure: str) -> None:
