@@ -292,7 +292,16 @@ class TrainSettings(_Section):
         Path(".m2grl/snapshots"),
         description="Where versioned snapshots and checkpoints are published.",
     )
-    keep_snapshots: int = Field(5, ge=1, description="Snapshot versions kept; older ones are deleted after a publish.")
+    keep_snapshots: int = Field(5, ge=1, description="Snapshot versions kept; older ones are deleted after a publish "
+                                "(with every base and delta one of them needs).")
+    compact_share: float = Field(
+        0.5, gt=0,
+        description="Fold a version's deltas into a new base, in the background, once they hold this share of its "
+        "base's bytes: a fresh reader then reads at most 1.5 bases, and each delta byte is written about "
+        "(1 + share) / share times in all.",
+    )
+    compact_max_deltas: int = Field(
+        200, ge=1, description="... or once a version has this many deltas (each is a few files to open).")
     seed: int = Field(0, description="Seed of walks, negatives and initialisation.")
     metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus metrics port of `m2grl train` (0: off).")
     metrics_host: str = Field("127.0.0.1", description="Address the trainer's metrics endpoint binds to.")

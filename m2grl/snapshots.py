@@ -1,40 +1,66 @@
-"""Versioned snapshots, published atomically: readers never see a half-written one.
+"""Versioned snapshots: a version is a base plus the deltas since, published atomically, so a
+round writes what it changed and a reader never sees a half-written version.
 
-Layout (format 2):
+Layout (format 3):
 
     <snapshot_dir>/
-      CURRENT                      the live version's name, replaced atomically (write, fsync, rename)
-      versions/v000042/            immutable once renamed into place
-        manifest.json              version, time, watermark, views, dims, per-task losses and σ²
-        <view>.ids.jsonl           external ids, one JSON string per line: line i names row i. Rows
-                                   are append-only across versions, so each file extends the last
-                                   one's and a reader that has it can read only the new tail
-        <view>.vectors.npy         float32 (rows, dim): the input vectors U, what serving uses
-        <side>.members.npy         int64 (item rows,): row of each item's value in side view <side>, -1 if none
-        checkpoint.pt              model state and trainer state, for warm starts; a version that
-                                   only appended new items links its base version's checkpoint
+      CURRENT                  the live version's name ("v000042"), replaced atomically
+      versions/v000042.json    a version's manifest: rows, watermarks, losses, and its chain: the
+                               segments that make it, a base first, then deltas in publishing order
+      segments/b000040/        a base: every row of every view as of version 40
+      segments/d000041/        a delta: only the rows version 41 changed or appended
+      .lock                    held (flock) while a segment goes live, a chain is rewritten or
+                               anything is deleted
 
-A publish writes everything into a hidden temporary folder, fsyncs it, renames it to its version
-name, then points CURRENT at it; versions beyond the newest ``keep`` are deleted afterwards.
+A segment folder (immutable once renamed into place):
+
+    segment.json               SegmentInfo: its version, rows before and after per view, counts
+    <view>.ids.jsonl           the ids of the rows it appends, one JSON string per line: rows are
+                               append-only, so a version's ids are its chain's files end to end
+    <view>.rows.npy            int64, ascending: the rows it holds (a delta; a base holds them all)
+    <view>.vectors.npy         float32 (rows held, dim): the input vectors U, what serving uses
+    <view>.state_rows.npy      int64, ascending: the rows whose trainer state it holds (a delta), ...
+    <view>.contexts.npy        ... float32 (k, dim), their context vectors, and
+    <view>.squares.npy         float32 (k, 2), both tables' Adagrad accumulators: where the segment
+                               carries the model. Not the rows of the vectors: a step moves the
+                               context rows of its negatives but not their input vectors, and rows
+                               the cold-start lane appended have vectors but no table rows yet
+    <side>.members.npy         int64: the side-view value row of items (-1: none) ...
+    <side>.members.rows.npy    ... of these item rows (a delta; a base holds every item's)
+    model.pt                   the dense parameters, shape and watermarks (torch), where carried
+
+Publishing writes a segment into a hidden folder, fsyncs it, and then, under the lock, renames it
+into place, writes the version's manifest and points CURRENT at it. Compaction folds a chain into a
+new base for the same version, off to the side, and swaps it into the chains of the versions that
+use it under the lock. Retention keeps the newest ``keep`` versions and every segment one of them
+needs; nothing else. A kill at any point leaves the last complete version current; what it left
+half-written is hidden, and deleted by a later prune.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CURRENT = "CURRENT"
 VERSIONS = "versions"
+SEGMENTS = "segments"
+LOCK = ".lock"
+STALE_STAGING_S = 3600  # a hidden folder this old is a crashed writer's, never a live one's
+FOLD_BLOCK_ROWS = 65536
 
 
 @dataclass(frozen=True)
@@ -48,8 +74,13 @@ class Manifest:
     losses: dict[str, float]
     sigma2: dict[str, float]
     new_ids: dict[str, int] = field(default_factory=dict)
-    # Side views whose item memberships the snapshot holds (<side>.members.npy).
-    members: list[str] = field(default_factory=list)
+    # Rows the version's own segment rewrote per view, beside the new_ids it appended.
+    changed: dict[str, int] = field(default_factory=dict)
+    # Side views whose item memberships the snapshot holds.
+    sides: list[str] = field(default_factory=list)
+    chain: list[str] = field(default_factory=list)  # set by publish
+    # Set by publish: shared by every version whose rows extend the one before (a reader keeps its ids).
+    lineage: str = ""
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -59,9 +90,85 @@ class Manifest:
             raise ValueError(f"snapshot format {data.get('format_version')} is not {FORMAT_VERSION}")
         return cls(**data)
 
+    @property
+    def segment(self) -> str:
+        """The version's own segment: the last of its chain."""
+        return self.chain[-1]
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """What segment.json says of a segment."""
+
+    name: str
+    version: int
+    base: bool
+    dim: int
+    first: dict[str, int]  # per view: the rows before it, where its ids start (0 in a base)
+    rows: dict[str, int]  # per view: the rows after it
+    held: dict[str, int]  # per view: the rows it holds vectors of
+    state: dict[str, int]  # per view: the rows it holds the trainer's state of
+    table_rows: dict[str, int] | None  # the model's table rows per view, where it carries the model
+    members: dict[str, int]  # per side view: the memberships it holds
+
+    @classmethod
+    def read(cls, folder: Path) -> SegmentInfo:
+        return cls(**json.loads((folder / "segment.json").read_text()))
+
+
+@dataclass
+class ViewChange:
+    """One view's part of a segment: the ids it appends (rows ``first``.. on), the vectors of
+    ``rows`` (ascending; None: every row, a base) and, where the segment carries the model, the
+    context vectors and the (input, context) Adagrad accumulators of ``state_rows`` (ascending;
+    None in a base: the first len(contexts) rows)."""
+
+    ids: list[str]
+    vectors: NDArray[np.float32]
+    rows: NDArray[np.int64] | None = None
+    contexts: NDArray[np.float32] | None = None
+    squares: NDArray[np.float32] | None = None
+    state_rows: NDArray[np.int64] | None = None
+
+
+@dataclass
+class MembershipChange:
+    """One side view's memberships in a segment: the value row (-1: none) of ``items`` (None: of
+    every item, a base)."""
+
+    values: NDArray[np.int64]
+    items: NDArray[np.int64] | None = None
+
+
+@dataclass
+class Segment:
+    """What one publish writes. ``model``: the dense parameters, shape and watermarks (torch-saved)
+    and ``table_rows`` the model's table rows per view, where the segment carries the model."""
+
+    views: dict[str, ViewChange]
+    memberships: dict[str, MembershipChange] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    table_rows: dict[str, int] | None = None
+
+    @property
+    def base(self) -> bool:
+        return all(change.rows is None for change in self.views.values())
+
+
+# -- file system ---------------------------------------------------------------------------------
+
 
 def _name(version: int) -> str:
     return f"v{version:06d}"
+
+
+def segment_name(version: int, *, base: bool) -> str:
+    return f"{'b' if base else 'd'}{version:06d}"
+
+
+def segment_version(name: str) -> int:
+    """The version whose state a segment completes (b000040 and d000040: version 40)."""
+    return int(name[1:])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -72,11 +179,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, write: Any) -> None:
+def _write_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
     with path.open("wb") as fh:
         write(fh)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _save(path: Path, array: NDArray[Any], dtype: type) -> None:
+    _write_file(path, lambda fh: np.save(fh, np.ascontiguousarray(array, dtype=dtype)))
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one."""
+    staged = path.with_name(f".{path.name}.tmp")
+    _write_file(staged, lambda fh: fh.write(data))
+    staged.replace(path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """The snapshot folder's lock: one publish, compaction commit or prune at a time, across
+    threads and processes (each holder opens the file itself, so flock excludes them all)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK).open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _staging(parent: Path, name: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
 
 
 def current_version(root: Path) -> int | None:
@@ -86,98 +225,289 @@ def current_version(root: Path) -> int | None:
         return None
 
 
-def version_dir(root: Path, version: int) -> Path:
-    return root / VERSIONS / _name(version)
+def manifest_path(root: Path, version: int) -> Path:
+    return root / VERSIONS / f"{_name(version)}.json"
 
 
-def publish(root: Path, manifest: Manifest, vectors: dict[str, NDArray[Any]], ids: dict[str, list[str]],
-            checkpoint: Any, *, keep: int, members: dict[str, NDArray[Any]] | None = None) -> Path:
-    """Write a new version and make it current, atomically. Returns its folder. ``members``: per
-    side view, the row of each item's value there (-1: none); the manifest must list them."""
-    import torch  # only publishing needs torch; readers of snapshots do not
-
-    staging = _staging(root, manifest.version)
-    for view, matrix in vectors.items():
-        _write_file(staging / f"{view}.vectors.npy", lambda fh, m=matrix: np.save(fh, m.astype(np.float32)))
-        _write_file(staging / f"{view}.ids.jsonl", lambda fh, v=view: fh.write(encode_ids(ids[v])))
-    for side, rows in (members or {}).items():
-        _write_file(staging / f"{side}.members.npy", lambda fh, r=rows: np.save(fh, r.astype(np.int64)))
-    _write_file(staging / "checkpoint.pt", lambda fh: torch.save(checkpoint, fh))
-    return _make_current(root, staging, manifest, keep)
+def segment_dir(root: Path, name: str) -> Path:
+    return root / SEGMENTS / name
 
 
-def publish_appended(root: Path, base: int, manifest: Manifest, view: str, ids: list[str], vectors: NDArray[Any],
-                     members: dict[str, NDArray[Any]], *, keep: int) -> Path:
-    """Publish version ``base`` with rows appended to ``view``: its ``ids`` and ``vectors`` and, for
-    the item view, each new item's value row per side view in ``members``. Every other file is
-    hard-linked from ``base``, the checkpoint included (it stays the base's model, whose tables the
-    next round grows). This is how new items become servable between training rounds."""
-    source = version_dir(root, base)
-    staging = _staging(root, manifest.version)
-    extended = {f"{view}.vectors.npy", f"{view}.ids.jsonl", *(f"{side}.members.npy" for side in members)}
-    for path in source.iterdir():
-        if path.name not in extended and path.name != "manifest.json":
-            os.link(path, staging / path.name)
-    old = np.load(source / f"{view}.vectors.npy", mmap_mode="r")
-    _write_file(staging / f"{view}.vectors.npy",
-                lambda fh: np.save(fh, np.concatenate([old, vectors.astype(np.float32)])))
-    known = (source / f"{view}.ids.jsonl").read_bytes()
-    _write_file(staging / f"{view}.ids.jsonl", lambda fh: fh.write(known + encode_ids(ids)))
-    for side, rows in members.items():
-        before = np.load(source / f"{side}.members.npy")
-        _write_file(staging / f"{side}.members.npy",
-                    lambda fh, b=before, r=rows: np.save(fh, np.concatenate([b, r.astype(np.int64)])))
-    return _make_current(root, staging, manifest, keep)
+def read_manifest(root: Path, version: int) -> Manifest:
+    return Manifest.from_json(manifest_path(root, version).read_text())
 
 
-def adopt(root: Path, folder: Path, *, keep: int) -> Path:
-    """Make a complete version folder published under another root (on the same file system)
-    current in ``root``, by renaming it in: publishing without writing, for versions written ahead."""
-    manifest = read_manifest(folder)
-    staging = _staging(root, manifest.version)
-    staging.rmdir()
-    folder.rename(staging)
-    return _make_current(root, staging, manifest, keep)
+def read_current(root: Path) -> Manifest | None:
+    """The current version's manifest, or None before a first publish."""
+    version = current_version(root)
+    return None if version is None else read_manifest(root, version)
 
 
-def _staging(root: Path, version: int) -> Path:
-    versions = root / VERSIONS
-    versions.mkdir(parents=True, exist_ok=True)
-    staging = versions / f".tmp-{_name(version)}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
+def segment_infos(root: Path, manifest: Manifest) -> list[SegmentInfo]:
+    return [SegmentInfo.read(segment_dir(root, name)) for name in manifest.chain]
 
 
-def _make_current(root: Path, staging: Path, manifest: Manifest, keep: int) -> Path:
-    """Add the manifest, rename the staged folder to its version and point CURRENT at it."""
-    versions = root / VERSIONS
-    final = versions / _name(manifest.version)
-    _write_file(staging / "manifest.json", lambda fh: fh.write(json.dumps(asdict(manifest), indent=2).encode()))
-    _fsync_dir(staging)
+def published_versions(root: Path) -> list[int]:
+    folder = root / VERSIONS
+    if not folder.exists():
+        return []
+    return sorted(int(path.stem.lstrip("v")) for path in folder.glob("v*.json"))
+
+
+# -- publishing ----------------------------------------------------------------------------------
+
+
+def publish(root: Path, manifest: Manifest, segment: Segment, *, keep: int) -> Manifest:
+    """Write ``segment`` and make ``manifest``'s version current, atomically; returns the manifest
+    as published (its chain and lineage set). A base starts a chain; a delta extends the current
+    version's and must hold every row appended since it, and ``manifest.rows`` must count them."""
+    previous = read_current(root)
+    if not segment.base and previous is None:
+        raise ValueError("a delta needs a version to extend; publish a base first")
+    first = {view: 0 if segment.base else previous.rows.get(view, 0)  # type: ignore[union-attr]
+             for view in segment.views}
+    name = segment_name(manifest.version, base=segment.base)
+    staging = _staging(root / SEGMENTS, name)
+    info = _write_segment(staging, name, manifest, segment, first)
+    with _locked(root):
+        latest = read_current(root)  # a compaction may have rewritten its chain meanwhile
+        if not segment.base and (latest is None or latest.version != previous.version  # type: ignore[union-attr]
+                                 or latest.rows != previous.rows):  # type: ignore[union-attr]
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ValueError("the current version changed while a delta on it was written")
+        chain = [name] if segment.base or latest is None else [*latest.chain, name]
+        lineage = (latest.lineage if latest is not None and (not segment.base or _extends(latest, info))
+                   else uuid.uuid4().hex)
+        published = replace(manifest, chain=chain, lineage=lineage,
+                            new_ids={v: info.rows[v] - info.first[v] for v in info.rows} if not segment.base
+                            else manifest.new_ids)
+        _go_live(root, staging, name, published)
+        _prune_locked(root, keep)
+    return published
+
+
+def _extends(previous: Manifest, info: SegmentInfo) -> bool:
+    """Whether a base can belong to the lineage of ``previous``: it has at least its rows (the
+    trainer never re-indexes an id; a new lineage tells readers to read ids afresh)."""
+    return all(info.rows.get(view, 0) >= rows for view, rows in previous.rows.items())
+
+
+def _go_live(root: Path, staging: Path, name: str, manifest: Manifest) -> None:
+    """Rename a staged segment into place, write its version's manifest, point CURRENT at it.
+    Called with the lock held."""
+    final = segment_dir(root, name)
     if final.exists():
-        shutil.rmtree(final)  # a crashed publish of the same version that got as far as the rename
+        shutil.rmtree(final)  # a crashed publish of the same version, never current
     staging.rename(final)
-    _fsync_dir(versions)
-    pointer = root / f".{CURRENT}.tmp"
-    _write_file(pointer, lambda fh: fh.write(_name(manifest.version).encode()))
-    pointer.replace(root / CURRENT)
-    _fsync_dir(root)
-    prune(root, keep)
-    return final
+    _fsync_dir(final.parent)
+    (root / VERSIONS).mkdir(exist_ok=True)
+    _replace_file(manifest_path(root, manifest.version), json.dumps(asdict(manifest), indent=1).encode())
+    _replace_file(root / CURRENT, _name(manifest.version).encode())
+
+
+def _write_segment(folder: Path, name: str, manifest: Manifest, segment: Segment,
+                   first: dict[str, int]) -> SegmentInfo:
+    held, state = {}, {}
+    for view, change in segment.views.items():
+        rows = manifest.rows[view]
+        expected = rows if change.rows is None else len(change.rows)
+        if change.vectors.shape != (expected, manifest.dim) or first[view] + len(change.ids) != rows:
+            raise ValueError(f"{view}: {len(change.ids)} ids after row {first[view]} and vectors "
+                             f"{change.vectors.shape} do not make {rows} rows of dim {manifest.dim}")
+        if change.rows is not None:
+            appended = change.rows[change.rows >= first[view]]
+            if not np.array_equal(appended, np.arange(first[view], rows)) or np.any(np.diff(change.rows) <= 0):
+                raise ValueError(f"{view}: a delta's rows must ascend and hold every appended row")
+            _save(folder / f"{view}.rows.npy", change.rows, np.int64)
+        _save(folder / f"{view}.vectors.npy", change.vectors, np.float32)
+        _write_file(folder / f"{view}.ids.jsonl", lambda fh, ids=change.ids: fh.write(encode_ids(ids)))  # type: ignore[misc]
+        held[view] = expected
+        state[view] = 0
+        if change.contexts is not None and change.squares is not None:
+            if (change.rows is None) != (change.state_rows is None) or (
+                    change.state_rows is not None and len(change.state_rows) != len(change.contexts)):
+                raise ValueError(f"{view}: a delta's state needs its rows, a base's none")
+            if change.state_rows is not None:
+                _save(folder / f"{view}.state_rows.npy", change.state_rows, np.int64)
+            _save(folder / f"{view}.contexts.npy", change.contexts, np.float32)
+            _save(folder / f"{view}.squares.npy", change.squares, np.float32)
+            state[view] = len(change.contexts)
+    members = {}
+    for side, membership in segment.memberships.items():
+        _save(folder / f"{side}.members.npy", membership.values, np.int64)
+        if membership.items is not None:
+            _save(folder / f"{side}.members.rows.npy", membership.items, np.int64)
+        members[side] = len(membership.values)
+    if segment.model is not None:
+        import torch  # only the trainer's state needs torch; readers of snapshots do not
+
+        _write_file(folder / "model.pt", lambda fh: torch.save(segment.model, fh))
+    info = SegmentInfo(name=name, version=manifest.version, base=segment.base, dim=manifest.dim, first=first,
+                       rows={view: manifest.rows[view] for view in segment.views}, held=held, state=state,
+                       table_rows=segment.table_rows if segment.model is not None else None, members=members)
+    _write_file(folder / "segment.json", lambda fh: fh.write(json.dumps(asdict(info), indent=1).encode()))
+    _fsync_dir(folder)
+    return info
+
+
+def publish_base(root: Path, manifest: Manifest, vectors: dict[str, NDArray[Any]], ids: dict[str, list[str]], *,
+                 keep: int, members: dict[str, NDArray[Any]] | None = None) -> Manifest:
+    """A version that is a base of whole tables without a model: for tools and tests."""
+    segment = Segment({view: ViewChange(ids[view], np.asarray(matrix, dtype=np.float32))
+                       for view, matrix in vectors.items()},
+                      {side: MembershipChange(np.asarray(rows, dtype=np.int64))
+                       for side, rows in (members or {}).items()})
+    return publish(root, manifest, segment, keep=keep)
+
+
+def adopt(root: Path, source: Path, version: int, *, keep: int) -> Manifest:
+    """Make a version published under another root (on the same file system) current in ``root``,
+    by renaming its segments in: publishing without writing, for versions written ahead. Its
+    chain's segments that ``root`` already has are taken to be the same."""
+    manifest = read_manifest(source, version)
+    with _locked(root):
+        latest = read_current(root)
+        infos = segment_infos(source, manifest)
+        if latest is not None and _extends(latest, infos[-1]):
+            manifest = replace(manifest, lineage=latest.lineage)
+        for name in manifest.chain:
+            if not segment_dir(root, name).exists():
+                staged = _staging(root / SEGMENTS, name)
+                staged.rmdir()
+                segment_dir(source, name).rename(staged)
+                staged.rename(segment_dir(root, name))
+        _fsync_dir(root / SEGMENTS)
+        (root / VERSIONS).mkdir(exist_ok=True)
+        _replace_file(manifest_path(root, version), json.dumps(asdict(manifest), indent=1).encode())
+        _replace_file(root / CURRENT, _name(version).encode())
+        _prune_locked(root, keep)
+    return manifest
+
+
+# -- retention -----------------------------------------------------------------------------------
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` versions (never the current one), and crashed publishes."""
-    versions = root / VERSIONS
+    """Delete all but the newest ``keep`` versions (never the current one), every segment none of
+    those needs, and what crashed writers left."""
+    with _locked(root):
+        _prune_locked(root, keep)
+
+
+def _prune_locked(root: Path, keep: int) -> None:
     live = current_version(root)
-    names = sorted(p.name for p in versions.iterdir() if p.name.startswith("v"))
-    for name in names[:-keep]:
-        if name != (_name(live) if live is not None else None):
-            shutil.rmtree(versions / name, ignore_errors=True)
-    for leftover in versions.glob(".tmp-*"):
-        if time.time() - leftover.stat().st_mtime > 3600:  # a crashed publish; never a live one
-            shutil.rmtree(leftover, ignore_errors=True)
+    versions = published_versions(root)
+    kept = set(versions[-keep:]) | ({live} if live is not None else set())
+    needed: set[str] = set()
+    for version in versions:
+        if version in kept:
+            try:
+                needed.update(read_manifest(root, version).chain)
+            except (OSError, ValueError):  # unreadable: nothing of it can be served
+                kept.discard(version)
+    for version in versions:
+        if version not in kept:
+            manifest_path(root, version).unlink(missing_ok=True)
+    segments = root / SEGMENTS
+    if segments.exists():
+        for path in segments.iterdir():
+            if path.name.startswith(".tmp-"):
+                if time.time() - path.stat().st_mtime > STALE_STAGING_S:
+                    shutil.rmtree(path, ignore_errors=True)
+            elif path.name not in needed:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+# -- compaction ----------------------------------------------------------------------------------
+
+
+def segment_bytes(root: Path, name: str) -> int:
+    return sum(path.stat().st_size for path in segment_dir(root, name).iterdir())
+
+
+def delta_share(root: Path, manifest: Manifest) -> tuple[float, int]:
+    """The bytes of a version's deltas as a share of its base's, and how many deltas it has."""
+    sizes = [segment_bytes(root, name) for name in manifest.chain]
+    return sum(sizes[1:]) / max(sizes[0], 1), len(sizes) - 1
+
+
+def compact(root: Path, version: int, *, keep: int) -> str | None:
+    """Fold ``version``'s chain into a new base for the same version, and put that base in place
+    of the chain in every version that extends it; its name, or None where the chain is a base
+    already. Reads and writes block by block; readers and publishers go on meanwhile."""
+    manifest = read_manifest(root, version)
+    if len(manifest.chain) == 1:
+        return None
+    name = segment_name(version, base=True)
+    staging = _staging(root / SEGMENTS, name)
+    try:
+        _write_folded(root, manifest, staging, name)
+        with _locked(root):
+            final = segment_dir(root, name)
+            if final.exists():
+                shutil.rmtree(final)  # a crashed compaction's, which no chain names
+            staging.rename(final)
+            _fsync_dir(final.parent)
+            for other in published_versions(root):
+                chain = read_manifest(root, other).chain
+                if manifest.segment in chain:
+                    rest = chain[chain.index(manifest.segment) + 1:]
+                    rewritten = replace(read_manifest(root, other), chain=[name, *rest])
+                    _replace_file(manifest_path(root, other), json.dumps(asdict(rewritten), indent=1).encode())
+            _prune_locked(root, keep)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return name
+
+
+def _write_folded(root: Path, manifest: Manifest, folder: Path, name: str) -> None:
+    infos = segment_infos(root, manifest)
+    carrier = next((info for info in reversed(infos) if info.table_rows is not None), None)
+    state = {}
+    for view in manifest.views:
+        rows = manifest.rows[view]
+        with (folder / f"{view}.ids.jsonl").open("wb") as out:
+            for info in infos:
+                if info.rows.get(view, 0) > info.first.get(view, 0):
+                    with (segment_dir(root, info.name) / f"{view}.ids.jsonl").open("rb") as source:
+                        shutil.copyfileobj(source, out)
+            out.flush()
+            os.fsync(out.fileno())
+        _write_blocks(folder / f"{view}.vectors.npy", (rows, manifest.dim),
+                      fold_blocks(root, infos, view, "vectors", rows, manifest.dim))
+        table_rows = carrier.table_rows.get(view, 0) if carrier is not None and carrier.table_rows else 0
+        state[view] = table_rows
+        if table_rows:
+            _write_blocks(folder / f"{view}.contexts.npy", (table_rows, manifest.dim),
+                          fold_blocks(root, infos, view, "contexts", table_rows, manifest.dim))
+            _write_blocks(folder / f"{view}.squares.npy", (table_rows, 2),
+                          fold_blocks(root, infos, view, "squares", table_rows, 2))
+    for side in manifest.sides:
+        _save(folder / f"{side}.members.npy", read_members(root, manifest, side, infos), np.int64)
+    if carrier is not None:
+        shutil.copyfile(segment_dir(root, carrier.name) / "model.pt", folder / "model.pt")
+    info = SegmentInfo(name=name, version=manifest.version, base=True, dim=manifest.dim,
+                       first={view: 0 for view in manifest.views}, rows=dict(manifest.rows),
+                       held=dict(manifest.rows), state=state,
+                       table_rows=carrier.table_rows if carrier is not None else None,
+                       members={side: manifest.rows[manifest.views[0]] for side in manifest.sides})
+    _write_file(folder / "segment.json", lambda fh: fh.write(json.dumps(asdict(info), indent=1).encode()))
+    if carrier is not None:
+        with (folder / "model.pt").open("rb+") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _write_blocks(path: Path, shape: tuple[int, int], blocks: Iterator[tuple[int, NDArray[np.float32]]]) -> None:
+    with path.open("wb") as fh:
+        _write_header(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        for _, block in blocks:
+            fh.write(block.tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# -- reading -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -185,7 +515,6 @@ class Snapshot:
     manifest: Manifest
     ids: dict[str, list[str]]
     vectors: dict[str, NDArray[np.float32]]
-    path: Path
     members: dict[str, NDArray[np.int64]] = field(default_factory=dict)
 
 
@@ -193,99 +522,236 @@ def encode_ids(ids: list[str]) -> bytes:
     return "".join(json.dumps(ext) + "\n" for ext in ids).encode()
 
 
-def read_ids(folder: Path, view: str, *, offset: int = 0) -> tuple[list[str], int]:
-    """The ids of ``view`` from byte ``offset`` on (the end of a shorter version's file, whose ids a
-    reader already holds), and the file's size: the offset to pass for the next version."""
-    with (folder / f"{view}.ids.jsonl").open("rb") as fh:
-        fh.seek(max(offset - 1, 0))
-        tail = fh.read()
-    if offset:
-        # The cheap half of the append-only promise: a line must end where the known ids did.
-        if not tail.startswith(b"\n") or (len(tail) > 1 and tail[1:2] != b'"'):
-            raise ValueError(f"{folder}: {view} ids do not continue at byte {offset}; the file was rewritten")
-        tail = tail[1:]
-    return [json.loads(line) for line in tail.splitlines()], offset + len(tail)
+def read_ids(root: Path, manifest: Manifest, view: str, start: int = 0,
+             infos: list[SegmentInfo] | None = None) -> list[str]:
+    """The ids of ``view``'s rows from ``start`` on (a reader that holds the first ones of this
+    lineage reads only the segments past them)."""
+    ids: list[str] = []
+    for info in infos if infos is not None else segment_infos(root, manifest):
+        first, rows = info.first.get(view, 0), info.rows.get(view, 0)
+        if rows <= start or rows <= first:
+            continue
+        with (segment_dir(root, info.name) / f"{view}.ids.jsonl").open("rb") as fh:
+            lines = fh.read().splitlines()
+        if len(lines) != rows - first:
+            raise ValueError(f"snapshot {info.name}: {len(lines)} {view} ids, its segment says {rows - first}")
+        ids.extend(json.loads(line) for line in lines[max(0, start - first):])
+    if start + len(ids) != manifest.rows[view]:
+        raise ValueError(f"snapshot {manifest.version}: {start + len(ids)} {view} ids, manifest says "
+                         f"{manifest.rows[view]}")
+    return ids
 
 
-def read_manifest(folder: Path) -> Manifest:
-    return Manifest.from_json((folder / "manifest.json").read_text())
+class _NpyRows:
+    """Rows of a .npy file, read by seeking: neither mapped nor loaded whole."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with path.open("rb") as fh:
+            version = _read_magic(fh)
+            header = _NPY_HEADERS.get(version)
+            if header is None:
+                raise ValueError(f"{path}: .npy format {version}, not 1.0 or 2.0")
+            shape, fortran_order, dtype = header(fh)
+            self.offset = fh.tell()
+        if fortran_order or len(shape) not in (1, 2):
+            raise ValueError(f"{path}: {'column-major ' if fortran_order else ''}shape {shape}")
+        self.shape, self.dtype = shape, dtype
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
-def read_vectors(folder: Path, manifest: Manifest, view: str) -> NDArray[np.float32]:
-    vectors: NDArray[np.float32] = np.load(folder / f"{view}.vectors.npy")  # float32: checked below
-    _check_vectors(folder, manifest, view, vectors.shape, vectors.dtype, fortran_order=False)
-    return vectors
+    def __len__(self) -> int:
+        return self.shape[0]
 
-
-def vector_blocks(folder: Path, manifest: Manifest, view: str,
-                  rows_per_block: int) -> Iterator[tuple[int, NDArray[np.float32]]]:
-    """The view's vectors as (first row, block of rows), read into one small buffer that each block
-    reuses (copy what you keep): for a reader that must not hold the whole matrix a second time."""
-    with (folder / f"{view}.vectors.npy").open("rb") as fh:
-        version = _read_magic(fh)
-        header = _NPY_HEADERS.get(version)
-        if header is None:
-            raise ValueError(f"snapshot {folder}: {view} vectors are in .npy format {version}, not 1.0 or 2.0")
-        shape, fortran_order, dtype = header(fh)
-        _check_vectors(folder, manifest, view, shape, dtype, fortran_order)
-        rows, dim = shape
-        buffer = np.empty((max(1, min(rows_per_block, rows)), dim), dtype=np.float32)
-        for start in range(0, rows, len(buffer)):
-            block = buffer[:min(len(buffer), rows - start)]
-            if fh.readinto(block.data.cast("B")) != block.nbytes:
-                raise EOFError(f"snapshot {folder}: {view} vectors end before row {start + len(block)} of {rows}")
-            yield start, block
+    def read(self, lo: int, hi: int) -> NDArray[Any]:
+        out = np.empty((hi - lo, *self.shape[1:]), dtype=self.dtype)
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset + lo * self.row_bytes)
+            if fh.readinto(out.data.cast("B")) != out.nbytes:
+                raise EOFError(f"{self.path}: ends before row {hi} of {len(self)}")
+        return out
 
 
 # numpy's stubs (lib/format.pyi) leave these untyped; typed here as numpy documents them.
 _read_magic: Callable[[BinaryIO], tuple[int, int]] = np.lib.format.read_magic
+_write_header: Callable[[BinaryIO, dict[str, Any]], None] = np.lib.format.write_array_header_1_0
 _NPY_HEADERS: dict[tuple[int, int], Callable[[BinaryIO], tuple[tuple[int, ...], bool, np.dtype[Any]]]] = {
     (1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
-
-def _check_vectors(folder: Path, manifest: Manifest, view: str, shape: tuple[int, ...], dtype: np.dtype[Any],
-                   fortran_order: bool) -> None:
-    if shape != (manifest.rows[view], manifest.dim) or dtype != np.float32 or fortran_order:
-        raise ValueError(f"snapshot {folder}: {view} vectors are {dtype} {shape}"
-                         f"{' (column-major)' if fortran_order else ''}, manifest says float32 "
-                         f"{manifest.rows[view]} x {manifest.dim}")
+_PARTS: dict[str, tuple[str, int | None]] = {  # part -> (dtype, width; None: the dimension)
+    "vectors": ("<f4", None), "contexts": ("<f4", None), "squares": ("<f4", 2)}
 
 
-def read_members(folder: Path, manifest: Manifest, side: str) -> NDArray[np.int64]:
-    rows: NDArray[np.int64] = np.load(folder / f"{side}.members.npy")  # as publish writes them
+def _sources(root: Path, infos: list[SegmentInfo], view: str,
+             part: str) -> list[tuple[NDArray[np.int64] | None, _NpyRows]]:
+    """Per segment holding ``part`` of ``view``: its rows (None: 0.. in order) and the file."""
+    found = []
+    for info in infos:
+        count = info.held.get(view, 0) if part == "vectors" else info.state.get(view, 0)
+        if not count:
+            continue
+        folder = segment_dir(root, info.name)
+        listing = "rows" if part == "vectors" else "state_rows"
+        rows = None if info.base else np.load(folder / f"{view}.{listing}.npy")
+        data = _NpyRows(folder / f"{view}.{part}.npy")
+        dtype, width = _PARTS[part]
+        if (len(data) != count or (rows is not None and len(rows) != count) or data.dtype != np.dtype(dtype)
+                or data.shape[1:] != (width or info.dim,)):
+            raise ValueError(f"snapshot {info.name}: {view} {part} are {data.dtype} {data.shape}, "
+                             f"its segment says {count} rows")
+        found.append((rows, data))
+    return found
+
+
+def fold_blocks(root: Path, infos: list[SegmentInfo], view: str, part: str, rows: int, width: int,
+                rows_per_block: int = FOLD_BLOCK_ROWS) -> Iterator[tuple[int, NDArray[np.float32]]]:
+    """``part`` (vectors, contexts or squares) of ``view``'s first ``rows`` rows as the chain
+    ``infos`` makes them, later segments over earlier ones, as (first row, block of rows) in one
+    buffer that each block reuses (copy what you keep): a reader never holds the chain twice."""
+    sources = _sources(root, infos, view, part)
+    buffer = np.empty((max(1, min(rows_per_block, rows)), width), dtype=np.float32)
+    covered = np.empty(len(buffer), dtype=bool)
+    for start in range(0, rows, len(buffer)):
+        stop = min(start + len(buffer), rows)
+        block, seen = buffer[:stop - start], covered[:stop - start]
+        seen[:] = False
+        for held, data in sources:
+            if held is None:
+                hi = min(stop, len(data))
+                if hi > start:
+                    block[:hi - start] = data.read(start, hi)
+                    seen[:hi - start] = True
+            else:
+                lo, hi = np.searchsorted(held, (start, stop))
+                if hi > lo:
+                    block[held[lo:hi] - start] = data.read(int(lo), int(hi))
+                    seen[held[lo:hi] - start] = True
+        if not seen.all():
+            raise ValueError(f"snapshot chain {[info.name for info in infos]}: {view} {part} of row "
+                             f"{start + int(np.argmin(seen))} are in none of its segments")
+        yield start, block
+
+
+def vector_blocks(root: Path, manifest: Manifest, view: str,
+                  rows_per_block: int) -> Iterator[tuple[int, NDArray[np.float32]]]:
+    """The version's vectors of ``view``, base and deltas folded, block by block (``fold_blocks``)."""
+    return fold_blocks(root, segment_infos(root, manifest), view, "vectors", manifest.rows[view], manifest.dim,
+                       rows_per_block)
+
+
+def read_changes(root: Path, names: list[str], view: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The rows of ``view`` that the deltas ``names`` changed or appended (ascending, each once)
+    and their vectors, later deltas over earlier ones: what moves a reader from the version before
+    the first of them to the version of the last."""
+    rows_parts, vector_parts = [], []
+    dim = 0
+    for info in (SegmentInfo.read(segment_dir(root, name)) for name in names):
+        dim = info.dim
+        if info.base:
+            raise ValueError(f"{info.name} is a base, not a delta")
+        for held, data in _sources(root, [info], view, "vectors"):
+            assert held is not None
+            rows_parts.append(held)
+            vector_parts.append(data.read(0, len(data)))
+    if not rows_parts:
+        return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
+    rows, vectors = np.concatenate(rows_parts), np.concatenate(vector_parts)
+    # Last write wins: unique over the reversed order keeps each row's latest vector.
+    unique, last = np.unique(rows[::-1], return_index=True)
+    return unique, vectors[::-1][last]
+
+
+def read_member_changes(root: Path, names: list[str], side: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The items whose membership in ``side`` the deltas ``names`` set (ascending, each once) and
+    their value rows, later deltas over earlier ones."""
+    items_parts, value_parts = [], []
+    for info in (SegmentInfo.read(segment_dir(root, name)) for name in names):
+        if info.base:
+            raise ValueError(f"{info.name} is a base, not a delta")
+        if side in info.members:
+            folder = segment_dir(root, info.name)
+            items_parts.append(np.load(folder / f"{side}.members.rows.npy"))
+            value_parts.append(np.load(folder / f"{side}.members.npy"))
+            if len(items_parts[-1]) != len(value_parts[-1]):
+                raise ValueError(f"snapshot {info.name}: {side} memberships and their items differ in length")
+    if not items_parts:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    items, values = np.concatenate(items_parts)[::-1], np.concatenate(value_parts)[::-1]
+    unique, last = np.unique(items, return_index=True)
+    return unique, values[last]
+
+
+def read_members(root: Path, manifest: Manifest, side: str,
+                 infos: list[SegmentInfo] | None = None) -> NDArray[np.int64]:
+    """Each item's value row in side view ``side`` (-1: none), base and deltas folded."""
     items = manifest.rows[manifest.views[0]]
-    if rows.shape != (items,) or (items and not -1 <= rows.min() <= rows.max() < manifest.rows[side]):
-        raise ValueError(f"snapshot {folder}: {side} memberships do not fit {items} items and "
-                         f"{manifest.rows[side]} {side} values")
-    return rows
+    out = np.full(items, -1, dtype=np.int64)
+    for info in infos if infos is not None else segment_infos(root, manifest):
+        if side not in info.members:
+            continue
+        folder = segment_dir(root, info.name)
+        values = np.load(folder / f"{side}.members.npy")
+        where = np.arange(len(values)) if info.base else np.load(folder / f"{side}.members.rows.npy")
+        if len(where) != len(values) or (len(where) and where.max() >= items):
+            raise ValueError(f"snapshot {info.name}: {side} memberships do not fit {items} items")
+        out[where] = values
+    if items and not -1 <= out.min() <= out.max() < manifest.rows[side]:
+        raise ValueError(f"snapshot {manifest.version}: {side} memberships do not fit {manifest.rows[side]} values")
+    return out
+
+
+def _gather(blocks: Iterator[tuple[int, NDArray[np.float32]]], shape: tuple[int, int]) -> NDArray[np.float32]:
+    out = np.empty(shape, dtype=np.float32)
+    for start, block in blocks:
+        out[start:start + len(block)] = block
+    return out
 
 
 def load(root: Path, version: int | None = None) -> Snapshot:
-    """The current (or a given) version, fully read and checked: shapes must match the manifest."""
+    """The current (or a given) version, fully read and checked."""
     version = current_version(root) if version is None else version
     if version is None:
         raise FileNotFoundError(f"no snapshot published under {root}")
-    folder = version_dir(root, version)
-    manifest = read_manifest(folder)
-    ids, vectors = {}, {}
-    for view in manifest.views:
-        ids[view], _ = read_ids(folder, view)
-        vectors[view] = read_vectors(folder, manifest, view)
-        if len(ids[view]) != manifest.rows[view]:
-            raise ValueError(f"snapshot {folder}: {len(ids[view])} {view} ids, manifest says {manifest.rows[view]}")
-    members = {side: read_members(folder, manifest, side) for side in manifest.members}
-    return Snapshot(manifest, ids, vectors, folder, members)
+    manifest = read_manifest(root, version)
+    infos = segment_infos(root, manifest)
+    ids = {view: read_ids(root, manifest, view, infos=infos) for view in manifest.views}
+    vectors = {view: _gather(fold_blocks(root, infos, view, "vectors", manifest.rows[view], manifest.dim),
+                             (manifest.rows[view], manifest.dim)) for view in manifest.views}
+    members = {side: read_members(root, manifest, side, infos) for side in manifest.sides}
+    return Snapshot(manifest, ids, vectors, members)
 
 
-def load_checkpoint(root: Path) -> tuple[int, Any, dict[str, list[str]]] | None:
-    """The current version, its checkpoint and its ids per view (which may extend the checkpoint's
-    tables: rows appended between rounds), or None before a first publish."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a trainer resumes from: the current version's manifest and ids, and the model as its
+    chain last carried it: the dense part (``model``, torch-loaded) and per view the table rows'
+    input vectors, context vectors and (input, context) Adagrad accumulators."""
+
+    manifest: Manifest
+    ids: dict[str, list[str]]
+    model: dict[str, Any]
+    inputs: dict[str, NDArray[np.float32]]
+    contexts: dict[str, NDArray[np.float32]]
+    squares: dict[str, NDArray[np.float32]]
+
+
+def load_checkpoint(root: Path) -> Checkpoint | None:
+    """The current version's checkpoint, or None before a first publish (or where no version of
+    the chain carries a model)."""
     import torch
 
-    version = current_version(root)
-    if version is None:
+    manifest = read_current(root)
+    if manifest is None:
         return None
-    folder = version_dir(root, version)
-    manifest = read_manifest(folder)
-    ids = {view: read_ids(folder, view)[0] for view in manifest.views}
-    return version, torch.load(folder / "checkpoint.pt", weights_only=False), ids
+    infos = segment_infos(root, manifest)
+    carrier = next((info for info in reversed(infos) if info.table_rows is not None), None)
+    ids = {view: read_ids(root, manifest, view, infos=infos) for view in manifest.views}
+    if carrier is None or carrier.table_rows is None:
+        return Checkpoint(manifest, ids, {}, {}, {}, {})
+    dim = manifest.dim
+    inputs, contexts, squares = {}, {}, {}
+    for view, rows in carrier.table_rows.items():
+        inputs[view] = _gather(fold_blocks(root, infos, view, "vectors", rows, dim), (rows, dim))
+        contexts[view] = _gather(fold_blocks(root, infos, view, "contexts", rows, dim), (rows, dim))
+        squares[view] = _gather(fold_blocks(root, infos, view, "squares", rows, 2), (rows, 2))
+    model = torch.load(segment_dir(root, carrier.name) / "model.pt", weights_only=False)
+    return Checkpoint(manifest, ids, model, inputs, contexts, squares)

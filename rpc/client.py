@@ -60,6 +60,7 @@ class SnapshotEvent:
     version: int
     created_ms: int
     ids_added: dict[str, int]
+    rows_changed: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ class EmbeddingClient:
         try:
             with _translated():
                 for event in stream:
-                    yield SnapshotEvent(event.snapshot_version, event.created_ms, dict(event.ids_added))
+                    yield SnapshotEvent(event.snapshot_version, event.created_ms, dict(event.ids_added),
+                                        dict(event.rows_changed))
         except RpcError as exc:
             if exc.code != "DEADLINE_EXCEEDED":
                 raise

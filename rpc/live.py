@@ -6,10 +6,12 @@ happens meanwhile. A version that fails to read or check is logged, counted and 
 last good one keeps serving. Every version that went live is remembered (the last HISTORY of them),
 so a watcher gets each one exactly once however fast they follow each other.
 
-Rows are append-only across versions (training never re-indexes an id), so a view's ids are kept in
-one IdColumn shared by all versions: a new version reads only the ids added since, and each version
-sees only its own first ``rows`` of them. Its vectors and index live in one of two VectorBuffers that
-take turns (see there), so a swap of a million-row view rewrites only the rows that changed."""
+Rows are append-only across versions of a lineage (training never re-indexes an id), so a view's ids
+are kept in one IdColumn shared by all versions: a new version reads only the ids added since, and
+each version sees only its own first ``rows`` of them. Its vectors and index live in one of two
+VectorBuffers that take turns (see there). A version whose chain extends the served one's is reached
+by reading only the deltas after it; any other (a first, a new base) is read whole and compared with
+the spare, so a swap of a million-row view rewrites only the rows that changed either way."""
 
 from __future__ import annotations
 
@@ -48,20 +50,19 @@ def _capacity(rows: int) -> int:
 
 
 class IdColumn:
-    """A view's external ids in row order, as far as any version read so far has them, and the
-    table that finds their rows (rpc/csrc/id_table.cpp: with a dict, looking up a call's 100 ids
-    among a million was most of GetEmbeddings' time, spent waiting on memory)."""
+    """A view's external ids in row order, as far as any version of one lineage read so far has
+    them, and the table that finds their rows (rpc/csrc/id_table.cpp: with a dict, looking up a
+    call's 100 ids among a million was most of GetEmbeddings' time, spent waiting on memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lineage: str) -> None:
+        self.lineage = lineage
         self.ids: list[str] = []
         self.table = new_id_table()
-        self.bytes_read = 0  # how far into the ids file those ids reach
 
-    def extend(self, folder: Path, view: str) -> None:
-        fresh, bytes_read = snapshots.read_ids(folder, view, offset=self.bytes_read)
+    def extend(self, root: Path, manifest: Manifest, view: str, infos: list[snapshots.SegmentInfo]) -> None:
+        fresh = snapshots.read_ids(root, manifest, view, len(self.ids), infos)
         self.table.add(fresh)  # refuses (ValueError, nothing added) an id it has, or one listed twice
         self.ids.extend(fresh)
-        self.bytes_read = bytes_read
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,9 @@ class VectorBuffer:
     while no served view reads it."""
 
     def __init__(self, column: IdColumn, vectors: np.ndarray, norms: np.ndarray, rows: int,
-                 index: VectorIndex) -> None:
+                 index: VectorIndex, version: int) -> None:
         self.column = column
+        self.version = version  # the snapshot version it holds
         self.vectors = vectors  # capacity × dim; the rows past ``rows`` are room, not data
         self.norms = norms
         self.rows = rows
@@ -134,7 +136,7 @@ class VectorBuffer:
 
     @classmethod
     def read(cls, name: str, column: IdColumn, blocks: Iterable[tuple[int, np.ndarray]], rows: int, dim: int,
-             cfg: RpcSettings) -> VectorBuffer:
+             cfg: RpcSettings, version: int) -> VectorBuffer:
         """A new buffer of a version read whole: a first one, or one that changed too much to patch."""
         vectors = np.empty((_capacity(rows), dim), dtype=np.float32)
         for start, block in blocks:
@@ -142,7 +144,7 @@ class VectorBuffer:
             vectors[start:start + len(block)] = block
         norms = np.zeros(len(vectors), dtype=np.float32)
         norms[:rows] = np.linalg.norm(vectors[:rows], axis=1)
-        return cls(column, vectors, norms, rows, VectorIndex.build(unit_rows(vectors[:rows]), cfg))
+        return cls(column, vectors, norms, rows, VectorIndex.build(unit_rows(vectors[:rows]), cfg), version)
 
     def copied(self, rows: int, cfg: RpcSettings) -> VectorBuffer:
         """A second buffer holding what this one holds, with room for ``rows``: a view's first spare,
@@ -151,7 +153,7 @@ class VectorBuffer:
         vectors[:self.rows] = self.vectors[:self.rows]
         norms = np.zeros(len(vectors), dtype=np.float32)
         norms[:self.rows] = self.norms[:self.rows]
-        return VectorBuffer(self.column, vectors, norms, self.rows, self.index.copy(cfg))
+        return VectorBuffer(self.column, vectors, norms, self.rows, self.index.copy(cfg), self.version)
 
     @property
     def capacity(self) -> int:
@@ -201,13 +203,21 @@ class VectorBuffer:
             return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
         return np.concatenate(rows), np.concatenate(vectors)
 
-    def apply(self, rows: int, changed: np.ndarray, vectors: np.ndarray, cfg: RpcSettings) -> None:
-        """Make this buffer hold the later version of ``rows`` rows that ``differences`` described."""
+    def apply(self, version: int, rows: int, changed: np.ndarray, vectors: np.ndarray, cfg: RpcSettings) -> None:
+        """Make this buffer hold ``version``, of ``rows`` rows, in which the rows ``changed``
+        (ascending, every appended row among them) have ``vectors``: as ``differences`` or the
+        deltas describe it."""
+        if len(changed) and (changed[-1] >= rows or len(vectors) != len(changed)):
+            raise ValueError(f"a change of {len(changed)} rows does not fit {rows} rows")
+        if rows > self.capacity or not np.array_equal(changed[changed >= self.rows], np.arange(self.rows, rows)):
+            raise ValueError(f"a change from {self.rows} to {rows} rows lacks appended rows")
+        _check_finite(f"version {version}", vectors)
         self.vectors[changed] = vectors
         self.norms[changed] = np.linalg.norm(vectors, axis=1)
         if not self.index.patch(rows, changed[changed < self.rows], unit_rows(vectors), cfg):
             self.index = VectorIndex.build(unit_rows(self.vectors[:rows]), cfg)
         self.rows = rows
+        self.version = version
 
     def serve(self, name: str) -> ServedView:
         view = ServedView(name, self.column, self.vectors[:self.rows], self.norms[:self.rows], self.index, self)
@@ -216,22 +226,31 @@ class VectorBuffer:
         return view
 
 
-@dataclass(frozen=True)
 class Members:
-    """Item rows → value rows of one side view, and the reverse: the items of each value."""
+    """Item rows → value rows of one side view, and the reverse (the items of each value), made on
+    first use: only diverse recommendations need it, and sorting millions of items at every swap
+    would cost more than the swap."""
 
-    of_item: np.ndarray
-    order: np.ndarray  # item rows sorted by value
-    starts: np.ndarray  # items of value v: order[starts[v]:starts[v + 1]]
+    def __init__(self, of_item: np.ndarray, values: int) -> None:
+        self.of_item = of_item
+        self.values = values
+        self._reverse: tuple[np.ndarray, np.ndarray] | None = None
 
-    @classmethod
-    def of(cls, of_item: np.ndarray, values: int) -> Members:
-        order = np.argsort(of_item, kind="stable")
-        starts = np.searchsorted(of_item[order], np.arange(values + 1))
-        return cls(of_item, order, starts)
+    def changed(self, items: np.ndarray, values: np.ndarray, rows: int, value_rows: int) -> Members:
+        """These memberships with ``items`` set to ``values`` and ``rows`` items in all (new ones
+        without a value unless set): a copy, the served one stays as it is."""
+        of_item = np.full(rows, -1, dtype=np.int64)
+        kept = min(rows, len(self.of_item))
+        of_item[:kept] = self.of_item[:kept]
+        of_item[items] = values
+        return Members(of_item, value_rows)
 
     def items(self, value: int) -> np.ndarray:
-        return self.order[self.starts[value]:self.starts[value + 1]]
+        if self._reverse is None:  # two calls may both build it; either result is the same
+            order = np.argsort(self.of_item, kind="stable")
+            self._reverse = order, np.searchsorted(self.of_item[order], np.arange(self.values + 1))
+        order, starts = self._reverse
+        return order[starts[value]:starts[value + 1]]
 
 
 @dataclass(frozen=True)
@@ -239,8 +258,9 @@ class ServedVersion:
     manifest: Manifest
     views: dict[str, ServedView]
     members: dict[str, Members]
-    # Ids new per view since the version served before this one.
+    # Ids new per view since the version served before this one, and rows whose vector changed.
     ids_added: dict[str, int]
+    rows_changed: dict[str, int]
 
     @property
     def version(self) -> int:
@@ -258,6 +278,28 @@ class WentLive:
     version: int
     created_ms: int
     ids_added: dict[str, int]
+    rows_changed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Behind:
+    """The change a view's spare buffer lacks: from the version it holds to the live one."""
+
+    since: int
+    until: int
+    rows: np.ndarray
+    vectors: np.ndarray
+
+
+Change = tuple[np.ndarray, np.ndarray]  # rows (ascending) and their vectors
+
+
+def _merged(older: Change, newer: Change) -> Change:
+    """Two changes one after the other as one: each row once, ascending, the newer vector where both have it."""
+    rows = np.concatenate([newer[0], older[0]])
+    vectors = np.concatenate([newer[1], older[1]])
+    unique, first = np.unique(rows, return_index=True)  # the first occurrence: the newer one
+    return unique, vectors[first]
 
 
 class LiveSnapshots:
@@ -267,6 +309,7 @@ class LiveSnapshots:
         self._current: ServedVersion | None = None
         self._columns: dict[str, IdColumn] = {}
         self._buffers: dict[str, list[VectorBuffer]] = {}  # per view: the live one and its spare, in no order
+        self._behind: dict[str, Behind] = {}  # per view: what its spare lacks, where known
         self._changed = threading.Condition()
         self._history: list[WentLive] = []
         self.refused: dict[int, str] = {}  # version -> why
@@ -280,7 +323,8 @@ class LiveSnapshots:
         Called from one thread only (the server's poller)."""
         version = snapshots.current_version(self.root)
         served = self._current
-        if version is None or version in self.refused or (served is not None and version <= served.version):
+        if version is None or version in self.refused or (served is not None and version <= served.version
+                                                          and not self._new_lineage(version, served)):
             return False
         try:
             fresh = self._load(version, served)
@@ -295,12 +339,22 @@ class LiveSnapshots:
         with self._changed:
             self._current = fresh
             self._history = [*self._history[-(HISTORY - 1):],
-                             WentLive(version, fresh.manifest.created_ms, fresh.ids_added)]
+                             WentLive(version, fresh.manifest.created_ms, fresh.ids_added, fresh.rows_changed)]
             self._changed.notify_all()
         metrics.LIVE_VERSION.set(version)
         log.info("serving snapshot version %d (%s)", version,
                  ", ".join(f"{view.name}: {view.rows:,}" for view in fresh.views.values()))
         return True
+
+    def _new_lineage(self, version: int, served: ServedVersion) -> bool:
+        """Whether an older version number than the served one starts a new lineage (training
+        restarted in an emptied folder): then it is served, not ignored."""
+        if version == served.version:
+            return False
+        try:
+            return snapshots.read_manifest(self.root, version).lineage != served.manifest.lineage
+        except (OSError, ValueError):
+            return False
 
     def went_live_after(self, version: int, timeout: float) -> list[WentLive]:
         """The versions that went live after ``version``, oldest first, waiting up to ``timeout``
@@ -310,38 +364,102 @@ class LiveSnapshots:
             return [event for event in self._history if event.version > version]
 
     def _load(self, version: int, served: ServedVersion | None) -> ServedVersion:
-        folder = snapshots.version_dir(self.root, version)
-        manifest = snapshots.read_manifest(folder)
-        views = {name: self._load_view(folder, manifest, name, served.views.get(name) if served else None)
-                 for name in manifest.views}
-        members = {side: Members.of(snapshots.read_members(folder, manifest, side), manifest.rows[side])
-                   for side in manifest.members}
+        manifest = snapshots.read_manifest(self.root, version)
+        infos = snapshots.segment_infos(self.root, manifest)
+        if served is not None and served.manifest.lineage != manifest.lineage:
+            log.warning("snapshot %d starts a new lineage (training restarted from scratch): reading it whole", version)
+            served = None
+        deltas = self._deltas_after(manifest, served)
+        views, changed = {}, {}
+        for name in manifest.views:
+            before = served.views.get(name) if served else None
+            views[name], changed[name] = self._load_view(manifest, infos, name, before, deltas)
+        members = {side: self._members(manifest, infos, side, served, deltas) for side in manifest.sides}
         added = {name: view.rows - (served.views[name].rows if served and name in served.views else 0)
                  for name, view in views.items()}
-        return ServedVersion(manifest, views, members, added)
+        return ServedVersion(manifest, views, members, added, changed)
 
-    def _load_view(self, folder: Path, manifest: Manifest, name: str, before: ServedView | None) -> ServedView:
-        column = self._column(folder, manifest, name)
+    def _deltas_after(self, manifest: Manifest, served: ServedVersion | None) -> list[str] | None:
+        """The deltas of ``manifest``'s chain after the served version, where the chain passes
+        through it (None: it does not, so the version is read whole)."""
+        if served is None:
+            return None
+        reached = [at for at, name in enumerate(manifest.chain) if snapshots.segment_version(name) == served.version]
+        return manifest.chain[reached[-1] + 1:] if reached else None
+
+    def _members(self, manifest: Manifest, infos: list[snapshots.SegmentInfo], side: str,
+                 served: ServedVersion | None, deltas: list[str] | None) -> Members:
+        items, values = manifest.rows[manifest.views[0]], manifest.rows[side]
+        if served is None or deltas is None or side not in served.members:
+            return Members(snapshots.read_members(self.root, manifest, side, infos), values)
+        changed_items, changed_values = snapshots.read_member_changes(self.root, deltas, side)
+        if len(changed_items) and (changed_items.max() >= items or changed_values.max() >= values):
+            raise ValueError(f"{side} memberships of snapshot {manifest.version} do not fit its rows")
+        return served.members[side].changed(changed_items, changed_values, items, values)
+
+    def _load_view(self, manifest: Manifest, infos: list[snapshots.SegmentInfo], name: str,
+                   before: ServedView | None, deltas: list[str] | None) -> tuple[ServedView, int]:
+        """The view of the new version, and how many of its rows that were served before changed."""
+        column = self._column(manifest, infos, name)
         rows = manifest.rows[name]
         spare = self._spare(name, before, column, rows, manifest.dim)
-        if spare is not None:
-            # Past the share where the IVF centroids are retrained, the version is read whole anyway.
-            limit = rows if rows < self.cfg.exact_below else int(self.cfg.ivf_retrain_share * rows)
-            changes = spare.differences(name, self._blocks(folder, manifest, name), limit)
-            if changes is not None:
+        if spare is not None and before is not None:
+            found = self._change_for(spare, before, deltas, manifest, infos, name)
+            if found is not None:
+                change, since_served = found
                 try:
-                    spare.apply(rows, *changes, self.cfg)
+                    spare.apply(manifest.version, rows, *change, self.cfg)
                 except BaseException:
                     self._buffers[name].remove(spare)  # half-written: never to be read
+                    self._behind.pop(name, None)
                     raise
-                return spare.serve(name)
+                if since_served is None:  # what the old live buffer lacks is not known: compared whole next
+                    self._behind.pop(name, None)
+                    since_served = change[0]
+                else:
+                    self._behind[name] = Behind(before.buffer.version, manifest.version, since_served,
+                                                spare.vectors[since_served].copy())
+                old = since_served[since_served < before.rows]
+                # Rows a whole read found different from the spare may equal the served version's.
+                moved = old if deltas is not None else old[(spare.vectors[old] != before.vectors[old]).any(axis=1)]
+                return spare.serve(name), len(moved)
         # Let go of the spare first: a view read whole then takes three buffers at most, not four.
         spare = None
         self._buffers.pop(name, None)
-        buffer = VectorBuffer.read(name, column, self._blocks(folder, manifest, name), rows, manifest.dim, self.cfg)
+        self._behind.pop(name, None)
+        buffer = VectorBuffer.read(name, column, self._blocks(manifest, infos, name), rows, manifest.dim, self.cfg,
+                                   manifest.version)
         # Its spare is made now, not by the next swap: that would copy the whole buffer while serving.
         self._buffers[name] = [buffer, buffer.copied(rows, self.cfg)]
-        return buffer.serve(name)
+        return buffer.serve(name), (before.rows if before is not None else 0)
+
+    def _change_for(self, spare: VectorBuffer, before: ServedView, deltas: list[str] | None, manifest: Manifest,
+                    infos: list[snapshots.SegmentInfo],
+                    name: str) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None] | None:
+        """The rows and vectors that bring ``spare`` to the new version, and the rows (ascending)
+        in which the new version may differ from the served one (None: not known). From the deltas
+        after the served version plus what the spare lacks of it; or, where the version is read
+        whole, from the rows that differ from the spare's. None: too many differ, read it afresh."""
+        served = before.buffer.version
+        behind = self._behind.get(name)
+        lacking = (None if spare.version == served else
+                   behind if behind is not None and (behind.since, behind.until) == (spare.version, served) else None)
+        if deltas is not None and (spare.version == served or lacking is not None):
+            change = snapshots.read_changes(self.root, deltas, name)
+            if lacking is None:
+                return change, change[0]
+            return _merged((lacking.rows, lacking.vectors), change), change[0]
+        rows = manifest.rows[name]
+        # Past the share where the IVF centroids are retrained, the version is read whole anyway.
+        limit = rows if rows < self.cfg.exact_below else int(self.cfg.ivf_retrain_share * rows)
+        differ = spare.differences(name, self._blocks(manifest, infos, name), limit)
+        if differ is None:
+            return None
+        # Without what the spare lacked, rows the spare alone had out of date are missed: counted
+        # against the spare then, and the next swap compares whole again.
+        if spare.version == served:
+            return differ, differ[0]
+        return differ, None if lacking is None else np.union1d(differ[0], lacking.rows)
 
     def _spare(self, name: str, before: ServedView | None, column: IdColumn, rows: int,
                dim: int) -> VectorBuffer | None:
@@ -356,21 +474,17 @@ class LiveSnapshots:
         self._buffers[name] = [live, spare]
         return spare
 
-    def _blocks(self, folder: Path, manifest: Manifest, name: str) -> Iterator[tuple[int, np.ndarray]]:
-        return snapshots.vector_blocks(folder, manifest, name, self.cfg.swap_block_rows)
+    def _blocks(self, manifest: Manifest, infos: list[snapshots.SegmentInfo],
+                name: str) -> Iterator[tuple[int, np.ndarray]]:
+        return snapshots.fold_blocks(self.root, infos, name, "vectors", manifest.rows[name], manifest.dim,
+                                     self.cfg.swap_block_rows)
 
-    def _column(self, folder: Path, manifest: Manifest, name: str) -> IdColumn:
-        """The view's shared ids extended to this version; a new column if the file was rewritten
+    def _column(self, manifest: Manifest, infos: list[snapshots.SegmentInfo], name: str) -> IdColumn:
+        """The view's shared ids extended to this version; a new column for a new lineage
         (training restarted from an empty snapshot folder)."""
-        column = self._columns.setdefault(name, IdColumn())
-        try:
-            if len(column.ids) < manifest.rows[name]:
-                column.extend(folder, name)
-        except ValueError:
-            log.warning("%s ids of snapshot %d do not extend the served ones: reading them afresh",
-                        name, manifest.version)
-            column = self._columns[name] = IdColumn()
-            column.extend(folder, name)
-        if len(column.ids) != manifest.rows[name]:
-            raise ValueError(f"{len(column.ids)} {name} ids, manifest says {manifest.rows[name]}")
+        column = self._columns.get(name)
+        if column is None or column.lineage != manifest.lineage or len(column.ids) > manifest.rows[name]:
+            column = self._columns[name] = IdColumn(manifest.lineage)
+        if len(column.ids) < manifest.rows[name]:
+            column.extend(self.root, manifest, name, infos)
         return column

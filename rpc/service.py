@@ -117,7 +117,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             for event in self.live.went_live_after(last, timeout=min(1.0, remaining) if remaining else 1.0):
                 last = event.version
                 yield pb.SnapshotEvent(snapshot_version=event.version, created_ms=event.created_ms,
-                                       ids_added=event.ids_added)
+                                       ids_added=event.ids_added, rows_changed=event.rows_changed)
 
     def _first_event(self) -> pb.SnapshotEvent | None:
         # Not kept in the stream's generator: a version a stream held for its whole life would keep
@@ -126,7 +126,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         if served is None:
             return None
         return pb.SnapshotEvent(snapshot_version=served.version, created_ms=served.manifest.created_ms,
-                                ids_added=served.ids_added)
+                                ids_added=served.ids_added, rows_changed=served.rows_changed)
 
 
 def _denied(request: Any, context: grpc.ServicerContext) -> None:

@@ -19,6 +19,8 @@ from m2grl.cli import build_parser
     (["bench", "freshness", "--probes", "0"], "argument --probes: must be at least 1, got 0"),
     (["bench", "ingest-scaling", "--consumers", "0"], "argument --consumers: must be at least 1, got 0"),
     (["bench", "train", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
+    (["bench", "scale", "--items", "1000,10"], "argument --items: item counts must be at least 1000, got 10"),
+    (["bench", "scale", "--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
     (["bench", "rpc", "--swap-seconds", "0"], "argument --swap-seconds: must be a positive number, got 0"),
     (["query", "watch", "--seconds", "-1"], "argument --seconds: must be a positive number, got -1"),
     (["query", "--timeout", "zero", "embed", "item", "1"], "argument --timeout: 'zero' is not a number"),

@@ -6,7 +6,7 @@ its own) starts from its side views instead: from the items that share its side 
 With ``cold_start`` on, brand-new items do not wait for a round: about every
 ``train.cold_start_interval_s`` the trainer reads the memberships linked since it last looked, gives
 each new item whose side values it knows a vector from them, and publishes a version that appends
-those rows to the last one (``snapshots.publish_appended``). During a round this happens between its
+those rows to the last one (a delta holding just them). During a round this happens between its
 steps, in the round's own thread; between rounds a caller's thread does it under the trainer's
 ``busy`` lock. Either way one thread at a time touches the id maps, so rows stay append-only across
 every version.
@@ -74,7 +74,11 @@ def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, peers: T
         return
     values = {side: mirrors.memberships.lookup(side, model.shape.rows[0])[rows] for side in mirrors.memberships.sides}
     guesses, covered = side_view_vectors(model, mirrors, values, peers)
-    model.inputs[mirrors.item].weight[rows[covered]] = guesses[covered]
+    table, rows = model.inputs[mirrors.item], rows[covered]
+    # Only rows whose vector moves count as changed: items without walks are recomputed every round.
+    moved = (table.weight[rows] != guesses[covered]).any(-1)
+    table.weight[rows[moved]] = guesses[covered][moved]
+    table.mark(rows[moved])
 
 
 def walked(graph: ViewGraph) -> Tensor:
@@ -82,11 +86,19 @@ def walked(graph: ViewGraph) -> Tensor:
     return (graph.graph.in_degrees() + graph.graph.out_degrees()) > 0
 
 
-def cover_items_without_walks(model: M2GRL, mirrors: Mirrors) -> None:
+def cover_items_without_walks(model: M2GRL, mirrors: Mirrors, among: Tensor | None = None) -> None:
     """Items with no transition of their own (seen once, or only through a membership) learn
-    nothing from the item view's walks; serve them their side views' vector instead."""
+    nothing from the item view's walks; serve them their side views' vector instead. ``among``:
+    only these items (an incremental round's touched ones), None: all. Their peers drift a little
+    every round; recomputing every such item each round would make most rows of a snapshot delta
+    change, so the others catch up at the next full round."""
     items_walked = walked(mirrors.graphs[mirrors.item])
-    start_from_side_views(model, mirrors, torch.nonzero(~items_walked).flatten(), peers=items_walked)
+    without = ~items_walked
+    if among is not None:
+        chosen = torch.zeros_like(without)
+        chosen[among[among < len(chosen)]] = True
+        without &= chosen
+    start_from_side_views(model, mirrors, torch.nonzero(without).flatten(), peers=items_walked)
 
 
 class ColdStartLane:
@@ -155,4 +167,4 @@ class ColdStartLane:
         for item, row, vector in zip(admitted, rows, guesses[covered]):
             self.pending[row] = vector
             for side, value in found[item].items():
-                memberships.link(side, [row], [value])
+                memberships.link(side, torch.tensor([row]), torch.tensor([value]))

@@ -16,3 +16,6 @@ STALENESS = Gauge("m2grl_train_staleness_seconds",
                   "Now minus the oldest view watermark of the last published snapshot")
 COLD_START_ITEMS = Counter("m2grl_train_cold_start_items_total",
                            "Brand-new items published with a vector from their side views before a round trained them")
+SNAPSHOT_BYTES = Counter("m2grl_train_snapshot_bytes_total", "Bytes of snapshot segments published", ["kind"])
+SNAPSHOT_COMPACTIONS = Counter("m2grl_train_snapshot_compactions_total",
+                               "Chains of snapshot deltas folded into a new base")

@@ -98,40 +98,57 @@ class ViewGraph:
 
 
 class Memberships:
-    """Each side view's memberships: item row -> the row of the item's value in that side view."""
+    """Each side view's memberships: item row -> the row of the item's value in that side view
+    (-1: none), as one int64 array per side view, and the items whose value changed since the last
+    ``published`` (what the next snapshot delta holds)."""
 
     def __init__(self, sides: Iterable[str]) -> None:
-        self._links: dict[str, dict[int, int]] = {side: {} for side in sides}
-        self._lookups: dict[str, Tensor] = {}  # lookup's last answer per side view
+        self._values: dict[str, Tensor] = {side: torch.full((1024,), -1, dtype=torch.long) for side in sides}
+        self._dirty: dict[str, list[Tensor]] = {side: [] for side in self._values}
 
     @property
     def sides(self) -> list[str]:
         """The side views, in configured order."""
-        return list(self._links)
+        return list(self._values)
 
-    def value(self, side: str, item: int) -> int | None:
-        return self._links[side].get(item)
+    def _room(self, side: str, rows: int) -> Tensor:
+        values = self._values[side]
+        if len(values) < rows:
+            # Doubling: appends cost amortised O(1) per item, as a list's do.
+            grown = torch.full((max(rows, 2 * len(values)),), -1, dtype=torch.long)
+            grown[:len(values)] = values
+            values = self._values[side] = grown
+        return values
 
-    def link(self, side: str, items: Iterable[int], values: Iterable[int]) -> None:
+    def values_of(self, side: str, items: Tensor) -> Tensor:
+        """The value row of each of ``items`` (-1: none)."""
+        values = self._room(side, int(items.max()) + 1 if len(items) else 0)
+        return values[items]
+
+    def link(self, side: str, items: Tensor, values: Tensor) -> None:
         """Link each of ``items`` to the value at the same position in ``values`` (replacing a link)."""
-        self._links[side].update(zip(items, values))
-        self._lookups.pop(side, None)
+        if len(items):
+            self._room(side, int(items.max()) + 1)[items] = values
+            self._dirty[side].append(items)
 
     def lookup(self, side: str, rows: int) -> Tensor:
-        """Value row in ``side`` of each of the first ``rows`` items, -1: none. Read-only: it is
-        cached until the memberships change (the cold-start lane asks every second)."""
-        cached = self._lookups.get(side)
-        if cached is None or len(cached) < rows:
-            links = self._links[side]
-            cached = torch.full((max(rows, max(links, default=-1) + 1),), -1, dtype=torch.long)
-            if links:
-                cached[torch.tensor(list(links.keys()))] = torch.tensor(list(links.values()))
-            self._lookups[side] = cached
-        return cached[:rows]
+        """Value row in ``side`` of each of the first ``rows`` items, -1: none. Read-only: a view
+        of the memberships, which later links change."""
+        return self._room(side, rows)[:rows]
 
     def lookups(self, rows: int) -> dict[str, Tensor]:
         """``lookup`` of every side view."""
-        return {side: self.lookup(side, rows) for side in self._links}
+        return {side: self.lookup(side, rows) for side in self._values}
+
+    def changed(self, side: str) -> Tensor:
+        """The items linked since the last ``published``, ascending, each once."""
+        parts = self._dirty[side]
+        return torch.unique(torch.cat(parts)) if parts else torch.empty(0, dtype=torch.long)
+
+    def published(self) -> None:
+        """Every link so far is in a snapshot: ``changed`` starts afresh."""
+        for parts in self._dirty.values():
+            parts.clear()
 
 
 @dataclass
@@ -179,10 +196,9 @@ class Mirrors:
             items.ensure_nodes()
             graph.ensure_nodes()
             if changes_only:
-                fresh = torch.tensor([self.memberships.value(view.name, i) != v
-                                      for i, v in zip(item_idx.tolist(), value_idx.tolist())], dtype=torch.bool)
+                fresh = self.memberships.values_of(view.name, item_idx) != value_idx
                 item_idx, value_idx = item_idx[fresh], value_idx[fresh]
-            self.memberships.link(view.name, item_idx.tolist(), value_idx.tolist())
+            self.memberships.link(view.name, item_idx, value_idx)
             touched[view.name] = torch.cat([touched[view.name], value_idx])
             touched[self.item] = item_idx
         for name, nodes in touched.items():

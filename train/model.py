@@ -56,15 +56,30 @@ class Table(nn.Module):
     small steps in an incremental round, new rows large ones (restarting it let every touched row
     jump by the full learning rate again, and an incremental round undid most of a full one)."""
 
-    def __init__(self, rows: int, dim: int, *, init: str) -> None:
+    def __init__(self, rows: int, dim: int, *, init: str, fill: bool = True) -> None:
+        """``fill``: initialise the rows (off: they are about to be replaced by a checkpoint's)."""
         super().__init__()
         self.weight = nn.Parameter(torch.empty(rows, dim), requires_grad=False)
-        self.register_buffer("square", torch.zeros(rows))
-        if init == "uniform":
+        self.register_buffer("square", torch.zeros(rows) if fill else torch.empty(rows))
+        if init == "uniform" and fill:
             nn.init.uniform_(self.weight, -0.5 / dim, 0.5 / dim)  # word2vec's input init
-        else:
+        elif fill:
             nn.init.zeros_(self.weight)  # word2vec's context init
         self.init = init
+        # Rows written since the last snapshot, what its delta must hold. Not state: a checkpoint
+        # is the snapshot, so a restored table has nothing unpublished.
+        self.changed = torch.zeros(rows, dtype=torch.bool)
+
+    def mark(self, index: Tensor) -> None:
+        """Note that ``index``'s rows were written."""
+        self.changed[index] = True
+
+    def adopt(self, weight: Tensor, square: Tensor) -> None:
+        """Take these rows and accumulators as the table's own (no copy)."""
+        if weight.shape != self.weight.shape or square.shape != self.square.shape:
+            raise ValueError(f"table of {tuple(self.weight.shape)} cannot adopt {tuple(weight.shape)}")
+        self.weight.data = weight
+        self.square: Tensor = square
 
     def __len__(self) -> int:
         return self.weight.shape[0]
@@ -75,6 +90,8 @@ class Table(nn.Module):
         table = Table(rows, self.weight.shape[1], init=self.init)
         table.weight[: len(self)] = self.weight
         table.square[: len(self)] = self.square
+        table.changed[: len(self)] = self.changed  # the new rows are changed: they were never published
+        table.changed[len(self):] = True
         return table
 
 
@@ -93,6 +110,7 @@ class RowBatch:
         self._taken: list[tuple[Table, Tensor, Tensor, int]] = []
 
     def take(self, table: Table, index: Tensor, pairs: int) -> Tensor:
+        table.mark(index)
         rows = table.weight.index_select(0, index).requires_grad_()
         self._taken.append((table, index, rows, pairs))
         return rows
@@ -158,11 +176,17 @@ def task_weight(sigma2: Tensor) -> Tensor:
 
 
 class M2GRL(nn.Module):
-    def __init__(self, shape: ModelShape) -> None:
+    # Whether ``vectors`` are the input tables' rows, so that the rows written are the rows changed.
+    vectors_are_inputs = True
+
+    def __init__(self, shape: ModelShape, *, fill: bool = True) -> None:
+        """``fill``: initialise the tables (off: a checkpoint's rows are adopted next)."""
         super().__init__()
         self.shape = shape
-        self.inputs = nn.ModuleDict({v: Table(n, shape.dim, init="uniform") for v, n in zip(shape.views, shape.rows)})
-        self.contexts = nn.ModuleDict({v: Table(n, shape.dim, init="zeros") for v, n in zip(shape.views, shape.rows)})
+        self.inputs = nn.ModuleDict({v: Table(n, shape.dim, init="uniform", fill=fill)
+                                     for v, n in zip(shape.views, shape.rows)})
+        self.contexts = nn.ModuleDict({v: Table(n, shape.dim, init="zeros", fill=fill)
+                                       for v, n in zip(shape.views, shape.rows)})
         self.projections = nn.ModuleDict({v: nn.Linear(shape.dim, shape.dim, bias=False) for v in shape.side_views})
         # s_k = log σ_k²; 0 means every task starts with weight 1/2, as in the paper's formulation.
         self.log_vars = nn.ParameterDict({self._key(t): nn.Parameter(torch.zeros(())) for t in shape.tasks})
@@ -201,6 +225,9 @@ class M2GRL(nn.Module):
         loss = sgns_kernel().sgns_step(inputs.weight.data, inputs.square, contexts_table.weight.data,
                                        contexts_table.square, centers, contexts, pool, negatives / len(pool), weight,
                                        rows.lr, LOSS_SAMPLE)
+        inputs.mark(centers)  # after the step, which refuses rows outside the table
+        contexts_table.mark(contexts)
+        contexts_table.mark(pool)
         return torch.tensor(loss)
 
     def inter_loss(self, side_view: str, items: Tensor, values: Tensor, pool: Tensor, rows: RowBatch,
@@ -237,6 +264,15 @@ class M2GRL(nn.Module):
         new_rows = list(self.shape.rows)
         new_rows[index] = rows
         self.shape = ModelShape(self.shape.views, tuple(new_rows), self.shape.dim)
+
+    def tables(self, view: str) -> tuple[Table, Table]:
+        """``view``'s input and context tables."""
+        return self.inputs[view], self.contexts[view]
+
+    def dense_state(self) -> dict[str, Tensor]:
+        """The parameters besides the tables: what a checkpoint saves whole."""
+        return {key: value for key, value in self.state_dict().items()
+                if not key.startswith(("inputs.", "contexts."))}
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [*self.projections.parameters(), *self.log_vars.parameters()]

@@ -1,14 +1,20 @@
 """Publishing the trainer's snapshot versions, and restoring the trainer from the last one.
 
-A round publishes a whole version: every view's ids and vectors, the items' memberships and a
-checkpoint of the model. The cold-start lane publishes versions that append brand-new items to the
-last one (``snapshots.publish_appended``) and share its checkpoint. A restarted trainer resumes
-from the last checkpoint: its id maps (so every id keeps its row), model and watermarks.
+A round publishes a delta (m2grl/snapshots.py): the rows its steps wrote, with the trainer's state
+of them (context vectors, Adagrad accumulators), the rows it appended, the memberships it linked
+and the dense parameters. A full round, or one that moved over BASE_SHARE of the rows, publishes a
+base of whole tables instead. The cold-start lane publishes deltas that only append brand-new items,
+without model state. Once a version's deltas reach ``train.compact_share`` of its base's bytes (or
+``train.compact_max_deltas`` of them), a background thread folds them into a new base.
+
+A restarted trainer resumes from the current version: its id maps (so every id keeps its row), its
+model as the chain last carried it, and the watermarks that model was trained to.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,11 +25,16 @@ from torch import Tensor
 
 from m2grl import snapshots
 from m2grl.settings import TrainSettings
+from m2grl.train import metrics
 from m2grl.train.mirror import Mirrors, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
 from m2grl.views import View
 
 log = logging.getLogger(__name__)
+
+# Past this share of rows rewritten, a delta costs a reader as much as a base and the next
+# compaction more: publish a base.
+BASE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,30 +50,56 @@ class Restored:
 
 
 def restore(cfg: TrainSettings, views: Sequence[View], architecture: type[M2GRL]) -> Restored | None:
-    """Warm start: the id maps, model and watermarks of the last published checkpoint; None if
-    nothing was published yet."""
-    restored = snapshots.load_checkpoint(cfg.snapshot_dir)
-    if restored is None:
+    """Warm start from the current version; None if nothing was published yet."""
+    checkpoint = snapshots.load_checkpoint(cfg.snapshot_dir)
+    if checkpoint is None:
         return None
-    version, checkpoint, published_ids = restored
     names = [view.name for view in views]
-    ids = {view: view_ids for view, view_ids in published_ids.items() if view in names}
+    ids = {view: view_ids for view, view_ids in checkpoint.ids.items() if view in names}
+    saved = checkpoint.model
     model: M2GRL | None = None
-    shape = ModelShape(**checkpoint["shape"])
-    if shape.views == tuple(names) and shape.dim == cfg.dim:
-        model = architecture(shape)
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError as exc:  # written by an older release with other parameters
-            log.warning("checkpoint's model does not fit this release (%s): the next round trains from "
-                        "scratch; ids keep their rows", str(exc).splitlines()[0])
-            model = None
+    if not saved:
+        log.warning("snapshot %d carries no model: the next round trains from scratch; ids keep their rows",
+                    checkpoint.manifest.version)
     else:
-        log.warning("checkpoint has views %s / dim %d, settings say %s / %d: training from scratch",
-                    shape.views, shape.dim, names, cfg.dim)
-    log.info("resumed from snapshot version %d", version)
-    # The version is the last published one, not the checkpoint's: versions that appended new items share it.
-    return Restored(version, ids, model, dict(checkpoint["watermarks"]))
+        shape = ModelShape(tuple(saved["shape"]["views"]), tuple(saved["shape"]["rows"]), saved["shape"]["dim"])
+        if shape.views == tuple(names) and shape.dim == cfg.dim:
+            try:
+                model = _rebuild(architecture, shape, checkpoint, saved["dense"])
+            except RuntimeError as exc:  # written by an older release with other parameters
+                log.warning("checkpoint's model does not fit this release (%s): the next round trains from "
+                            "scratch; ids keep their rows", str(exc).splitlines()[0])
+        else:
+            log.warning("checkpoint has views %s / dim %d, settings say %s / %d: training from scratch",
+                        shape.views, shape.dim, names, cfg.dim)
+    log.info("resumed from snapshot version %d", checkpoint.manifest.version)
+    watermarks = dict(saved["watermarks"]) if saved else dict(checkpoint.manifest.watermark_ms)
+    # The version is the last published one, not the model's: versions that appended new items follow it.
+    return Restored(checkpoint.manifest.version, ids, model, watermarks)
+
+
+def _rebuild(architecture: type[M2GRL], shape: ModelShape, checkpoint: snapshots.Checkpoint,
+             dense: dict[str, Tensor]) -> M2GRL:
+    """The model from a checkpoint's tables, adopted without a copy where they are whole."""
+    whole = all(len(checkpoint.inputs[view]) == rows for view, rows in zip(shape.views, shape.rows))
+    model = architecture(shape, fill=not whole)
+    for view in shape.views:
+        inputs, contexts = model.tables(view)
+        weight, context = torch.from_numpy(checkpoint.inputs[view]), torch.from_numpy(checkpoint.contexts[view])
+        squares = torch.from_numpy(checkpoint.squares[view])
+        if whole:
+            inputs.adopt(weight, squares[:, 0].clone())
+            contexts.adopt(context, squares[:, 1].clone())
+        else:  # a view published without rows still has its one table row
+            with torch.no_grad():
+                rows = len(weight)
+                inputs.weight[:rows], inputs.square[:rows] = weight, squares[:, 0]
+                contexts.weight[:rows], contexts.square[:rows] = context, squares[:, 1]
+    missing, unexpected = model.load_state_dict(dense, strict=False)
+    missing = [key for key in missing if not key.startswith(("inputs.", "contexts."))]
+    if missing or unexpected:
+        raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
+    return model
 
 
 def view_vectors(model: M2GRL, graph: ViewGraph) -> tuple[list[str], np.ndarray]:
@@ -71,17 +108,18 @@ def view_vectors(model: M2GRL, graph: ViewGraph) -> tuple[list[str], np.ndarray]
     return list(ids), model.vectors(graph.view).numpy()[: len(ids)]
 
 
-def item_vectors(model: M2GRL, item: str, pending: Mapping[int, Tensor], start: int, end: int) -> Tensor | None:
-    """The item vectors to publish for rows ``start``..``end``: the table's where it has the
+def vectors_of(model: M2GRL, view: str, pending: Mapping[int, Tensor], rows: Tensor) -> Tensor | None:
+    """The vectors to publish for ``rows`` (ascending) of ``view``: the table's where it has the
     row, else the one given when the row was appended (``pending``); None if a row has neither (ids
     merged by a round that failed before growing the tables)."""
-    table = model.vectors(item)
-    parts = [table[start:min(end, len(table))]]
-    for row in range(max(start, len(table)), end):
-        if row not in pending:
-            return None
-        parts.append(pending[row].unsqueeze(0))
-    return torch.cat(parts)
+    table = model.vectors(view)
+    inside = int(torch.searchsorted(rows, len(table)))
+    extra = rows[inside:].tolist()
+    if any(row not in pending for row in extra):
+        return None
+    parts = [table[rows[:inside]]]
+    parts.extend(pending[row].unsqueeze(0) for row in extra)
+    return torch.cat(parts) if extra else parts[0]
 
 
 @dataclass(frozen=True)
@@ -93,61 +131,158 @@ class Appended:
 
 
 class Publisher:
-    """Publishes into ``train.snapshot_dir``, and remembers how many rows of each view the current
-    version holds: the cold-start lane appends after them."""
+    """Publishes into ``train.snapshot_dir``, remembers how many rows of each view the current
+    version holds (deltas change and append after them), and compacts in the background."""
 
     def __init__(self, cfg: TrainSettings) -> None:
         self.cfg = cfg
         self.rows: dict[str, int] = {}  # empty until a version is published or restored
+        self._compaction: threading.Thread | None = None
 
     def publish_round(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], *, version: int,
                       watermarks: Mapping[str, int], losses: dict[str, float], sigma2: dict[str, float],
-                      new_ids: dict[str, int]) -> None:
-        """A whole version: the round's tables, plus the vectors ``pending`` holds for item rows the
-        cold-start lane appended while the round ran."""
-        item = mirrors.item
-        ids, vectors = {}, {}
-        for view in model.shape.views:
-            ids[view], vectors[view] = view_vectors(model, mirrors.graphs[view])
-        # Items the cold-start lane appended during this round have no table row yet.
-        items = item_vectors(model, item, pending, 0, len(ids[item]))
-        assert items is not None, "the cold-start lane gives every row it appends a vector"
-        vectors[item] = items.numpy()
+                      new_ids: dict[str, int], full: bool) -> snapshots.Manifest:
+        """The round's version: a delta of what it wrote since the last version, or a base (see
+        above). ``pending``: the vectors of item rows the cold-start lane appended while it ran."""
+        totals = {view: len(mirrors.graphs[view].ids) for view in model.shape.views}
+        written = {view: self._written(model, view, totals[view]) for view in model.shape.views}
+        moved = sum(int((rows < self.rows.get(view, 0)).sum()) + totals[view] - self.rows.get(view, 0)
+                    for view, (rows, _) in written.items())
+        base = (full or not self.rows or not model.vectors_are_inputs or moved > BASE_SHARE * sum(totals.values())
+                or snapshots.current_version(self.cfg.snapshot_dir) is None)
+        views = {view: self._view_change(model, mirrors, pending, view, totals[view],
+                                         None if base else written[view]) for view in model.shape.views}
+        items = totals[mirrors.item]
+        memberships = {}
+        for side in mirrors.memberships.sides:
+            values = mirrors.memberships.lookup(side, items)
+            changed = None if base else mirrors.memberships.changed(side)
+            memberships[side] = snapshots.MembershipChange(
+                (values if changed is None else values[changed]).numpy(), None if changed is None else changed.numpy())
+        table_rows = {view: min(len(model.inputs[view]), totals[view]) for view in model.shape.views}
+        state = {"shape": {"views": list(model.shape.views), "rows": list(model.shape.rows), "dim": model.shape.dim},
+                 "dense": model.dense_state(), "watermarks": dict(watermarks), "version": version,
+                 "settings": self.cfg.model_dump(mode="json")}
         manifest = snapshots.Manifest(
             version=version, created_ms=int(time.time() * 1000), watermark_ms=dict(watermarks),
-            views=list(model.shape.views), dim=model.shape.dim, rows={v: len(ids[v]) for v in ids},
-            losses=losses, sigma2=sigma2, new_ids=new_ids, members=mirrors.memberships.sides)
-        checkpoint = {"version": version, "shape": model.shape.__dict__, "model": model.state_dict(),
-                      "watermarks": dict(watermarks), "settings": self.cfg.model_dump(mode="json")}
-        memberships = {side: mirrors.memberships.lookup(side, len(ids[item])).numpy()
-                       for side in mirrors.memberships.sides}
-        snapshots.publish(self.cfg.snapshot_dir, manifest, vectors, ids, checkpoint, keep=self.cfg.keep_snapshots,
-                          members=memberships)
-        self.rows = {view: len(rows) for view, rows in ids.items()}
+            views=list(model.shape.views), dim=model.shape.dim, rows=totals, losses=losses, sigma2=sigma2,
+            new_ids=new_ids, sides=mirrors.memberships.sides,
+            changed={view: int((rows < self.rows.get(view, 0)).sum()) for view, (rows, _) in written.items()})
+        published = snapshots.publish(self.cfg.snapshot_dir, manifest,
+                                      snapshots.Segment(views, memberships, state, table_rows),
+                                      keep=self.cfg.keep_snapshots)
+        for view in model.shape.views:
+            for table in model.tables(view):
+                if base:
+                    table.changed.zero_()
+                else:
+                    table.changed[written[view][1]] = False
+        mirrors.memberships.published()
+        self.rows = dict(totals)
+        self._published(published)
+        return published
+
+    @staticmethod
+    def _written(model: M2GRL, view: str, total: int) -> tuple[Tensor, Tensor]:
+        """Rows of ``view`` below ``total`` (the ones published) whose input vector, and whose
+        trainer state (either table's row), were written since the last version."""
+        inputs, contexts = model.tables(view)
+        rows = min(len(inputs), total)
+        moved = inputs.changed[:rows]
+        return torch.nonzero(moved).flatten(), torch.nonzero(moved | contexts.changed[:rows]).flatten()
+
+    def _view_change(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], view: str, total: int,
+                     written: tuple[Tensor, Tensor] | None) -> snapshots.ViewChange:
+        """``view``'s part of the round's segment: every row (``written`` None), or the rows
+        written before the last version's end and all rows after it."""
+        inputs, contexts = model.tables(view)
+        table_rows = min(len(inputs), total)
+        ids = mirrors.graphs[view].ids.ids
+        if written is None:  # slices, not gathers: a base of millions of rows is not copied twice
+            table = model.vectors(view)[:table_rows]
+            extra = vectors_of(model, view, pending, torch.arange(table_rows, total))
+            assert extra is not None, "the cold-start lane gives every row it appends a vector"
+            return snapshots.ViewChange(
+                ids=list(ids[:total]), vectors=(torch.cat([table, extra]) if len(extra) else table).numpy(),
+                contexts=contexts.weight.detach()[:table_rows].numpy(),
+                squares=torch.stack([inputs.square[:table_rows], contexts.square[:table_rows]], dim=1).numpy())
+        first = self.rows.get(view, 0)
+        moved, stateful = written
+        rows = torch.cat([moved[moved < first], torch.arange(first, total)])
+        vectors = vectors_of(model, view, pending, rows)
+        assert vectors is not None, "the cold-start lane gives every row it appends a vector"
+        state_rows = torch.cat([stateful[stateful < first], torch.arange(first, table_rows)])
+        return snapshots.ViewChange(
+            ids=ids[first:total], vectors=vectors.numpy(), rows=rows.numpy(),
+            contexts=contexts.weight.detach()[state_rows].numpy(),
+            squares=torch.stack([inputs.square[state_rows], contexts.square[state_rows]], dim=1).numpy(),
+            state_rows=state_rows.numpy())
 
     def publish_new_items(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], *,
                           last_version: int) -> Appended | None:
-        """A version that appends the item rows added since the current version to the newest on
-        disk, numbered after it and after ``last_version`` (the trainer's); None where there are
-        no such rows, a row has no vector, or nothing is on disk to append to."""
+        """A version that appends the item rows added since the current version to it, numbered
+        after it and after ``last_version`` (the trainer's); None where there are no such rows, a
+        row has no vector, or nothing is on disk to append to."""
         item = mirrors.item
         start, end = self.rows[item], len(mirrors.graphs[item].ids)
-        vectors = item_vectors(model, item, pending, start, end) if end > start else None
-        base = snapshots.current_version(self.cfg.snapshot_dir)
-        if vectors is None or base is None:
+        rows = torch.arange(start, end)
+        vectors = vectors_of(model, item, pending, rows) if end > start else None
+        before = snapshots.read_current(self.cfg.snapshot_dir)
+        if vectors is None or before is None:
             return None
-        memberships = {side: mirrors.memberships.lookup(side, end)[start:].numpy().copy()
-                       for side in mirrors.memberships.sides}
-        for side, rows in memberships.items():
-            rows[rows >= self.rows[side]] = -1  # a value the base version does not hold yet
-        before = snapshots.read_manifest(snapshots.version_dir(self.cfg.snapshot_dir, base))
+        memberships = {}
+        for side in mirrors.memberships.sides:
+            values = mirrors.memberships.lookup(side, end)[start:].numpy().copy()
+            values[values >= self.rows[side]] = -1  # a value the current version does not hold yet
+            memberships[side] = snapshots.MembershipChange(values, rows.numpy())
+        views = {view: snapshots.ViewChange([], np.empty((0, before.dim), dtype=np.float32),
+                                            np.empty(0, dtype=np.int64)) for view in before.views}
+        views[item] = snapshots.ViewChange(mirrors.graphs[item].ids.ids[start:end], vectors.numpy(), rows.numpy())
         manifest = snapshots.Manifest(
-            version=max(last_version, base) + 1, created_ms=int(time.time() * 1000),
+            version=max(last_version, before.version) + 1, created_ms=int(time.time() * 1000),
             watermark_ms=before.watermark_ms, views=before.views, dim=before.dim,
             rows={**before.rows, item: end}, losses=before.losses, sigma2=before.sigma2,
-            new_ids={item: end - start}, members=before.members)
-        snapshots.publish_appended(self.cfg.snapshot_dir, base, manifest, item,
-                                   mirrors.graphs[item].ids.ids[start:end], vectors.numpy(), memberships,
-                                   keep=self.cfg.keep_snapshots)
+            new_ids={item: end - start}, sides=before.sides)
+        published = snapshots.publish(self.cfg.snapshot_dir, manifest, snapshots.Segment(views, memberships),
+                                      keep=self.cfg.keep_snapshots)
         self.rows[item] = end
+        self._published(published)
         return Appended(manifest.version, end - start)
+
+    # -- compaction ----------------------------------------------------------------------------------
+
+    def _published(self, manifest: snapshots.Manifest) -> None:
+        """Count the segment's bytes, and compact if due."""
+        kind = "base" if len(manifest.chain) == 1 else "delta"
+        metrics.SNAPSHOT_BYTES.labels(kind).inc(snapshots.segment_bytes(self.cfg.snapshot_dir, manifest.segment))
+        self._compact_if_due(manifest)
+
+    def _compact_if_due(self, manifest: snapshots.Manifest) -> None:
+        if self._compaction is not None and self._compaction.is_alive():
+            return
+        if len(manifest.chain) == 1:
+            return
+        try:
+            share, deltas = snapshots.delta_share(self.cfg.snapshot_dir, manifest)
+        except FileNotFoundError:  # compacted or pruned meanwhile
+            return
+        if share >= self.cfg.compact_share or deltas >= self.cfg.compact_max_deltas:
+            self._compaction = threading.Thread(target=self._compact, args=(manifest.version,),
+                                                name="snapshot-compaction", daemon=True)
+            self._compaction.start()
+
+    def _compact(self, version: int) -> None:
+        started = time.perf_counter()
+        try:
+            name = snapshots.compact(self.cfg.snapshot_dir, version, keep=self.cfg.keep_snapshots)
+        except (OSError, ValueError) as exc:  # the deltas stay; the next publish tries again
+            log.warning("could not compact snapshot version %d: %s", version, exc)
+            return
+        metrics.SNAPSHOT_COMPACTIONS.inc()
+        log.info("compacted snapshot version %d into base %s in %.1f s", version, name,
+                 time.perf_counter() - started)
+
+    def wait_for_compaction(self, timeout: float | None = None) -> None:
+        """Wait until a compaction in progress is done (on close, and in tests)."""
+        if self._compaction is not None:
+            self._compaction.join(timeout)

@@ -58,11 +58,26 @@ class RoundStats:
     # About a hundred points per round: {"step": n, "loss": {task: ...}, "sigma2": {task: ...}}.
     curve: list[dict] = field(default_factory=list, repr=False)
     train_seconds: float = 0.0  # the optimisation steps alone, without reading, walking and publishing
+    # Seconds per part of the round, in order: read_merge, grow, walks, pairs, steps, publish.
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def pairs_per_s(self) -> float:
         """Training throughput: (center, context) pairs per second of optimisation steps."""
         return self.pairs / self.train_seconds if self.train_seconds else 0.0
+
+
+class _Clock:
+    """Times the parts of a round into ``phases``: each lap is the time since the one before."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 class Trainer:
@@ -102,6 +117,7 @@ class Trainer:
         return self.stores.for_target(self.settings.neo4j_for(view))
 
     def close(self) -> None:
+        self.publisher.wait_for_compaction()
         self.stores.close()
 
     def _restore(self) -> None:
@@ -128,16 +144,21 @@ class Trainer:
     def _round(self, *, full: bool, progress: bool | str, reads: dict[str, ViewRead] | None,
                publish: bool) -> RoundStats:
         started = time.perf_counter()
+        phases: dict[str, float] = {}
+        clock = _Clock(phases)
         full = full or self.model is None
         news = self._read_changes() if reads is None else self.mirrors.merge_reads(reads)
         touched = news.touched_nodes()
+        clock.lap("read_merge")
         new_ids = self._grow(fresh=full)
+        clock.lap("grow")
         model = self.model
         assert model is not None  # _grow made one if need be
         pace = Pace.of(self.cfg, full=full)
         self._cold_start_tick()
         walks = self._walk(touched, new_ids, pace)
         self._cold_start_tick()
+        clock.lap("walks")
 
         pairs = intra_view_pairs(walks, self.cfg.window)
         item_task = f"intra:{self.item}"
@@ -150,6 +171,7 @@ class Trainer:
             pairs.update(alignment_pairs(self.mirrors.memberships, self.item, model.shape.rows[0], touched, walks,
                                          samplers, pace))
 
+        clock.lap("pairs")
         train_started = time.perf_counter()
         bar = None if not progress else progress if isinstance(progress, str) else f"round {self.version + 1}"
         trained = train_steps(model, pairs, samplers, pace, self.cfg, generator=self.generator,
@@ -157,18 +179,21 @@ class Trainer:
                               progress=bar, between_steps=self._cold_start_tick)
         train_seconds = time.perf_counter() - train_started
         if model.aligns:
-            cover_items_without_walks(model, self.mirrors)
+            among = None if pace.everything else touched.get(self.item, torch.empty(0, dtype=torch.long))
+            cover_items_without_walks(model, self.mirrors, among)
+        clock.lap("steps")
 
         self.version += 1
         stats = RoundStats(version=self.version, full=full, seconds=0.0, steps=trained.steps,
                            pairs=int(sum(len(c) for c, _ in pairs.values()) * self.cfg.epochs),
                            losses=trained.losses, sigma2={task: float(model.sigma2(task)) for task in model.tasks},
                            new_ids=new_ids, watermark_ms=dict(self.watermarks), curve=trained.curve,
-                           train_seconds=train_seconds)
+                           train_seconds=train_seconds, phases=phases)
         if publish:
             self.publisher.publish_round(model, self.mirrors, self.lane.pending, version=stats.version,
                                          watermarks=self.watermarks, losses=stats.losses, sigma2=stats.sigma2,
-                                         new_ids=stats.new_ids)
+                                         new_ids=stats.new_ids, full=full)
+        clock.lap("publish")
         stats.seconds = time.perf_counter() - started
         return stats
 

@@ -1,11 +1,14 @@
-"""`m2grl bench freshness` and `m2grl bench load` (the whole pipeline measured from outside)."""
+"""`m2grl bench freshness` and `m2grl bench load` (the whole pipeline measured from outside), and
+`m2grl bench scale` (training, publishing and serving as the number of items grows)."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from m2grl.console import above_zero, at_least_one, print_json
 from m2grl.lab.bench import pipeline as bench
+from m2grl.lab.bench import scale as scale_bench
 from m2grl.settings import Settings
 
 
@@ -39,6 +42,44 @@ def _load(args: Any, settings: Settings) -> int:
     print(f"  during ingest + training: {busy['qps']:>5,} calls/s  p50 {busy['p50_ms']} ms  p99 {busy['p99_ms']} ms  "
           f"failures {busy['failures'] or 0}  ({busy['versions_went_live']} versions went live)")
     print(f"  p99 {report['p99_over_idle']} × idle (target <= {bench.TARGET_LOAD_P99_OVER_IDLE:g} ×, zero errors)")
+    return 0
+
+
+def item_counts(text: str) -> tuple[int, ...]:
+    """argparse type of --items: comma-separated counts, each at least 1,000 (below that a round's
+    2,000 new transitions would be no small change), sorted and without repeats."""
+    counts = []
+    for part in text.split(","):
+        try:
+            count = int(part.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a whole number") from None
+        if count < 1000:
+            raise argparse.ArgumentTypeError(f"item counts must be at least 1000, got {count}")
+        counts.append(count)
+    return tuple(sorted(set(counts)))
+
+
+def _scale(args: Any, settings: Settings) -> int:
+    report = scale_bench.run_scale_bench(settings, items=args.items, rounds=args.rounds, config=args.config)
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"scale: {len(report['sizes'])} sizes, {report['workload']['incremental_rounds']} incremental rounds each "
+          f"(2,000 transitions + 100 new items per round), {report['machine']['cpus']} CPUs")
+    for size in report["sizes"]:
+        inc, trainer, server, restart = size["incremental"]["median"], size["trainer"], size["server"], size["restart"]
+        phases = ", ".join(f"{phase.removesuffix('_s')} {inc[phase]:.2f}" for phase in
+                           ("read_merge_s", "grow_s", "walks_s", "pairs_s", "steps_s", "publish_s"))
+        print(f"  {size['items']:>10,} items: incremental round {inc['seconds']:.2f} s ({phases})")
+        print(f"{'':>20}{inc['bytes_written'] / 2**20:.1f} MB per version ({size['incremental']['bytes_per_item']:.0f} "
+              f"B/item); trainer {trainer['peak_rss_mb']:,.0f} MB ({trainer['peak_rss_bytes_per_item']:,} B/item)")
+        print(f"{'':>20}server {server['peak_rss_mb']:,.0f} MB ({server['peak_rss_bytes_per_item']:,} B/item), serving "
+              f"within {server['serving_within_s']:.2f} s, moves in {server['move_median_s']:.3f} s; restart: "
+              f"restore {restart['restore_s']:.1f} s + reload graph {restart['reload_graph_s']:.1f} s")
+    for name, target in report["targets"].items():
+        value = "-" if target["value"] is None else f"{target['value']:g}"
+        print(f"  {name}: {value} (target <= {target['at_most']:g}: {'met' if target['met'] else 'NOT met'})")
     return 0
 
 
@@ -77,3 +118,25 @@ def register_bench(benches: Any) -> None:
     load.add_argument("--interval", type=above_zero, help="seconds between training rounds (default: train.interval_s)")
     load.add_argument("--json", action="store_true")
     load.set_defaults(handler=_load)
+
+    scale = benches.add_parser(
+        "scale", help="incremental round, publishing and serving as the number of items grows",
+        description="For each --items N: generates N items with 5·N Zipf-skewed transitions and a category side "
+        "view, trains one small full round, then --rounds incremental rounds, each adding 2,000 transitions and "
+        "100 brand-new items (the same change whatever N). Reports per N the median incremental round split into "
+        "read/merge, grow, walks, pairs, steps and publish; bytes written per version (files new on disk, hard "
+        "links free); the trainer's peak RSS; a separate server process's time to serve the first version and to "
+        "move to each new one, and its peak RSS; and a restarted trainer's time to restore from the snapshot "
+        "and to reload the whole graph. Trainer, server and restarted trainer each run in their own process, "
+        "taking turns. The smallest N is the baseline: ratios are largest N over smallest, and the targets are "
+        "checked at the largest: incremental round within 1.5 × the smallest N's, trainer peak RSS <= 1.2 KB per item, "
+        "server <= 0.5 KB per item beyond its ANN index, a move to a new version <= 50 ms, a fresh server serving "
+        "within 15 s. No Kafka or Neo4j needed; the snapshots go to a temporary folder, one N at a time.")
+    scale.add_argument("--items", type=item_counts, default=scale_bench.DEFAULT_ITEMS, metavar="N,N,…",
+                       help="comma-separated item counts (default "
+                       f"{','.join(map(str, scale_bench.DEFAULT_ITEMS))})")
+    scale.add_argument("--rounds", type=at_least_one, default=scale_bench.DEFAULT_ROUNDS,
+                       help="incremental rounds per N; their median is reported "
+                       f"(default {scale_bench.DEFAULT_ROUNDS})")
+    scale.add_argument("--json", action="store_true")
+    scale.set_defaults(handler=_scale)

@@ -16,8 +16,11 @@ from m2grl.train.model import M2GRL, ModelShape, RowBatch, Table, sgns_loss
 
 
 class EGES(M2GRL):
-    def __init__(self, shape: ModelShape) -> None:
-        super().__init__(shape)
+    # Its item vectors mix the side views' through attention: a row it serves moves without being written.
+    vectors_are_inputs = False
+
+    def __init__(self, shape: ModelShape, *, fill: bool = True) -> None:
+        super().__init__(shape, fill=fill)
         self.attention = Table(shape.rows[0], len(shape.views), init="zeros")  # equal weights until learned
         self.memberships: dict[str, Tensor] = {}
 

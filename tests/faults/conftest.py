@@ -180,7 +180,7 @@ class Rig:
         version = snapshots.current_version(self.snapshot_dir)
         if version is None:
             return 0
-        return snapshots.read_manifest(snapshots.version_dir(self.snapshot_dir, version)).watermark_ms.get("item", 0)
+        return snapshots.read_manifest(self.snapshot_dir, version).watermark_ms.get("item", 0)
 
     def round_in_progress(self) -> bool:
         log = self.log("train")

@@ -46,8 +46,8 @@ def publish(root: Path, version: int, *, extra_items: int = 0, poison: bool = Fa
     manifest = snapshots.Manifest(
         version=version, created_ms=1_700_000_000_000 + version, watermark_ms={"item": 1_700_000_000_000},
         views=["item", "category"], dim=DIM, rows={view: len(rows) for view, rows in ids.items()},
-        losses={"intra:item": 1.0}, sigma2={"intra:item": 0.5, "inter:category": 0.9}, members=["category"])
-    snapshots.publish(root, manifest, vectors, ids, {"version": version}, keep=keep, members={"category": members})
+        losses={"intra:item": 1.0}, sigma2={"intra:item": 0.5, "inter:category": 0.9}, sides=["category"])
+    snapshots.publish_base(root, manifest, vectors, ids, keep=keep, members={"category": members})
 
 
 @pytest.fixture

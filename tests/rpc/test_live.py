@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def publish(root: Path, version: int, rows: int, fill: float | None = None) -> n
     vectors = {"item": np.random.default_rng(version).normal(size=(rows, 4)).astype(np.float32)}
     if fill is not None:
         vectors["item"][0] = fill
-    snapshots.publish(root, manifest, vectors, {"item": [f"i{n}" for n in range(rows)]}, {"version": version}, keep=3)
+    snapshots.publish_base(root, manifest, vectors, {"item": [f"i{n}" for n in range(rows)]}, keep=3)
     return vectors["item"]
 
 
@@ -65,22 +66,25 @@ def test_a_corrupt_version_is_refused_and_the_last_good_one_keeps_serving(tmp_pa
     assert not live.refresh()
     assert live.current.version == 1 and "NaN" in live.refused[2]
     publish(tmp_path, 3, 10)
-    (snapshots.version_dir(tmp_path, 3) / "item.vectors.npy").write_bytes(b"\x93NUMPY truncated")
+    (snapshots.segment_dir(tmp_path, "b000003") / "item.vectors.npy").write_bytes(b"\x93NUMPY truncated")
     assert not live.refresh() and live.current.version == 1 and 3 in live.refused
     publish(tmp_path, 4, 12)
     assert live.refresh() and live.current.version == 4 and live.current.ids_added == {"item": 2}
 
 
-def test_a_rewritten_id_file_is_read_afresh(tmp_path: Path) -> None:
-    """Training restarted in an emptied folder numbers rows anew; the server must not mix them up."""
+def test_a_new_lineage_is_read_afresh(tmp_path: Path) -> None:
+    """Training restarted in an emptied folder numbers versions and rows anew; the server follows it
+    and does not mix the rows up."""
     live = LiveSnapshots(tmp_path / "a", RpcSettings())
     publish(tmp_path / "a", 1, 10)
+    publish(tmp_path / "a", 2, 10)
     live.refresh()
-    manifest = snapshots.Manifest(version=2, created_ms=2, watermark_ms={}, views=["item"], dim=4, rows={"item": 12},
+    shutil.rmtree(tmp_path / "a")
+    manifest = snapshots.Manifest(version=1, created_ms=2, watermark_ms={}, views=["item"], dim=4, rows={"item": 12},
                                   losses={}, sigma2={})
-    snapshots.publish(tmp_path / "a", manifest, {"item": np.ones((12, 4), dtype=np.float32)},
-                      {"item": [f"other{n}" for n in range(12)]}, {}, keep=3)
-    assert live.refresh()
+    snapshots.publish_base(tmp_path / "a", manifest, {"item": np.ones((12, 4), dtype=np.float32)},
+                           {"item": [f"other{n}" for n in range(12)]}, keep=3)
+    assert live.refresh() and live.current.version == 1
     assert live.current.views["item"].row("other11") == 11 and live.current.views["item"].row("i1") is None
 
 
@@ -91,8 +95,8 @@ def test_a_version_listing_an_id_twice_is_refused(tmp_path: Path) -> None:
     live.refresh()
     manifest = snapshots.Manifest(version=2, created_ms=2, watermark_ms={}, views=["item"], dim=4, rows={"item": 5},
                                   losses={}, sigma2={})
-    snapshots.publish(tmp_path, manifest, {"item": np.ones((5, 4), dtype=np.float32)},
-                      {"item": ["i0", "i1", "i2", "i3", "i1"]}, {}, keep=3)
+    snapshots.publish_base(tmp_path, manifest, {"item": np.ones((5, 4), dtype=np.float32)},
+                           {"item": ["i0", "i1", "i2", "i3", "i1"]}, keep=3)
     assert not live.refresh() and "listed twice" in live.refused[2]
     assert live.current.version == 1 and live.current.views["item"].rows_of(["i1", "i3"]) == [1, -1]
 
@@ -122,8 +126,8 @@ def test_watchers_get_every_version_exactly_once(tmp_path: Path) -> None:
 def publish_vectors(root: Path, version: int, vectors: np.ndarray) -> None:
     manifest = snapshots.Manifest(version=version, created_ms=version, watermark_ms={"item": version}, views=["item"],
                                   dim=vectors.shape[1], rows={"item": len(vectors)}, losses={}, sigma2={})
-    snapshots.publish(root, manifest, {"item": vectors}, {"item": [f"i{n}" for n in range(len(vectors))]}, {},
-                      keep=3)
+    snapshots.publish_base(root, manifest, {"item": vectors}, {"item": [f"i{n}" for n in range(len(vectors))]},
+                           keep=3)
 
 
 def served_matrix(view: live_module.ServedView) -> np.ndarray:

@@ -217,9 +217,11 @@ def test_a_checkpoint_from_an_older_model_layout_restarts_training_keeping_ids(t
     trainer = Trainer(settings)
     trainer.round(full=True, reads=two_clusters())
     root = settings.train.snapshot_dir
-    path = snapshots.version_dir(root, snapshots.current_version(root)) / "checkpoint.pt"
+    manifest = snapshots.read_current(root)
+    assert manifest is not None
+    path = snapshots.segment_dir(root, manifest.segment) / "model.pt"
     checkpoint = torch.load(path, weights_only=False)
-    checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if not k.endswith(".square")}
+    checkpoint["dense"] = {k.replace("log_vars", "log_variances"): v for k, v in checkpoint["dense"].items()}
     torch.save(checkpoint, path)
 
     restarted = Trainer(settings)
@@ -227,3 +229,46 @@ def test_a_checkpoint_from_an_older_model_layout_restarts_training_keeping_ids(t
     assert restarted.graphs["item"].ids.ids == trainer.graphs["item"].ids.ids
     stats = restarted.round(reads=two_clusters())
     assert stats.full and stats.version == 2
+
+
+def test_incremental_rounds_publish_deltas_that_fold_to_the_trainers_tables_and_restore_them(tmp_path: Path) -> None:
+    """What a restarted trainer and a reader get from base + deltas is bit for bit what the trainer
+    holds, before and after compaction; each delta holds a share of the rows, not all of them."""
+    from m2grl.lab.bench.scale import Names, ScaleGraph, scale_settings, view_reads
+
+    settings = scale_settings(load_settings(), tmp_path / "snapshots")
+    root = settings.train.snapshot_dir
+    graph = ScaleGraph(20000, 0)
+    names = Names(graph, 3)
+    trainer = Trainer(settings)
+    trainer.round(full=True, reads=view_reads(graph.first_read(), graph, names))
+    for _ in range(3):
+        trainer.round(reads=view_reads(graph.next_round(), graph, names))
+    trainer.publisher.wait_for_compaction()
+
+    def assert_same(reader: snapshots.Snapshot, restarted: Trainer) -> None:
+        assert restarted.model is not None and trainer.model is not None
+        for view in ("item", "category"):
+            ids, vectors = trainer.vectors(view)
+            assert reader.ids[view] == ids and reader.vectors[view].tobytes() == vectors.tobytes()
+            assert restarted.graphs[view].ids.ids == ids
+            for mine, theirs in zip(trainer.model.tables(view), restarted.model.tables(view)):
+                assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.square, theirs.square)
+        items = len(trainer.graphs["item"].ids)
+        assert torch.equal(reader_members(reader), trainer.mirrors.memberships.lookup("category", items))
+        assert restarted.model.dense_state().keys() == trainer.model.dense_state().keys()
+        for key, value in trainer.model.dense_state().items():
+            assert torch.equal(value, restarted.model.dense_state()[key]), key
+
+    def reader_members(reader: snapshots.Snapshot) -> torch.Tensor:
+        return torch.from_numpy(reader.members["category"])
+
+    manifest = snapshots.read_current(root)
+    assert manifest is not None and manifest.version == 4
+    assert manifest.new_ids["item"] == 100 and 0 < manifest.changed["item"] < 0.5 * manifest.rows["item"]
+    assert len(manifest.chain) == 4 or manifest.chain[0] != "b000001"  # deltas (compacted or not)
+    assert_same(snapshots.load(root), Trainer(settings))
+    if len(manifest.chain) > 1:
+        snapshots.compact(root, manifest.version, keep=settings.train.keep_snapshots)
+    assert snapshots.read_manifest(root, 4).chain == ["b000004"]
+    assert_same(snapshots.load(root), Trainer(settings))

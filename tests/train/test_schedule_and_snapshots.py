@@ -64,7 +64,7 @@ def write_version(root: Path, version: int, rows: int) -> None:
                                   dim=4, rows={"item": rows}, losses={}, sigma2={})
     vectors = {"item": np.full((rows, 4), float(version), dtype=np.float32)}
     ids = {"item": [f"i{n}" for n in range(rows)]}
-    snapshots.publish(root, manifest, vectors, ids, {"version": version}, keep=3)
+    snapshots.publish_base(root, manifest, vectors, ids, keep=3)
 
 
 def test_readers_only_ever_see_whole_versions(tmp_path: Path) -> None:
@@ -99,7 +99,8 @@ def test_readers_only_ever_see_whole_versions(tmp_path: Path) -> None:
     assert seen and seen == sorted(seen)
     assert snapshots.load(root).manifest.version == 29
     kept = sorted(p.name for p in (root / snapshots.VERSIONS).iterdir())
-    assert kept == ["v000027", "v000028", "v000029"]
+    assert kept == ["v000027.json", "v000028.json", "v000029.json"]
+    assert sorted(p.name for p in (root / snapshots.SEGMENTS).iterdir()) == ["b000027", "b000028", "b000029"]
 
 
 def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path: Path) -> None:
@@ -114,9 +115,11 @@ def test_a_version_written_under_another_root_is_adopted_whole(tmp_path: Path) -
     write_version(served, 1, rows=3)
     for version in (2, 3):
         write_version(staged, version, rows=3 + version)
-    snapshots.adopt(served, snapshots.version_dir(staged, 2), keep=3)
+    snapshots.adopt(served, staged, 2, keep=3)
     assert snapshots.current_version(served) == 2
-    assert not snapshots.version_dir(staged, 2).exists() and snapshots.version_dir(staged, 3).exists()
+    assert not snapshots.segment_dir(staged, "b000002").exists() and snapshots.segment_dir(staged, "b000003").exists()
+    # It extends the served rows, so readers keep the ids they have.
+    assert snapshots.read_manifest(served, 2).lineage == snapshots.read_manifest(served, 1).lineage
     adopted = snapshots.load(served)
     assert adopted.manifest.version == 2 and adopted.vectors["item"].shape == (5, 4)
     assert (adopted.vectors["item"] == 2.0).all() and adopted.ids["item"][-1] == "i4"
@@ -126,18 +129,19 @@ def test_vectors_read_block_by_block_are_the_published_ones_and_a_bad_file_is_re
     manifest = snapshots.Manifest(version=1, created_ms=0, watermark_ms={}, views=["item"], dim=3, rows={"item": 10},
                                   losses={}, sigma2={})
     vectors = np.arange(30, dtype=np.float32).reshape(10, 3)
-    snapshots.publish(tmp_path, manifest, {"item": vectors}, {"item": [f"i{n}" for n in range(10)]}, {}, keep=3)
-    folder = snapshots.version_dir(tmp_path, 1)
-    blocks = [(start, block.copy()) for start, block in snapshots.vector_blocks(folder, manifest, "item", 4)]
+    snapshots.publish_base(tmp_path, manifest, {"item": vectors}, {"item": [f"i{n}" for n in range(10)]}, keep=3)
+    manifest = snapshots.read_manifest(tmp_path, 1)
+    folder = snapshots.segment_dir(tmp_path, manifest.segment)
+    blocks = [(start, block.copy()) for start, block in snapshots.vector_blocks(tmp_path, manifest, "item", 4)]
     assert [start for start, _ in blocks] == [0, 4, 8] and [len(block) for _, block in blocks] == [4, 4, 2]
     assert np.array_equal(np.concatenate([block for _, block in blocks]), vectors)
-    with pytest.raises(ValueError, match="manifest says float32 11 x 3"):
-        list(snapshots.vector_blocks(folder, snapshots.Manifest(**{**manifest.__dict__, "rows": {"item": 11}}),
+    with pytest.raises(ValueError, match="row 10 are in none of its segments"):
+        list(snapshots.vector_blocks(tmp_path, snapshots.Manifest(**{**manifest.__dict__, "rows": {"item": 11}}),
                                      "item", 4))
     path = folder / "item.vectors.npy"
     path.write_bytes(path.read_bytes()[:-5])  # the last row cut short
-    with pytest.raises(EOFError, match="end before row 10 of 10"):
-        list(snapshots.vector_blocks(folder, manifest, "item", 4))
+    with pytest.raises(EOFError, match="ends before row 10 of 10"):
+        list(snapshots.vector_blocks(tmp_path, manifest, "item", 4))
     np.save(path, vectors.astype(np.float64))
     with pytest.raises(ValueError, match="float64"):
-        list(snapshots.vector_blocks(folder, manifest, "item", 4))
+        list(snapshots.vector_blocks(tmp_path, manifest, "item", 4))

@@ -70,7 +70,7 @@ def publish_generated(root: Path, version: int, vectors: np.ndarray, *, keep: in
     manifest = snapshots.Manifest(version=version, created_ms=int(time.time() * 1000), watermark_ms={},
                                   views=["item"], dim=vectors.shape[1], rows={"item": len(vectors)}, losses={},
                                   sigma2={})
-    snapshots.publish(root, manifest, {"item": vectors}, {"item": _ids(0, len(vectors))}, {}, keep=keep)
+    snapshots.publish_base(root, manifest, {"item": vectors}, {"item": _ids(0, len(vectors))}, keep=keep)
 
 
 # -- the server and publisher processes ------------------------------------------------------------
@@ -156,14 +156,13 @@ def _release_every_second(root: Path, staged: Path, seconds: float) -> None:
     mounted with `discard`, and the host took the CPU back), measured in the publisher's phase."""
     from m2grl import snapshots
 
-    staged_versions = sorted(snapshots.read_manifest(folder).version
-                             for folder in (staged / snapshots.VERSIONS).iterdir() if folder.name.startswith("v"))
+    staged_versions = snapshots.published_versions(staged)
     versions = iter(staged_versions)
 
     def release_next() -> int | None:
         version = next(versions, None)
         if version is not None:
-            snapshots.adopt(root, snapshots.version_dir(staged, version), keep=len(staged_versions) + 1)
+            snapshots.adopt(root, staged, version, keep=len(staged_versions) + 1)
         return version
 
     _every_second(seconds, release_next)
