@@ -211,7 +211,8 @@ class Publisher:
         rows = torch.cat([moved[moved < first], torch.arange(first, total)])
         vectors = vectors_of(model, view, pending, rows)
         assert vectors is not None, "the cold-start lane gives every row it appends a vector"
-        state_rows = torch.cat([stateful[stateful < first], torch.arange(first, table_rows)])
+        # Rows the cold-start lane appended while the round ran have no table row yet (past table_rows).
+        state_rows = torch.cat([stateful[stateful < first], torch.arange(first, max(first, table_rows))])
         return snapshots.ViewChange(
             ids=ids[first:total], vectors=vectors.numpy(), rows=rows.numpy(),
             contexts=contexts.weight.detach()[state_rows].numpy(),
