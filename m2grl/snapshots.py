@@ -638,16 +638,23 @@ def vector_blocks(root: Path, manifest: Manifest, view: str,
                        rows_per_block)
 
 
-def read_changes(root: Path, names: list[str], view: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """The rows of ``view`` that the deltas ``names`` changed or appended (ascending, each once)
+def delta_infos(root: Path, names: list[str]) -> list[SegmentInfo]:
+    """What the deltas ``names`` say of themselves; ValueError if one is a base."""
+    infos = [SegmentInfo.read(segment_dir(root, name)) for name in names]
+    bases = [info.name for info in infos if info.base]
+    if bases:
+        raise ValueError(f"{', '.join(bases)}: a base, not a delta")
+    return infos
+
+
+def read_changes(root: Path, infos: list[SegmentInfo], view: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The rows of ``view`` that the deltas ``infos`` (``delta_infos``) changed or appended (ascending, each once)
     and their vectors, later deltas over earlier ones: what moves a reader from the version before
     the first of them to the version of the last."""
     rows_parts, vector_parts = [], []
     dim = 0
-    for info in (SegmentInfo.read(segment_dir(root, name)) for name in names):
+    for info in infos:
         dim = info.dim
-        if info.base:
-            raise ValueError(f"{info.name} is a base, not a delta")
         for held, data in _sources(root, [info], view, "vectors"):
             assert held is not None
             rows_parts.append(held)
@@ -660,13 +667,12 @@ def read_changes(root: Path, names: list[str], view: str) -> tuple[NDArray[np.in
     return unique, vectors[::-1][last]
 
 
-def read_member_changes(root: Path, names: list[str], side: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """The items whose membership in ``side`` the deltas ``names`` set (ascending, each once) and
+def read_member_changes(root: Path, infos: list[SegmentInfo],
+                        side: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The items whose membership in ``side`` the deltas ``infos`` (``delta_infos``) set (ascending, each once) and
     their value rows, later deltas over earlier ones."""
     items_parts, value_parts = [], []
-    for info in (SegmentInfo.read(segment_dir(root, name)) for name in names):
-        if info.base:
-            raise ValueError(f"{info.name} is a base, not a delta")
+    for info in infos:
         if side in info.members:
             folder = segment_dir(root, info.name)
             items_parts.append(np.load(folder / f"{side}.members.rows.npy"))

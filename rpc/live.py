@@ -302,6 +302,24 @@ def _merged(older: Change, newer: Change) -> Change:
     return unique, vectors[first]
 
 
+class _Chain:
+    """A version's segments as a swap needs them, each read once: the deltas after the served
+    version (``names``; None: the version is read whole) and, only where needed, the whole chain.
+    A swap by deltas then opens those deltas, not every segment of the chain."""
+
+    def __init__(self, root: Path, manifest: Manifest, names: list[str] | None) -> None:
+        self.root, self.manifest, self.names = root, manifest, names
+
+    @functools.cached_property
+    def whole(self) -> list[snapshots.SegmentInfo]:
+        return snapshots.segment_infos(self.root, self.manifest)
+
+    @functools.cached_property
+    def deltas(self) -> list[snapshots.SegmentInfo]:
+        assert self.names is not None
+        return snapshots.delta_infos(self.root, self.names)
+
+
 class LiveSnapshots:
     def __init__(self, root: Path, cfg: RpcSettings) -> None:
         self.root = root
@@ -365,11 +383,11 @@ class LiveSnapshots:
 
     def _load(self, version: int, served: ServedVersion | None) -> ServedVersion:
         manifest = snapshots.read_manifest(self.root, version)
-        infos = snapshots.segment_infos(self.root, manifest)
         if served is not None and served.manifest.lineage != manifest.lineage:
             log.warning("snapshot %d starts a new lineage (training restarted from scratch): reading it whole", version)
             served = None
         deltas = self._deltas_after(manifest, served)
+        infos = _Chain(self.root, manifest, deltas)
         views, changed = {}, {}
         for name in manifest.views:
             before = served.views.get(name) if served else None
@@ -387,17 +405,17 @@ class LiveSnapshots:
         reached = [at for at, name in enumerate(manifest.chain) if snapshots.segment_version(name) == served.version]
         return manifest.chain[reached[-1] + 1:] if reached else None
 
-    def _members(self, manifest: Manifest, infos: list[snapshots.SegmentInfo], side: str,
+    def _members(self, manifest: Manifest, infos: _Chain, side: str,
                  served: ServedVersion | None, deltas: list[str] | None) -> Members:
         items, values = manifest.rows[manifest.views[0]], manifest.rows[side]
         if served is None or deltas is None or side not in served.members:
-            return Members(snapshots.read_members(self.root, manifest, side, infos), values)
-        changed_items, changed_values = snapshots.read_member_changes(self.root, deltas, side)
+            return Members(snapshots.read_members(self.root, manifest, side, infos.whole), values)
+        changed_items, changed_values = snapshots.read_member_changes(self.root, infos.deltas, side)
         if len(changed_items) and (changed_items.max() >= items or changed_values.max() >= values):
             raise ValueError(f"{side} memberships of snapshot {manifest.version} do not fit its rows")
         return served.members[side].changed(changed_items, changed_values, items, values)
 
-    def _load_view(self, manifest: Manifest, infos: list[snapshots.SegmentInfo], name: str,
+    def _load_view(self, manifest: Manifest, infos: _Chain, name: str,
                    before: ServedView | None, deltas: list[str] | None) -> tuple[ServedView, int]:
         """The view of the new version, and how many of its rows that were served before changed."""
         column = self._column(manifest, infos, name)
@@ -434,7 +452,7 @@ class LiveSnapshots:
         return buffer.serve(name), (before.rows if before is not None else 0)
 
     def _change_for(self, spare: VectorBuffer, before: ServedView, deltas: list[str] | None, manifest: Manifest,
-                    infos: list[snapshots.SegmentInfo],
+                    infos: _Chain,
                     name: str) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None] | None:
         """The rows and vectors that bring ``spare`` to the new version, and the rows (ascending)
         in which the new version may differ from the served one (None: not known). From the deltas
@@ -445,7 +463,7 @@ class LiveSnapshots:
         lacking = (None if spare.version == served else
                    behind if behind is not None and (behind.since, behind.until) == (spare.version, served) else None)
         if deltas is not None and (spare.version == served or lacking is not None):
-            change = snapshots.read_changes(self.root, deltas, name)
+            change = snapshots.read_changes(self.root, infos.deltas, name)
             if lacking is None:
                 return change, change[0]
             return _merged((lacking.rows, lacking.vectors), change), change[0]
@@ -474,17 +492,20 @@ class LiveSnapshots:
         self._buffers[name] = [live, spare]
         return spare
 
-    def _blocks(self, manifest: Manifest, infos: list[snapshots.SegmentInfo],
+    def _blocks(self, manifest: Manifest, infos: _Chain,
                 name: str) -> Iterator[tuple[int, np.ndarray]]:
-        return snapshots.fold_blocks(self.root, infos, name, "vectors", manifest.rows[name], manifest.dim,
+        return snapshots.fold_blocks(self.root, infos.whole, name, "vectors", manifest.rows[name], manifest.dim,
                                      self.cfg.swap_block_rows)
 
-    def _column(self, manifest: Manifest, infos: list[snapshots.SegmentInfo], name: str) -> IdColumn:
+    def _column(self, manifest: Manifest, infos: _Chain, name: str) -> IdColumn:
         """The view's shared ids extended to this version; a new column for a new lineage
         (training restarted from an empty snapshot folder)."""
         column = self._columns.get(name)
-        if column is None or column.lineage != manifest.lineage or len(column.ids) > manifest.rows[name]:
+        fresh = column is None or column.lineage != manifest.lineage or len(column.ids) > manifest.rows[name]
+        if fresh:
             column = self._columns[name] = IdColumn(manifest.lineage)
+        assert column is not None
         if len(column.ids) < manifest.rows[name]:
-            column.extend(self.root, manifest, name, infos)
+            # Ids past those the column holds were appended after the served version: in its deltas.
+            column.extend(self.root, manifest, name, infos.whole if fresh or infos.names is None else infos.deltas)
         return column
