@@ -29,35 +29,53 @@ from m2grl.train.model import M2GRL
 from m2grl.train.publishing import Appended, Publisher
 from m2grl.views import View
 
+# Rows per block when averaging peers or covering items: at millions of items, gathering every row
+# at once held several copies of the item table (1 GB at 1 M items) in the trainer's peak memory.
+BLOCK_ROWS = 65536
+
+# Per side view: the mean input vector of the peers sharing each value, and how many share it.
+PeerMeans = dict[str, tuple[Tensor, Tensor]]
+
 
 @torch.no_grad()
-def side_view_vectors(model: M2GRL, mirrors: Mirrors, values: Mapping[str, Tensor],
-                      peers: Tensor) -> tuple[Tensor, Tensor]:
-    """Vectors for items with the given side values (per side view, one value row per item, -1:
-    none), and which items got one. Per side value: the mean input vector of the ``peers`` that
-    share it, or, where the value has no peers yet, the value's context vector (which the
-    alignment projection maps to the same point, so the item scores highest against its own
-    value); averaged over the side views."""
+def peer_means(model: M2GRL, mirrors: Mirrors, peers: Tensor) -> PeerMeans:
+    """Per side view and value, the mean input vector of the ``peers`` (a boolean mask over items)
+    linked to it, and their number."""
     table = model.inputs[mirrors.item].weight
+    means: PeerMeans = {}
+    for side in mirrors.memberships.sides:
+        lookup = mirrors.memberships.lookup(side, model.shape.rows[0])
+        sums = torch.zeros(len(model.contexts[side].weight), table.shape[1])
+        counts = torch.zeros(len(sums))
+        for start in range(0, min(len(lookup), len(peers)), BLOCK_ROWS):
+            end = min(start + BLOCK_ROWS, len(lookup), len(peers))
+            linked = peers[start:end] & (lookup[start:end] >= 0)
+            values = lookup[start:end][linked]
+            sums.index_add_(0, values, table[start:end][linked])
+            counts.index_add_(0, values, torch.ones(len(values)))
+        means[side] = (sums / counts.clamp(min=1).unsqueeze(-1), counts)
+    return means
+
+
+@torch.no_grad()
+def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Vectors for items with the given side values (per side view, one value row per item, -1:
+    none), and which items got one. Per side value: the mean input vector of its peers (``means``),
+    or, where the value has no peers yet, the value's context vector (which the alignment
+    projection maps to the same point, so the item scores highest against its own value);
+    averaged over the side views."""
     count = len(next(iter(values.values()))) if values else 0
-    guesses = torch.zeros(count, table.shape[1])
+    guesses = torch.zeros(count, model.shape.dim)
     sources = torch.zeros(count)
     for side, value in values.items():
-        lookup = mirrors.memberships.lookup(side, model.shape.rows[0])
+        mean, counts = means[side]
         contexts = model.contexts[side].weight
-        is_peer = torch.zeros(len(lookup), dtype=torch.bool)
-        shared = min(len(peers), len(lookup))
-        is_peer[:shared] = peers[:shared]
-        linked = is_peer & (lookup >= 0)
-        # Mean vector of the peers per side value, for all values at once.
-        sums = torch.zeros(len(contexts), table.shape[1]).index_add_(0, lookup[linked], table[linked])
-        counts = torch.zeros(len(contexts)).index_add_(0, lookup[linked], torch.ones(int(linked.sum())))
         has_value = (value >= 0) & (value < len(contexts))
         value = torch.where(has_value, value, 0)
-        peer_mean = sums[value] / counts[value].clamp(min=1).unsqueeze(-1)
         from_peers = has_value & (counts[value] > 0)
-        from_context = has_value & ~from_peers & (contexts[value].abs().sum(-1) > 0)
-        guess = torch.where(from_peers.unsqueeze(-1), peer_mean, contexts[value])
+        context = contexts[value]
+        from_context = has_value & ~from_peers & (context.abs().sum(-1) > 0)
+        guess = torch.where(from_peers.unsqueeze(-1), mean[value], context)
         usable = from_peers | from_context
         guesses[usable] += guess[usable]
         sources += usable.float()
@@ -72,13 +90,17 @@ def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, peers: T
     ``peers`` are a boolean mask over items."""
     if len(rows) == 0:
         return
-    values = {side: mirrors.memberships.lookup(side, model.shape.rows[0])[rows] for side in mirrors.memberships.sides}
-    guesses, covered = side_view_vectors(model, mirrors, values, peers)
-    table, rows = model.inputs[mirrors.item], rows[covered]
-    # Only rows whose vector moves count as changed: items without walks are recomputed every round.
-    moved = (table.weight[rows] != guesses[covered]).any(-1)
-    table.weight[rows[moved]] = guesses[covered][moved]
-    table.mark(rows[moved])
+    means = peer_means(model, mirrors, peers)
+    lookups = {side: mirrors.memberships.lookup(side, model.shape.rows[0]) for side in mirrors.memberships.sides}
+    table = model.inputs[mirrors.item]
+    for start in range(0, len(rows), BLOCK_ROWS):
+        block = rows[start:start + BLOCK_ROWS]
+        guesses, covered = side_view_vectors(model, means, {side: lookup[block] for side, lookup in lookups.items()})
+        block, guesses = block[covered], guesses[covered]
+        # Only rows whose vector moves count as changed: items without walks are recomputed every round.
+        moved = (table.weight[block] != guesses).any(-1)
+        table.weight[block[moved]] = guesses[moved]
+        table.mark(block[moved])
 
 
 def walked(graph: ViewGraph) -> Tensor:
@@ -161,7 +183,7 @@ class ColdStartLane:
         items = list(found)
         values = {side: torch.tensor([found[item].get(side, -1) for item in items]) for side in memberships.sides}
         item_graph = self.mirrors.graphs[self.mirrors.item]
-        guesses, covered = side_view_vectors(model, self.mirrors, values, walked(item_graph))
+        guesses, covered = side_view_vectors(model, peer_means(model, self.mirrors, walked(item_graph)), values)
         admitted = [item for item, ok in zip(items, covered.tolist()) if ok]
         rows = item_graph.ids.add(admitted).tolist()
         for item, row, vector in zip(admitted, rows, guesses[covered]):

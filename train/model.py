@@ -54,21 +54,35 @@ class Table(nn.Module):
     """An embedding table written row by row through RowBatch, with its row-wise Adagrad
     accumulator. The accumulator persists across rounds and checkpoints: rows trained for long take
     small steps in an incremental round, new rows large ones (restarting it let every touched row
-    jump by the full learning rate again, and an incremental round undid most of a full one)."""
+    jump by the full learning rate again, and an incremental round undid most of a full one).
+
+    The table grows in place: ``weight``, ``square`` and ``changed`` are the first rows of buffers
+    with room for more (``GROWTH`` of them), so appending a round's new items initialises just those
+    rows. Copying the whole table to add a hundred rows cost 0.6 s a round at 1 M items."""
+
+    # Spare rows a table makes when it must move, as a share of its rows: moves get rarer as it
+    # grows, so appending costs O(1) a row on average, for at most this share of memory unused.
+    GROWTH = 0.125
 
     def __init__(self, rows: int, dim: int, *, init: str, fill: bool = True) -> None:
         """``fill``: initialise the rows (off: they are about to be replaced by a checkpoint's)."""
         super().__init__()
+        self.init = init
         self.weight = nn.Parameter(torch.empty(rows, dim), requires_grad=False)
         self.register_buffer("square", torch.zeros(rows) if fill else torch.empty(rows))
-        if init == "uniform" and fill:
-            nn.init.uniform_(self.weight, -0.5 / dim, 0.5 / dim)  # word2vec's input init
-        elif fill:
-            nn.init.zeros_(self.weight)  # word2vec's context init
-        self.init = init
         # Rows written since the last snapshot, what its delta must hold. Not state: a checkpoint
         # is the snapshot, so a restored table has nothing unpublished.
         self.changed = torch.zeros(rows, dtype=torch.bool)
+        self._room = (self.weight.data, self.square, self.changed)
+        if fill:
+            self._initialise(self.weight.data)
+
+    def _initialise(self, rows: Tensor) -> None:
+        if self.init == "uniform":
+            dim = rows.shape[1]
+            nn.init.uniform_(rows, -0.5 / dim, 0.5 / dim)  # word2vec's input init
+        else:
+            nn.init.zeros_(rows)  # word2vec's context init
 
     def mark(self, index: Tensor) -> None:
         """Note that ``index``'s rows were written."""
@@ -80,19 +94,34 @@ class Table(nn.Module):
             raise ValueError(f"table of {tuple(self.weight.shape)} cannot adopt {tuple(weight.shape)}")
         self.weight.data = weight
         self.square: Tensor = square
+        self._room = (weight, square, self.changed)
 
     def __len__(self) -> int:
         return self.weight.shape[0]
 
     @torch.no_grad()
-    def grown(self, rows: int) -> Table:
-        """A copy with ``rows`` rows: existing rows and accumulators exact, new rows freshly initialised."""
-        table = Table(rows, self.weight.shape[1], init=self.init)
-        table.weight[: len(self)] = self.weight
-        table.square[: len(self)] = self.square
-        table.changed[: len(self)] = self.changed  # the new rows are changed: they were never published
-        table.changed[len(self):] = True
-        return table
+    def grow(self, rows: int) -> None:
+        """Extend to ``rows`` rows in place: existing rows and accumulators exact, new rows freshly
+        initialised and changed (they were never published)."""
+        old = len(self)
+        if rows <= old:
+            return
+        weight, square, changed = self._room
+        if rows > len(weight):  # out of room: move into larger buffers, once in a while
+            capacity = rows + int(rows * self.GROWTH)
+            weight = torch.empty(capacity, weight.shape[1])
+            weight[:old] = self.weight.data
+            square = torch.empty(capacity)
+            square[:old] = self.square
+            changed = torch.empty(capacity, dtype=torch.bool)
+            changed[:old] = self.changed
+            self._room = (weight, square, changed)
+        self._initialise(weight[old:rows])
+        square[old:rows] = 0
+        changed[old:rows] = True
+        self.weight.data = weight[:rows]
+        self.square = square[:rows]
+        self.changed = changed[:rows]
 
 
 class RowBatch:
@@ -259,8 +288,8 @@ class M2GRL(nn.Module):
             raise ValueError(f"{view}: cannot shrink a table from {old} to {rows} rows")
         if rows == old:
             return
-        self.inputs[view] = self.inputs[view].grown(rows)
-        self.contexts[view] = self.contexts[view].grown(rows)
+        self.inputs[view].grow(rows)
+        self.contexts[view].grow(rows)
         new_rows = list(self.shape.rows)
         new_rows[index] = rows
         self.shape = ModelShape(self.shape.views, tuple(new_rows), self.shape.dim)

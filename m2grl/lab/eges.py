@@ -63,5 +63,5 @@ class EGES(M2GRL):
     @torch.no_grad()
     def grow(self, view: str, rows: int) -> None:
         super().grow(view, rows)
-        if view == self.shape.views[0] and rows > len(self.attention):
-            self.attention = self.attention.grown(rows)
+        if view == self.shape.views[0]:
+            self.attention.grow(rows)
