@@ -1,17 +1,27 @@
-"""Nearest neighbours over one view's vectors by cosine similarity (faiss, inner product on unit
-vectors), labelled by row number. Views under ``rpc.exact_below`` rows are searched exactly. Larger
-ones go through an inverted-file index with 8-bit scalar-quantized lists (IVF-SQ8: a quarter of the
-memory of float lists and half their scan time, at the same recall on our data). Unlike a graph
-index it can be updated in place, so a new snapshot version is indexed by re-adding only the rows
-that changed (rpc/live.py keeps a spare index for that), which keeps a 1M-row view swappable every
-second. Its centroids are retrained only when most rows changed at once (``rpc.ivf_retrain_share``),
-as after a full training rebuild.
+"""Nearest neighbours over one view's vectors by cosine similarity (inner product on unit vectors),
+labelled by row number.
+
+An index belongs to one served version and never changes after it is made, so a call answers from
+one version whatever goes live meanwhile. It has two parts:
+- an approximate part: an inverted-file index with 8-bit scalar-quantized lists (faiss IVF-SQ8: a
+  quarter of the memory of float lists and half their scan time, at the same recall on our data),
+  built for an earlier version and shared by the versions after it;
+- an exact part: the rows that changed or were appended since that build, with their unit vectors,
+  searched exhaustively. Their entries in the approximate part are masked out of its search.
+A new version's index is the one before it plus the rows the version changed: a few milliseconds
+at millions of rows, where assigning those rows to IVF lists cost 0.4 s a swap at 1 M. Once the
+exact part passes ``rpc.index_merge_rows``, ``merged`` folds it into a copy of the IVF index off
+the serving path (rpc/live.py runs it in a thread and rebases the versions served meanwhile on it).
+Views under ``rpc.exact_below`` rows are all exact part. The centroids are retrained, everything
+indexed afresh, only when most rows changed at once (``rpc.ivf_retrain_share``), as after a full
+training rebuild.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -39,67 +49,175 @@ def _searching(index: faiss.IndexIVF, cfg: RpcSettings) -> faiss.IndexIVF:
     return index
 
 
+def _ivf(unit: np.ndarray, cfg: RpcSettings) -> faiss.IndexIVF:
+    dim = unit.shape[1]
+    lists = _ivf_lists(len(unit), cfg)
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(len(unit), min(len(unit), cfg.ivf_train_per_list * lists), replace=False)
+    index.train(unit[np.sort(sample)])
+    index.add_with_ids(unit, np.arange(len(unit), dtype=np.int64))
+    return _searching(index, cfg)
+
+
+@dataclass(frozen=True)
+class _Approximate:
+    """An IVF index of the first ``rows`` rows of the version it was made for, shared by the
+    versions after it and never written."""
+
+    index: faiss.IndexIVF
+    rows: int
+    origin: object  # the same for every index made from one build, merges included
+
+
+@dataclass(frozen=True)
+class _Mask:
+    """Which of the approximate part's rows still hold their version's vector (bit set), as faiss
+    reads it, kept with the objects that point into it."""
+
+    bits: np.ndarray  # uint8, row r at bit r % 8 of byte r // 8
+    selector: faiss.IDSelectorBitmap  # points into bits
+    params: faiss.SearchParametersIVF  # points to selector
+
+    @classmethod
+    def of(cls, bits: np.ndarray, approximate: _Approximate) -> _Mask:
+        selector = faiss.IDSelectorBitmap(approximate.rows, faiss.swig_ptr(bits))
+        params = faiss.SearchParametersIVF()
+        params.sel = selector
+        params.nprobe = approximate.index.nprobe
+        return cls(bits, selector, params)
+
+
+def _cleared(bits: np.ndarray | None, rows: np.ndarray, size: int) -> np.ndarray:
+    """A copy of ``bits`` (None: all set) over ``size`` rows with the bits of ``rows`` cleared."""
+    out = np.full((size + 7) // 8, 0xFF, dtype=np.uint8) if bits is None else bits.copy()
+    rows = rows[rows < size]
+    np.bitwise_and.at(out, rows >> 3, ~np.left_shift(1, rows & 7).astype(np.uint8))
+    return out
+
+
+@dataclass(frozen=True)
 class VectorIndex:
-    def __init__(self, index: faiss.Index) -> None:
-        self.index = index
+    rows: int
+    approximate: _Approximate | None  # None: every row is in the exact part
+    mask: _Mask | None  # None: every row of the approximate part is current
+    fresh: np.ndarray  # int64 rows of the exact part, ascending
+    fresh_unit: np.ndarray = field(repr=False)  # their unit vectors
+    # Per exact row, the number of moves since the build after which it last changed: what a
+    # merge made at an earlier move has not folded in.
+    fresh_move: np.ndarray = field(repr=False)
+    moves: int = 0
 
     @property
     def exact(self) -> bool:
-        return isinstance(self.index, faiss.IndexFlat)
+        return self.approximate is None
 
     def __len__(self) -> int:
-        return self.index.ntotal
+        return self.rows
 
     @classmethod
     def build(cls, unit: np.ndarray, cfg: RpcSettings) -> VectorIndex:
         """An index of ``unit`` (rows × dim, unit length)."""
-        dim = unit.shape[1]
         if len(unit) < cfg.exact_below:
-            flat = faiss.IndexFlatIP(dim)
-            flat.add(unit)
-            return cls(flat)
-        lists = _ivf_lists(len(unit), cfg)
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(len(unit), min(len(unit), cfg.ivf_train_per_list * lists),
-                                                 replace=False)
-        index.train(unit[np.sort(sample)])
-        index.add_with_ids(unit, np.arange(len(unit), dtype=np.int64))
-        return cls(_searching(index, cfg))
+            return cls(len(unit), None, None, np.arange(len(unit), dtype=np.int64), np.array(unit, dtype=np.float32),
+                       np.zeros(len(unit), dtype=np.int64))
+        approximate = _Approximate(_ivf(unit, cfg), len(unit), object())
+        return cls(len(unit), approximate, None, np.empty(0, dtype=np.int64),
+                   np.empty((0, unit.shape[1]), dtype=np.float32), np.empty(0, dtype=np.int64))
 
-    def copy(self, cfg: RpcSettings) -> VectorIndex:
-        index = faiss.clone_index(self.index)
-        if self.exact:
-            return VectorIndex(index)
+    def moved(self, rows: int, changed: np.ndarray, unit_of: np.ndarray, cfg: RpcSettings) -> VectorIndex | None:
+        """The index of a later version, of ``rows`` rows, in which only the rows ``changed``
+        (ascending, the appended ones among them) differ; ``unit_of`` holds their unit vectors, in
+        that order. None where it should be built afresh instead: too much change for the centroids
+        the IVF part was trained with, or a view that grew past ``rpc.exact_below``."""
+        if len(changed) > cfg.ivf_retrain_share * rows or (self.approximate is None and rows >= cfg.exact_below):
+            return None
+        moves = self.moves + 1
+        kept = ~np.isin(self.fresh, changed, assume_unique=True)
+        fresh = np.concatenate([self.fresh[kept], changed])
+        order = np.argsort(fresh, kind="stable")
+        mask = self.mask
+        if self.approximate is not None and len(changed) and changed[0] < self.approximate.rows:
+            mask = _Mask.of(_cleared(mask.bits if mask else None, changed, self.approximate.rows), self.approximate)
+        return VectorIndex(
+            rows, self.approximate, mask, fresh[order],
+            np.concatenate([self.fresh_unit[kept], unit_of.astype(np.float32, copy=False)])[order],
+            np.concatenate([self.fresh_move[kept], np.full(len(changed), moves, dtype=np.int64)])[order], moves)
+
+    def merge_due(self, cfg: RpcSettings) -> bool:
+        """Whether the exact part has grown enough to fold into the IVF part (``merged``)."""
+        return self.approximate is not None and len(self.fresh) > cfg.index_merge_rows
+
+    def merged(self, cfg: RpcSettings) -> VectorIndex:
+        """This index with its exact part folded into a copy of the IVF part: the same answers (up
+        to quantization), made without touching this one, so that it can run beside searches."""
+        assert self.approximate is not None, "an exact index has nothing to merge into"
+        index = faiss.clone_index(self.approximate.index)
         assert isinstance(index, faiss.IndexIVF)  # clone_index returns the clone downcast to its class
-        return VectorIndex(_searching(index, cfg))
+        stale = self.fresh[self.fresh < self.approximate.rows]
+        if len(stale):
+            index.remove_ids(faiss.IDSelectorBatch(stale))
+        index.add_with_ids(self.fresh_unit, self.fresh)
+        approximate = _Approximate(_searching(index, cfg), self.rows, self.approximate.origin)
+        return VectorIndex(self.rows, approximate, None, self.fresh[:0], self.fresh_unit[:0], self.fresh_move[:0],
+                           self.moves)
 
-    def patch(self, rows: int, changed: np.ndarray, unit_of: np.ndarray, cfg: RpcSettings) -> bool:
-        """Bring this index, in place, to a later version of its rows, now ``rows`` of them, in which
-        only the rows ``changed`` and the appended ones differ; ``unit_of`` holds their unit vectors,
-        in that order. False, leaving it untouched, when it should be built afresh instead: an exact
-        index, or too much change for the centroids it was trained with."""
-        fresh = np.concatenate([changed.astype(np.int64), np.arange(len(self), rows, dtype=np.int64)])
-        if self.exact or rows < cfg.exact_below or len(fresh) > cfg.ivf_retrain_share * rows:
-            return False
-        if len(changed):
-            self.index.remove_ids(faiss.IDSelectorBatch(changed.astype(np.int64)))
-        if len(fresh):
-            self.index.add_with_ids(unit_of, fresh)
-        return True
+    def rebased(self, merge: VectorIndex) -> VectorIndex | None:
+        """This index on top of ``merge``, made by ``merged`` from an index of the same build at or
+        before this one's move: the rows changed since then stay in the exact part. None where
+        ``merge`` does not fit (another build, or a later move)."""
+        if (merge.approximate is None or self.approximate is None or merge.moves > self.moves
+                or merge.approximate.origin is not self.approximate.origin):
+            return None
+        later = self.fresh_move > merge.moves
+        fresh = self.fresh[later]
+        mask = _Mask.of(_cleared(None, fresh, merge.approximate.rows), merge.approximate) if len(fresh) else None
+        return VectorIndex(self.rows, merge.approximate, mask, fresh, self.fresh_unit[later], self.fresh_move[later],
+                           self.moves)
 
     def search(self, query: np.ndarray, k: int, exclude: Collection[int] = ()) -> tuple[list[int], list[float]]:
         """Rows of the ``k`` vectors most similar to ``query`` (unit length), best first, none in
         ``exclude``; and their cosine similarities. Plain lists: what callers turn into ids."""
-        wanted = min(k + len(exclude), len(self))
+        wanted = min(k + len(exclude), self.rows)
         if wanted <= 0:
             return [], []
-        scores, found = self.index.search(query.reshape(1, -1).astype(np.float32, copy=False), wanted)
+        query = query.reshape(1, -1).astype(np.float32, copy=False)
+        found, scores = self._exact(query[0], wanted)
+        if self.approximate is not None:
+            params = self.mask.params if self.mask is not None else None
+            approximate_scores, approximate_rows = self.approximate.index.search(query, wanted, params=params)
+            found = np.concatenate([approximate_rows[0], found])
+            scores = np.concatenate([approximate_scores[0], scores])
+            best = np.argsort(-scores, kind="stable")
+            found, scores = found[best], scores[best]
         rows, kept = [], []
-        for row, score in zip(found[0].tolist(), scores[0].tolist()):
+        for row, score in zip(found.tolist(), scores.tolist()):
             if row >= 0 and row not in exclude:  # an IVF search may find fewer than asked (-1)
                 rows.append(row)
                 kept.append(score)
                 if len(rows) == k:
                     break
         return rows, kept
+
+    def _exact(self, query: np.ndarray, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact part's best ``wanted`` rows and scores, best first."""
+        if not len(self.fresh):
+            return self.fresh, np.empty(0, dtype=np.float32)
+        scores = self.fresh_unit @ query
+        if len(scores) > wanted:
+            top = np.argpartition(-scores, wanted - 1)[:wanted]
+            best = top[np.lexsort((self.fresh[top], -scores[top]))]
+        else:
+            best = np.lexsort((self.fresh, -scores))
+        return self.fresh[best], scores[best]
+
+    def nbytes(self) -> int:
+        """An estimate of the memory this index holds beyond what it shares: the exact part, the
+        mask and, if this index made it, the IVF part (codes, an id per vector, the centroids)."""
+        total = self.fresh_unit.nbytes + self.fresh.nbytes + self.fresh_move.nbytes
+        if self.mask is not None:
+            total += self.mask.bits.nbytes
+        if self.approximate is not None:
+            index = self.approximate.index
+            total += index.ntotal * (index.code_size + 8) + index.nlist * index.d * 4
+        return total

@@ -8,13 +8,18 @@ so a watcher gets each one exactly once however fast they follow each other.
 
 Rows are append-only across versions of a lineage (training never re-indexes an id), so a view's ids
 are kept in one IdColumn shared by all versions: a new version reads only the ids added since, and
-each version sees only its own first ``rows`` of them. Its vectors and index live in one of two
-VectorBuffers that take turns (see there). A version whose chain extends the served one's is reached
-by reading only the deltas after it; any other (a first, a new base) is read whole and compared with
-the spare, so a swap of a million-row view rewrites only the rows that changed either way."""
+each version sees only its own first ``rows`` of them. Its vectors live in one of two VectorBuffers
+that take turns (see there). A version whose chain extends the served one's is reached by reading
+only the deltas after it; any other (a first, a new base) is read whole and compared with the
+spare, so a swap of a million-row view rewrites only the rows that changed either way.
+
+Each version's nearest-neighbour index is the served one's plus the rows that changed
+(rpc/index.py); once those pass ``rpc.index_merge_rows``, a background thread folds them into a
+copy of the IVF index, and the next refresh rebases the served version's index on it."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -29,7 +34,7 @@ import numpy as np
 from m2grl import snapshots
 from m2grl.rpc import metrics
 from m2grl.rpc.idtable import new_id_table
-from m2grl.rpc.index import VectorIndex, unit_rows
+from m2grl.rpc.index import VectorIndex
 from m2grl.settings import RpcSettings
 from m2grl.snapshots import Manifest
 
@@ -72,7 +77,7 @@ class ServedView:
     vectors: np.ndarray  # float32 rows × dim, as published
     norms: np.ndarray
     index: VectorIndex
-    buffer: VectorBuffer  # what the three above live in
+    buffer: VectorBuffer  # what vectors and norms live in
 
     @property
     def rows(self) -> int:
@@ -114,29 +119,28 @@ class ServedView:
 
 class VectorBuffer:
     """The memory one view's versions are served from, reused across versions: vectors and norms
-    with room for rows appended later, and the index of them. Each view has two that take turns:
+    with room for rows appended later. Each view has two that take turns:
     the one the live version reads, and a spare that the version before it read. A swap brings the
     spare up to the new version by rewriting only the rows that differ (an incremental round moves
     about 1 %), block by block, and then serves from it. Going live thus neither allocates nor frees
     hundreds of megabytes nor copies the whole matrix: at 1M × 64 on two cores, either, once a
     second, stalled calls for 60–190 ms, even from another process (BENCHMARKS.md).
 
-    The first ``rows`` vectors, their norms and the index always agree; a buffer is changed only
-    while no served view reads it."""
+    The first ``rows`` vectors and their norms always agree; a buffer is changed only while no
+    served view reads it."""
 
-    def __init__(self, column: IdColumn, vectors: np.ndarray, norms: np.ndarray, rows: int,
-                 index: VectorIndex, version: int) -> None:
+    def __init__(self, column: IdColumn, vectors: np.ndarray, norms: np.ndarray, rows: int, version: int) -> None:
         self.column = column
         self.version = version  # the snapshot version it holds
         self.vectors = vectors  # capacity × dim; the rows past ``rows`` are room, not data
         self.norms = norms
         self.rows = rows
-        self.index = index
-        self._reader: weakref.ref[ServedView] | None = None
+        # The views served from it: one a version, two where a merged index replaced a version's own.
+        self._readers: list[weakref.ref[ServedView]] = []
 
     @classmethod
     def read(cls, name: str, column: IdColumn, blocks: Iterable[tuple[int, np.ndarray]], rows: int, dim: int,
-             cfg: RpcSettings, version: int) -> VectorBuffer:
+             version: int) -> VectorBuffer:
         """A new buffer of a version read whole: a first one, or one that changed too much to patch."""
         vectors = np.empty((_capacity(rows), dim), dtype=np.float32)
         for start, block in blocks:
@@ -144,16 +148,16 @@ class VectorBuffer:
             vectors[start:start + len(block)] = block
         norms = np.zeros(len(vectors), dtype=np.float32)
         norms[:rows] = np.linalg.norm(vectors[:rows], axis=1)
-        return cls(column, vectors, norms, rows, VectorIndex.build(unit_rows(vectors[:rows]), cfg), version)
+        return cls(column, vectors, norms, rows, version)
 
-    def copied(self, rows: int, cfg: RpcSettings) -> VectorBuffer:
+    def copied(self, rows: int) -> VectorBuffer:
         """A second buffer holding what this one holds, with room for ``rows``: a view's first spare,
         or a bigger one."""
         vectors = np.empty((max(self.capacity, _capacity(rows)), self.dim), dtype=np.float32)
         vectors[:self.rows] = self.vectors[:self.rows]
         norms = np.zeros(len(vectors), dtype=np.float32)
         norms[:self.rows] = self.norms[:self.rows]
-        return VectorBuffer(self.column, vectors, norms, self.rows, self.index.copy(cfg), self.version)
+        return VectorBuffer(self.column, vectors, norms, self.rows, self.version)
 
     @property
     def capacity(self) -> int:
@@ -164,7 +168,8 @@ class VectorBuffer:
         return self.vectors.shape[1]
 
     def in_use(self) -> bool:
-        return self._reader is not None and self._reader() is not None
+        self._readers = [reader for reader in self._readers if reader() is not None]
+        return bool(self._readers)
 
     def unread_within(self, seconds: float) -> bool:
         """Whether no served view reads this buffer, waiting up to ``seconds`` for calls still
@@ -203,7 +208,7 @@ class VectorBuffer:
             return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
         return np.concatenate(rows), np.concatenate(vectors)
 
-    def apply(self, version: int, rows: int, changed: np.ndarray, vectors: np.ndarray, cfg: RpcSettings) -> None:
+    def apply(self, version: int, rows: int, changed: np.ndarray, vectors: np.ndarray) -> None:
         """Make this buffer hold ``version``, of ``rows`` rows, in which the rows ``changed``
         (ascending, every appended row among them) have ``vectors``: as ``differences`` or the
         deltas describe it."""
@@ -214,14 +219,15 @@ class VectorBuffer:
         _check_finite(f"version {version}", vectors)
         self.vectors[changed] = vectors
         self.norms[changed] = np.linalg.norm(vectors, axis=1)
-        if not self.index.patch(rows, changed[changed < self.rows], unit_rows(vectors), cfg):
-            self.index = VectorIndex.build(unit_rows(self.vectors[:rows]), cfg)
         self.rows = rows
         self.version = version
 
-    def serve(self, name: str) -> ServedView:
-        view = ServedView(name, self.column, self.vectors[:self.rows], self.norms[:self.rows], self.index, self)
-        self._reader = weakref.ref(view)
+    def unit(self, rows: np.ndarray | slice) -> np.ndarray:
+        return self.vectors[rows] / np.maximum(self.norms[rows], 1e-12)[..., None]
+
+    def serve(self, name: str, index: VectorIndex) -> ServedView:
+        view = ServedView(name, self.column, self.vectors[:self.rows], self.norms[:self.rows], index, self)
+        self._readers.append(weakref.ref(view))
         view.gather([])  # the byte view is made here, not by the first call
         return view
 
@@ -294,6 +300,14 @@ class Behind:
 Change = tuple[np.ndarray, np.ndarray]  # rows (ascending) and their vectors
 
 
+def _differing(served: np.ndarray, new: np.ndarray, block: int) -> np.ndarray:
+    """The rows (ascending) in which ``new`` differs from ``served`` or is longer, compared
+    ``block`` rows at a time."""
+    parts = [start + np.flatnonzero((new[start:start + block] != served[start:start + block]).any(axis=1))
+             for start in range(0, len(served), block)]
+    return np.concatenate([*parts, np.arange(len(served), len(new))]).astype(np.int64)
+
+
 def _merged(older: Change, newer: Change) -> Change:
     """Two changes one after the other as one: each row once, ascending, the newer vector where both have it."""
     rows = np.concatenate([newer[0], older[0]])
@@ -331,6 +345,9 @@ class LiveSnapshots:
         self._changed = threading.Condition()
         self._history: list[WentLive] = []
         self.refused: dict[int, str] = {}  # version -> why
+        self._merging: dict[str, threading.Thread] = {}  # per view: the index merge running, if any
+        self._merged: dict[str, VectorIndex] = {}  # per view: a merge done, not yet installed
+        self._merged_lock = threading.Lock()
 
     @property
     def current(self) -> ServedVersion | None:
@@ -338,7 +355,8 @@ class LiveSnapshots:
 
     def refresh(self) -> bool:
         """Serve the newest published version if it is new and sound; True when one went live.
-        Called from one thread only (the server's poller)."""
+        Called from one thread only (the server's poller), which also installs finished index merges."""
+        self._install_merges()
         version = snapshots.current_version(self.root)
         served = self._current
         if version is None or version in self.refused or (served is not None and version <= served.version
@@ -362,7 +380,49 @@ class LiveSnapshots:
         metrics.LIVE_VERSION.set(version)
         log.info("serving snapshot version %d (%s)", version,
                  ", ".join(f"{view.name}: {view.rows:,}" for view in fresh.views.values()))
+        self._start_merges(fresh)
         return True
+
+    # -- index merges --------------------------------------------------------------------------------
+
+    def _start_merges(self, served: ServedVersion) -> None:
+        for name, view in served.views.items():
+            metrics.INDEX_EXACT_ROWS.labels(name).set(len(view.index.fresh) if not view.index.exact else 0)
+            running = self._merging.get(name)
+            if view.index.merge_due(self.cfg) and (running is None or not running.is_alive()):
+                self._merging[name] = threading.Thread(target=self._merge, args=(name, view.index), daemon=True,
+                                                       name=f"index-merge-{name}")
+                self._merging[name].start()
+
+    def _merge(self, name: str, index: VectorIndex) -> None:
+        started = time.perf_counter()
+        try:
+            merged = index.merged(self.cfg)
+        except (RuntimeError, MemoryError) as exc:  # faiss's errors; the exact part keeps serving
+            log.error("could not merge the %s index: %s", name, exc)
+            return
+        with self._merged_lock:
+            self._merged[name] = merged
+        log.info("merged %d changed rows into the %s index in %.1f s", len(index.fresh), name,
+                 time.perf_counter() - started)
+
+    def _install_merges(self) -> None:
+        """Rebase the served version's indexes on the merges done since the last refresh: the same
+        version, answering from the same vectors, with a smaller exact part."""
+        with self._merged_lock:
+            ready, self._merged = self._merged, {}
+        served = self._current
+        if not ready or served is None:
+            return
+        views = dict(served.views)
+        for name, merged in ready.items():
+            view = views.get(name)
+            index = view.index.rebased(merged) if view is not None else None
+            if view is not None and index is not None:
+                views[name] = view.buffer.serve(name, index)
+                metrics.INDEX_MERGES.labels(name).inc()
+        self._current = dataclasses.replace(served, views=views)
+        self._start_merges(self._current)
 
     def _new_lineage(self, version: int, served: ServedVersion) -> bool:
         """Whether an older version number than the served one starts a new lineage (training
@@ -426,30 +486,32 @@ class LiveSnapshots:
             if found is not None:
                 change, since_served = found
                 try:
-                    spare.apply(manifest.version, rows, *change, self.cfg)
+                    spare.apply(manifest.version, rows, *change)
                 except BaseException:
                     self._buffers[name].remove(spare)  # half-written: never to be read
                     self._behind.pop(name, None)
                     raise
-                if since_served is None:  # what the old live buffer lacks is not known: compared whole next
-                    self._behind.pop(name, None)
-                    since_served = change[0]
-                else:
-                    self._behind[name] = Behind(before.buffer.version, manifest.version, since_served,
-                                                spare.vectors[since_served].copy())
+                if since_served is None:  # the spare was out of step: compare it with the served rows
+                    since_served = _differing(before.vectors, spare.vectors[:rows], self.cfg.swap_block_rows)
+                self._behind[name] = Behind(before.buffer.version, manifest.version, since_served,
+                                            spare.vectors[since_served].copy())
                 old = since_served[since_served < before.rows]
                 # Rows a whole read found different from the spare may equal the served version's.
                 moved = old if deltas is not None else old[(spare.vectors[old] != before.vectors[old]).any(axis=1)]
-                return spare.serve(name), len(moved)
+                index = before.index.moved(rows, since_served, spare.unit(since_served), self.cfg)
+                if index is None:
+                    index = VectorIndex.build(spare.unit(slice(0, rows)), self.cfg)
+                return spare.serve(name, index), len(moved)
         # Let go of the spare first: a view read whole then takes three buffers at most, not four.
         spare = None
         self._buffers.pop(name, None)
         self._behind.pop(name, None)
-        buffer = VectorBuffer.read(name, column, self._blocks(manifest, infos, name), rows, manifest.dim, self.cfg,
+        buffer = VectorBuffer.read(name, column, self._blocks(manifest, infos, name), rows, manifest.dim,
                                    manifest.version)
         # Its spare is made now, not by the next swap: that would copy the whole buffer while serving.
-        self._buffers[name] = [buffer, buffer.copied(rows, self.cfg)]
-        return buffer.serve(name), (before.rows if before is not None else 0)
+        self._buffers[name] = [buffer, buffer.copied(rows)]
+        index = VectorIndex.build(buffer.unit(slice(0, rows)), self.cfg)
+        return buffer.serve(name, index), (before.rows if before is not None else 0)
 
     def _change_for(self, spare: VectorBuffer, before: ServedView, deltas: list[str] | None, manifest: Manifest,
                     infos: _Chain,
@@ -488,7 +550,7 @@ class LiveSnapshots:
         for buffer in self._buffers.get(name, []):
             if buffer is not live and buffer.fits(column, rows, dim) and buffer.unread_within(SPARE_WAIT_S):
                 return buffer
-        spare = live.copied(rows, self.cfg)
+        spare = live.copied(rows)
         self._buffers[name] = [live, spare]
         return spare
 

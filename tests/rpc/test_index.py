@@ -46,21 +46,58 @@ def test_ivf_recall_at_100_against_exact_search_at_100k_rows() -> None:
 
 
 @pytest.mark.slow
-def test_a_patched_copy_finds_moved_and_new_rows_and_the_original_is_left_alone() -> None:
-    cfg = RpcSettings(exact_below=5_000)
+def test_a_moved_index_finds_moved_and_new_rows_and_the_one_before_is_left_alone() -> None:
+    cfg = RpcSettings(exact_below=5_000, index_merge_rows=400)
     before = unit_rows(clustered(20_000, 32))
     old = VectorIndex.build(before, cfg)
     rng = np.random.default_rng(2)
     moved = np.sort(rng.choice(len(before), 500, replace=False))
     after = np.vstack([before, unit_rows(clustered(300, 32, seed=3))])
     after[moved] = unit_rows(clustered(500, 32, seed=4))
-    new = old.copy(cfg)
-    assert new.patch(len(after), moved, after[np.concatenate([moved, np.arange(20_000, 20_300)])], cfg)
-    assert len(new) == 20_300 and len(old) == 20_000 and not new.exact
+    fresh = np.concatenate([moved, np.arange(20_000, 20_300)])
+    new = old.moved(len(after), fresh, after[fresh], cfg)
+    assert new is not None and len(new) == 20_300 and len(old) == 20_000 and not new.exact
+    assert new.approximate is old.approximate  # shared, not copied
     for row in [*moved[:20].tolist(), *range(20_000, 20_020)]:
         assert new.search(after[row], 1)[0][0] == row  # each moved or new row is found where it now is
-    assert old.search(before[moved[0]], 1)[0][0] == moved[0]  # the original still answers as before
+    for row in moved[:20].tolist():  # ... and no longer where it was: its IVF entry is masked out
+        found, scores = new.search(before[row], 1)
+        assert not (found[0] == row and scores[0] > 0.99)
+    assert old.search(before[moved[0]], 1)[0][0] == moved[0]  # the one before still answers as before
     exact = VectorIndex.build(after, RpcSettings(exact_below=10_000_000))
     assert recall_at(50, new, exact, after, rng.choice(len(after), 100, replace=False)) >= 0.95
-    # Most rows changed at once: not patched, left as it was; the caller builds afresh (new centroids).
-    assert not old.patch(len(before), np.arange(15_000), before[:15_000], cfg) and len(old) == 20_000
+    # Most rows changed at once: not moved; the caller builds afresh (new centroids).
+    assert old.moved(len(before), np.arange(15_000), before[:15_000], cfg) is None
+
+    # Past index_merge_rows, the changed rows fold into a copy of the IVF index; a version moved
+    # meanwhile keeps its own later change in its exact part when rebased on the merge.
+    assert new.merge_due(cfg)
+    merged = new.merged(cfg)
+    assert len(merged.fresh) == 0 and merged.approximate is not new.approximate and len(merged) == 20_300
+    later = after.copy()
+    again = np.array([moved[0], 20_299])
+    later[again] = unit_rows(clustered(2, 32, seed=5))
+    newer = new.moved(len(later), again, later[again], cfg)
+    assert newer is not None
+    rebased = newer.rebased(merged)
+    assert rebased is not None and rebased.fresh.tolist() == again.tolist()
+    assert rebased.approximate is merged.approximate
+    for index, vectors in ((merged, after), (rebased, later)):
+        for row in [*moved[1:20].tolist(), *again.tolist(), 20_100]:
+            assert index.search(vectors[row], 1)[0][0] == row
+        assert recall_at(50, index, VectorIndex.build(vectors, RpcSettings(exact_below=10_000_000)), vectors,
+                         rng.choice(len(vectors), 100, replace=False)) >= 0.95
+    assert old.rebased(merged) is None  # a merge made after it does not fit an older index
+
+
+def test_an_exact_index_moves_by_its_rows_and_grows_into_an_ivf_one() -> None:
+    cfg = RpcSettings(exact_below=100)
+    vectors = unit_rows(clustered(60, 8, centres=10))
+    index = VectorIndex.build(vectors, cfg)
+    later = np.vstack([vectors, unit_rows(clustered(5, 8, seed=1, centres=10))])
+    later[[3, 7]] = -later[[3, 7]]
+    changed = np.array([3, 7, 60, 61, 62, 63, 64])
+    moved = index.moved(len(later), changed, later[changed], cfg)
+    assert moved is not None and moved.exact and moved.fresh.tolist() == list(range(65))
+    assert np.array_equal(moved.fresh_unit, later)
+    assert index.moved(120, np.arange(60, 120), unit_rows(clustered(60, 8, seed=2)), cfg) is None  # past exact_below

@@ -229,3 +229,30 @@ def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: 
         assert np.array_equal(served_matrix(view), vectors)
         for row in (0, 2_999, len(vectors) - 1):  # among the nearest (8-bit codes of 8 dimensions blur ties)
             assert row in view.index.search(view.unit(row), 5)[0]
+
+
+def test_rows_changed_since_the_ivf_index_was_built_fold_into_it_in_the_background(tmp_path: Path) -> None:
+    """Each swap searches the changed rows exactly beside the shared IVF index; past
+    index_merge_rows a merge runs in a thread, and the next refresh rebases the served version on
+    it, keeping what changed after the merge began exact."""
+    cfg = RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16, index_merge_rows=50)
+    rng = np.random.default_rng(6)
+    vectors = rng.normal(size=(3_000, 8)).astype(np.float32)
+    publish_vectors(tmp_path, 1, vectors)
+    live = LiveSnapshots(tmp_path, cfg)
+    live.refresh()
+    built = live.current.views["item"].index
+    for version in (2, 3):
+        vectors = moved(vectors, rng.choice(3_000, 30, replace=False).tolist(), appended=5)
+        publish_vectors(tmp_path, version, vectors)
+        assert live.refresh()
+    view = live.current.views["item"]
+    assert view.index.approximate is built.approximate and len(view.index.fresh) > 50  # a merge started
+    live._merging["item"].join(timeout=60)
+    assert not live.refresh()  # no new version: the merge is installed
+    merged = live.current.views["item"]
+    assert live.current.version == 3 and merged.index.approximate is not built.approximate
+    assert len(merged.index.fresh) == 0 and merged.buffer is view.buffer
+    for row in (0, 1_500, 3_009):
+        assert row in merged.index.search(merged.unit(row), 5)[0]
+    assert np.array_equal(served_matrix(merged), vectors)

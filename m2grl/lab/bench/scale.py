@@ -357,18 +357,12 @@ def _train(settings: Settings, root: Path, items: int, rounds: int) -> None:
 
 
 def _index_bytes(live: Any) -> int | None:
-    """An estimate of the live version's ANN indexes in memory (codes, ids, centroids); None
-    where the served version does not show them."""
+    """An estimate of the live version's ANN indexes in memory (IVF codes, ids and centroids, the
+    rows searched exactly); None where the served version does not show them."""
     try:
-        indexes = [view.index.index for view in live.current.views.values()]
+        return sum(view.index.nbytes() for view in live.current.views.values())
     except AttributeError:
         return None
-    total = 0
-    for index in indexes:
-        total += index.ntotal * index.code_size
-        if hasattr(index, "nlist"):  # inverted lists: an id per vector, and the centroids
-            total += index.ntotal * 8 + index.nlist * index.d * 4
-    return total
 
 
 def _serve(settings: Settings, root: Path) -> None:
