@@ -347,7 +347,8 @@ class RpcSettings(_Section):
     )
     poller_niceness: int = Field(
         10, ge=0, le=19,
-        description="Scheduling niceness of the thread that reads and indexes new snapshots, so calls keep their CPU.",
+        description="Scheduling niceness of the threads that read and index new snapshots (the poller, index "
+        "merges), so calls keep their CPU.",
     )
     swap_block_rows: int = Field(
         4096, ge=1,

@@ -12,9 +12,11 @@ A new version's index is the one before it plus the rows the version changed: a 
 at millions of rows, where assigning those rows to IVF lists cost 0.4 s a swap at 1 M. Once the
 exact part passes ``rpc.index_merge_rows``, ``merged`` folds it into a copy of the IVF index off
 the serving path (rpc/live.py runs it in a thread and rebases the versions served meanwhile on it).
-Views under ``rpc.exact_below`` rows are all exact part. The centroids are retrained, everything
-indexed afresh, only when most rows changed at once (``rpc.ivf_retrain_share``), as after a full
-training rebuild.
+Views under ``rpc.exact_below`` rows are all exact part. A larger view read whole (a server's
+first version, or one where most rows changed at once, ``rpc.ivf_retrain_share``, as after a full
+training rebuild) starts all exact part too, and its IVF index, centroids trained afresh, is built
+the same way, in the background: training the centroids and assigning a million rows to them takes
+about a minute on two cores, during which the version is served, by exhaustive search.
 """
 
 from __future__ import annotations
@@ -67,7 +69,6 @@ class _Approximate:
 
     index: faiss.IndexIVF
     rows: int
-    origin: object  # the same for every index made from one build, merges included
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class VectorIndex:
     # merge made at an earlier move has not folded in.
     fresh_move: np.ndarray = field(repr=False)
     moves: int = 0
+    # Shared by the indexes moved and merged from one read of whole vectors: a merge fits only those.
+    origin: object = field(default_factory=object, repr=False, compare=False)
 
     @property
     def exact(self) -> bool:
@@ -116,21 +119,24 @@ class VectorIndex:
         return self.rows
 
     @classmethod
+    def searched_exactly(cls, unit: np.ndarray) -> VectorIndex:
+        """An index of ``unit`` (rows × dim, unit length) that is all exact part: ``merged`` builds
+        its IVF part where ``merge_due`` says so."""
+        return cls(len(unit), None, None, np.arange(len(unit), dtype=np.int64), np.array(unit, dtype=np.float32),
+                   np.zeros(len(unit), dtype=np.int64))
+
+    @classmethod
     def build(cls, unit: np.ndarray, cfg: RpcSettings) -> VectorIndex:
-        """An index of ``unit`` (rows × dim, unit length)."""
-        if len(unit) < cfg.exact_below:
-            return cls(len(unit), None, None, np.arange(len(unit), dtype=np.int64), np.array(unit, dtype=np.float32),
-                       np.zeros(len(unit), dtype=np.int64))
-        approximate = _Approximate(_ivf(unit, cfg), len(unit), object())
-        return cls(len(unit), approximate, None, np.empty(0, dtype=np.int64),
-                   np.empty((0, unit.shape[1]), dtype=np.float32), np.empty(0, dtype=np.int64))
+        """An index of ``unit`` with its IVF part built now where it is due."""
+        index = cls.searched_exactly(unit)
+        return index.merged(cfg) if index.merge_due(cfg) else index
 
     def moved(self, rows: int, changed: np.ndarray, unit_of: np.ndarray, cfg: RpcSettings) -> VectorIndex | None:
         """The index of a later version, of ``rows`` rows, in which only the rows ``changed``
         (ascending, the appended ones among them) differ; ``unit_of`` holds their unit vectors, in
-        that order. None where it should be built afresh instead: too much change for the centroids
-        the IVF part was trained with, or a view that grew past ``rpc.exact_below``."""
-        if len(changed) > cfg.ivf_retrain_share * rows or (self.approximate is None and rows >= cfg.exact_below):
+        that order. None where it should be read whole instead: too much change for the centroids
+        the IVF part was trained with."""
+        if self.approximate is not None and len(changed) > cfg.ivf_retrain_share * rows:
             return None
         moves = self.moves + 1
         kept = ~np.isin(self.fresh, changed, assume_unique=True)
@@ -142,38 +148,46 @@ class VectorIndex:
         return VectorIndex(
             rows, self.approximate, mask, fresh[order],
             np.concatenate([self.fresh_unit[kept], unit_of.astype(np.float32, copy=False)])[order],
-            np.concatenate([self.fresh_move[kept], np.full(len(changed), moves, dtype=np.int64)])[order], moves)
+            np.concatenate([self.fresh_move[kept], np.full(len(changed), moves, dtype=np.int64)])[order], moves,
+            self.origin)
 
     def merge_due(self, cfg: RpcSettings) -> bool:
-        """Whether the exact part has grown enough to fold into the IVF part (``merged``)."""
-        return self.approximate is not None and len(self.fresh) > cfg.index_merge_rows
+        """Whether ``merged`` should run: a view past ``rpc.exact_below`` rows without its IVF part
+        yet, or one whose exact part has passed ``rpc.index_merge_rows``."""
+        if self.approximate is None:
+            return self.rows >= cfg.exact_below
+        return len(self.fresh) > cfg.index_merge_rows
 
     def merged(self, cfg: RpcSettings) -> VectorIndex:
-        """This index with its exact part folded into a copy of the IVF part: the same answers (up
-        to quantization), made without touching this one, so that it can run beside searches."""
-        assert self.approximate is not None, "an exact index has nothing to merge into"
+        """This index with its exact part folded into a copy of the IVF part (or, without one yet,
+        into an IVF part built from it): the same answers up to quantization, made without touching
+        this one, so that it can run beside searches."""
+        index = _ivf(self.fresh_unit, cfg) if self.approximate is None else self._folded(cfg)
+        return VectorIndex(self.rows, _Approximate(index, self.rows), None, self.fresh[:0], self.fresh_unit[:0],
+                           self.fresh_move[:0], self.moves, self.origin)
+
+    def _folded(self, cfg: RpcSettings) -> faiss.IndexIVF:
+        """A copy of the IVF part with the exact part's rows in place of their stale entries."""
+        assert self.approximate is not None
         index = faiss.clone_index(self.approximate.index)
         assert isinstance(index, faiss.IndexIVF)  # clone_index returns the clone downcast to its class
         stale = self.fresh[self.fresh < self.approximate.rows]
         if len(stale):
             index.remove_ids(faiss.IDSelectorBatch(stale))
         index.add_with_ids(self.fresh_unit, self.fresh)
-        approximate = _Approximate(_searching(index, cfg), self.rows, self.approximate.origin)
-        return VectorIndex(self.rows, approximate, None, self.fresh[:0], self.fresh_unit[:0], self.fresh_move[:0],
-                           self.moves)
+        return _searching(index, cfg)
 
     def rebased(self, merge: VectorIndex) -> VectorIndex | None:
-        """This index on top of ``merge``, made by ``merged`` from an index of the same build at or
+        """This index on top of ``merge``, made by ``merged`` from an index of the same origin at or
         before this one's move: the rows changed since then stay in the exact part. None where
-        ``merge`` does not fit (another build, or a later move)."""
-        if (merge.approximate is None or self.approximate is None or merge.moves > self.moves
-                or merge.approximate.origin is not self.approximate.origin):
+        ``merge`` does not fit (another origin, or a later move)."""
+        if merge.approximate is None or merge.moves > self.moves or merge.origin is not self.origin:
             return None
         later = self.fresh_move > merge.moves
         fresh = self.fresh[later]
         mask = _Mask.of(_cleared(None, fresh, merge.approximate.rows), merge.approximate) if len(fresh) else None
         return VectorIndex(self.rows, merge.approximate, mask, fresh, self.fresh_unit[later], self.fresh_move[later],
-                           self.moves)
+                           self.moves, self.origin)
 
     def search(self, query: np.ndarray, k: int, exclude: Collection[int] = ()) -> tuple[list[int], list[float]]:
         """Rows of the ``k`` vectors most similar to ``query`` (unit length), best first, none in

@@ -15,13 +15,16 @@ spare, so a swap of a million-row view rewrites only the rows that changed eithe
 
 Each version's nearest-neighbour index is the served one's plus the rows that changed
 (rpc/index.py); once those pass ``rpc.index_merge_rows``, a background thread folds them into a
-copy of the IVF index, and the next refresh rebases the served version's index on it."""
+copy of the IVF index, and the next refresh rebases the served version's index on it. A view read
+whole is searched exhaustively until the same thread has built its IVF index."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -29,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from m2grl import snapshots
@@ -42,6 +46,15 @@ log = logging.getLogger(__name__)
 
 HISTORY = 1000
 SPARE_WAIT_S = 1.0  # how long a swap waits for calls still answering from its spare buffer's version
+
+
+def in_background(cfg: RpcSettings) -> None:
+    """Make the calling thread one that reads and indexes versions, which must not take CPU from
+    the threads answering calls: it runs at a lower priority (``rpc.poller_niceness``; Linux
+    schedules threads one by one), and faiss keeps to it rather than spreading over every core."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), cfg.poller_niceness)
+    faiss.omp_set_num_threads(1)
 
 
 def _check_finite(name: str, block: np.ndarray) -> None:
@@ -387,7 +400,7 @@ class LiveSnapshots:
 
     def _start_merges(self, served: ServedVersion) -> None:
         for name, view in served.views.items():
-            metrics.INDEX_EXACT_ROWS.labels(name).set(len(view.index.fresh) if not view.index.exact else 0)
+            metrics.INDEX_EXACT_ROWS.labels(name).set(len(view.index.fresh))
             running = self._merging.get(name)
             if view.index.merge_due(self.cfg) and (running is None or not running.is_alive()):
                 self._merging[name] = threading.Thread(target=self._merge, args=(name, view.index), daemon=True,
@@ -395,6 +408,7 @@ class LiveSnapshots:
                 self._merging[name].start()
 
     def _merge(self, name: str, index: VectorIndex) -> None:
+        in_background(self.cfg)
         started = time.perf_counter()
         try:
             merged = index.merged(self.cfg)
@@ -403,8 +417,17 @@ class LiveSnapshots:
             return
         with self._merged_lock:
             self._merged[name] = merged
-        log.info("merged %d changed rows into the %s index in %.1f s", len(index.fresh), name,
-                 time.perf_counter() - started)
+        what = "built the IVF index of" if index.exact else "merged into the IVF index"
+        log.info("%s: %s %d rows in %.1f s", name, what, len(index.fresh), time.perf_counter() - started)
+
+    def wait_for_merges(self, timeout: float | None = None) -> bool:
+        """Wait for the index merges running to end, then install them (as ``refresh`` does; call it
+        from the same thread). False if one is still running after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._merging.values()):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._install_merges()
+        return not any(thread.is_alive() for thread in self._merging.values())
 
     def _install_merges(self) -> None:
         """Rebase the served version's indexes on the merges done since the last refresh: the same
@@ -499,8 +522,8 @@ class LiveSnapshots:
                 # Rows a whole read found different from the spare may equal the served version's.
                 moved = old if deltas is not None else old[(spare.vectors[old] != before.vectors[old]).any(axis=1)]
                 index = before.index.moved(rows, since_served, spare.unit(since_served), self.cfg)
-                if index is None:
-                    index = VectorIndex.build(spare.unit(slice(0, rows)), self.cfg)
+                if index is None:  # its IVF part is rebuilt in the background (_start_merges)
+                    index = VectorIndex.searched_exactly(spare.unit(slice(0, rows)))
                 return spare.serve(name, index), len(moved)
         # Let go of the spare first: a view read whole then takes three buffers at most, not four.
         spare = None
@@ -510,7 +533,7 @@ class LiveSnapshots:
                                    manifest.version)
         # Its spare is made now, not by the next swap: that would copy the whole buffer while serving.
         self._buffers[name] = [buffer, buffer.copied(rows)]
-        index = VectorIndex.build(buffer.unit(slice(0, rows)), self.cfg)
+        index = VectorIndex.searched_exactly(buffer.unit(slice(0, rows)))  # IVF part: _start_merges
         return buffer.serve(name, index), (before.rows if before is not None else 0)
 
     def _change_for(self, spare: VectorBuffer, before: ServedView, deltas: list[str] | None, manifest: Manifest,

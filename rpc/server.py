@@ -4,16 +4,13 @@ auth, a poller that swaps in each new snapshot, and a shutdown that drains calls
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -21,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from m2grl.errors import ConfigError
 from m2grl.protos import embedding_pb2 as pb
 from m2grl.protos import embedding_pb2_grpc as pb_grpc
-from m2grl.rpc.live import LiveSnapshots
+from m2grl.rpc.live import LiveSnapshots, in_background
 from m2grl.rpc.service import BearerTokenAuth, EmbeddingServicer, Observed
 from m2grl.settings import RpcSettings
 
@@ -91,12 +88,7 @@ class EmbeddingServer:
             self._health.set(name, status)
 
     def _follow_snapshots(self) -> None:
-        # Reading and indexing a new version must not take CPU from the threads answering calls:
-        # this thread runs at a lower priority (Linux schedules threads one by one), and faiss
-        # keeps to it rather than spreading over every core with OpenMP.
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.poller_niceness)
-        faiss.omp_set_num_threads(1)
+        in_background(self.cfg)
         waiting_logged = False
         while not self._stopping.is_set():
             try:

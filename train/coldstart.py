@@ -38,18 +38,23 @@ PeerMeans = dict[str, tuple[Tensor, Tensor]]
 
 
 @torch.no_grad()
-def peer_means(model: M2GRL, mirrors: Mirrors, peers: Tensor) -> PeerMeans:
+def peer_means(model: M2GRL, mirrors: Mirrors, peers: Tensor,
+               wanted: Mapping[str, Tensor] | None = None) -> PeerMeans:
     """Per side view and value, the mean input vector of the ``peers`` (a boolean mask over items)
-    linked to it, and their number."""
+    linked to it, and their number; only for the ``wanted`` values of each side view, where given
+    (the others' are zero): a round's hundred new items then gather their peers, not every item."""
     table = model.inputs[mirrors.item].weight
     means: PeerMeans = {}
     for side in mirrors.memberships.sides:
         lookup = mirrors.memberships.lookup(side, model.shape.rows[0])
         sums = torch.zeros(len(model.contexts[side].weight), table.shape[1])
         counts = torch.zeros(len(sums))
+        asked = None if wanted is None else torch.unique(wanted[side][wanted[side] >= 0])
         for start in range(0, min(len(lookup), len(peers)), BLOCK_ROWS):
             end = min(start + BLOCK_ROWS, len(lookup), len(peers))
             linked = peers[start:end] & (lookup[start:end] >= 0)
+            if asked is not None:
+                linked &= torch.isin(lookup[start:end], asked)
             values = lookup[start:end][linked]
             sums.index_add_(0, values, table[start:end][linked])
             counts.index_add_(0, values, torch.ones(len(values)))
@@ -90,8 +95,8 @@ def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, peers: T
     ``peers`` are a boolean mask over items."""
     if len(rows) == 0:
         return
-    means = peer_means(model, mirrors, peers)
     lookups = {side: mirrors.memberships.lookup(side, model.shape.rows[0]) for side in mirrors.memberships.sides}
+    means = peer_means(model, mirrors, peers, {side: lookup[rows] for side, lookup in lookups.items()})
     table = model.inputs[mirrors.item]
     for start in range(0, len(rows), BLOCK_ROWS):
         block = rows[start:start + BLOCK_ROWS]
@@ -183,7 +188,8 @@ class ColdStartLane:
         items = list(found)
         values = {side: torch.tensor([found[item].get(side, -1) for item in items]) for side in memberships.sides}
         item_graph = self.mirrors.graphs[self.mirrors.item]
-        guesses, covered = side_view_vectors(model, peer_means(model, self.mirrors, walked(item_graph)), values)
+        guesses, covered = side_view_vectors(model, peer_means(model, self.mirrors, walked(item_graph), values),
+                                             values)
         admitted = [item for item, ok in zip(items, covered.tolist()) if ok]
         rows = item_graph.ids.add(admitted).tolist()
         for item, row, vector in zip(admitted, rows, guesses[covered]):

@@ -100,4 +100,18 @@ def test_an_exact_index_moves_by_its_rows_and_grows_into_an_ivf_one() -> None:
     moved = index.moved(len(later), changed, later[changed], cfg)
     assert moved is not None and moved.exact and moved.fresh.tolist() == list(range(65))
     assert np.array_equal(moved.fresh_unit, later)
-    assert index.moved(120, np.arange(60, 120), unit_rows(clustered(60, 8, seed=2)), cfg) is None  # past exact_below
+    assert not moved.merge_due(cfg)
+    # Past exact_below it is searched exactly until merged builds its IVF part; a version moved
+    # meanwhile keeps its change exact when rebased on it.
+    grown = np.vstack([later, unit_rows(clustered(100, 8, seed=2, centres=10))])
+    past = moved.moved(len(grown), np.arange(65, 165), grown[65:], cfg)
+    assert past is not None and past.exact and past.merge_due(cfg)
+    built = past.merged(cfg)
+    assert not built.exact and len(built.fresh) == 0 and built.approximate.index.ntotal == 165
+    grown[[0, 164]] = -grown[[0, 164]]
+    newer = past.moved(len(grown), np.array([0, 164]), grown[[0, 164]], cfg)
+    rebased = newer.rebased(built)
+    assert rebased is not None and rebased.fresh.tolist() == [0, 164]
+    for row in (0, 10, 164):
+        assert row in rebased.search(grown[row], 3)[0]
+    assert VectorIndex.searched_exactly(grown).rebased(built) is None  # another read whole: another origin

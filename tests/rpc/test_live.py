@@ -215,6 +215,7 @@ def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: 
     publish_vectors(tmp_path, 1, v1)
     live = LiveSnapshots(tmp_path, cfg)
     live.refresh()
+    assert live.wait_for_merges(timeout=60)
     v2 = moved(v1, rng.choice(3_000, 30, replace=False).tolist(), appended=10)
     publish_vectors(tmp_path, 2, v2)
     live.refresh()
@@ -225,6 +226,8 @@ def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: 
     live.refresh()
     rebuilt = live.current.views["item"]
     assert rebuilt.buffer is not patched.buffer and len(rebuilt.index) == 3_020
+    assert rebuilt.index.exact and live.wait_for_merges(timeout=60)  # new centroids, in the background
+    assert not live.current.views["item"].index.exact
     for view, vectors in ((patched, v2), (rebuilt, v3)):
         assert np.array_equal(served_matrix(view), vectors)
         for row in (0, 2_999, len(vectors) - 1):  # among the nearest (8-bit codes of 8 dimensions blur ties)
@@ -241,7 +244,10 @@ def test_rows_changed_since_the_ivf_index_was_built_fold_into_it_in_the_backgrou
     publish_vectors(tmp_path, 1, vectors)
     live = LiveSnapshots(tmp_path, cfg)
     live.refresh()
+    assert live.current.views["item"].index.exact  # served by exhaustive search while its IVF index builds
+    assert live.wait_for_merges(timeout=60)
     built = live.current.views["item"].index
+    assert not built.exact and live.current.version == 1
     for version in (2, 3):
         vectors = moved(vectors, rng.choice(3_000, 30, replace=False).tolist(), appended=5)
         publish_vectors(tmp_path, version, vectors)

@@ -91,7 +91,12 @@ def _serve(root: Path, port: int) -> None:
     cfg = load_settings().rpc.model_copy(update={"port": port, "metrics_port": 0, "token": None,
                                                  "tls_cert": None, "tls_key": None})
     server = EmbeddingServer(root, cfg, also_serve=[
-        lambda grpc_server: baseline_grpc.add_BaselineServicer_to_server(_EmptyBaseline(), grpc_server)]).start()
+        lambda grpc_server: baseline_grpc.add_BaselineServicer_to_server(_EmptyBaseline(), grpc_server)])
+    # Calls are measured against the IVF index: the server takes them once it is built, not while
+    # the first version is searched exhaustively.
+    server.live.refresh()
+    server.live.wait_for_merges()
+    server.start()
     server.wait(stop_on_signals())
 
 
