@@ -535,7 +535,9 @@ def read_ids(root: Path, manifest: Manifest, view: str, start: int = 0,
             lines = fh.read().splitlines()
         if len(lines) != rows - first:
             raise ValueError(f"snapshot {info.name}: {len(lines)} {view} ids, its segment says {rows - first}")
-        ids.extend(json.loads(line) for line in lines[max(0, start - first):])
+        # One parse of all lines as a JSON array: a loads() per line was 14 s of a server's 25 s
+        # first load at 1 M ids.
+        ids.extend(json.loads(b"[" + b",".join(lines[max(0, start - first):]) + b"]"))
     if start + len(ids) != manifest.rows[view]:
         raise ValueError(f"snapshot {manifest.version}: {start + len(ids)} {view} ids, manifest says "
                          f"{manifest.rows[view]}")

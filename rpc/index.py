@@ -120,10 +120,10 @@ class VectorIndex:
 
     @classmethod
     def searched_exactly(cls, unit: np.ndarray) -> VectorIndex:
-        """An index of ``unit`` (rows × dim, unit length) that is all exact part: ``merged`` builds
-        its IVF part where ``merge_due`` says so."""
-        return cls(len(unit), None, None, np.arange(len(unit), dtype=np.int64), np.array(unit, dtype=np.float32),
-                   np.zeros(len(unit), dtype=np.int64))
+        """An index of ``unit`` (rows × dim, unit length, float32: kept, not copied) that is all
+        exact part: ``merged`` builds its IVF part where ``merge_due`` says so."""
+        return cls(len(unit), None, None, np.arange(len(unit), dtype=np.int64),
+                   np.asarray(unit, dtype=np.float32), np.zeros(len(unit), dtype=np.int64))
 
     @classmethod
     def build(cls, unit: np.ndarray, cfg: RpcSettings) -> VectorIndex:

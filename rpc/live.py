@@ -156,11 +156,11 @@ class VectorBuffer:
              version: int) -> VectorBuffer:
         """A new buffer of a version read whole: a first one, or one that changed too much to patch."""
         vectors = np.empty((_capacity(rows), dim), dtype=np.float32)
+        norms = np.zeros(len(vectors), dtype=np.float32)
         for start, block in blocks:
             _check_finite(name, block)
             vectors[start:start + len(block)] = block
-        norms = np.zeros(len(vectors), dtype=np.float32)
-        norms[:rows] = np.linalg.norm(vectors[:rows], axis=1)
+            norms[start:start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))  # a block in cache
         return cls(column, vectors, norms, rows, version)
 
     def copied(self, rows: int) -> VectorBuffer:
