@@ -237,6 +237,12 @@ class TrainSettings(_Section):
         "start at what changed, and per pair they taught the round more than the walks against the transitions from "
         "new nodes (`new_node_reverse_walks`; BENCHMARKS.md).",
     )
+    walks_by_change: bool = Field(
+        True,
+        description="In an incremental round, a touched node walks `incremental_walks_per_node` times the share of "
+        "its transition weight (in and out) that changed, rounded up, rather than always that many times: a hub "
+        "that one new transition touched among thousands walks once (BENCHMARKS.md).",
+    )
     incremental_walk_length: int = Field(
         5, ge=1,
         description="Like `walk_length`, for incremental rounds: their walks start at what changed, and the pairs "

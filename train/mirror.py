@@ -54,6 +54,7 @@ class ReadChanges:
     nodes: Tensor
     src: Tensor
     dst: Tensor
+    amount: Tensor  # per changed transition, how much its weight moved (all of it, for a new one)
 
 
 class ViewGraph:
@@ -81,20 +82,36 @@ class ViewGraph:
         self.ensure_nodes()
         if len(src) == 0:
             empty = torch.empty(0, dtype=torch.long)
-            return ReadChanges(empty, empty, empty)
+            return ReadChanges(empty, empty, empty, torch.empty(0))
         weight = torch.tensor(read.weight, dtype=torch.float32)
         exists = self.graph.has_edges_between(src, dst)
         changed = ~exists
+        amount = weight.abs()
         if exists.any():
             edge_ids = self.graph.edge_ids(src[exists], dst[exists])
-            changed[exists] = self.graph.edata[WEIGHT][edge_ids] != weight[exists]
+            before = self.graph.edata[WEIGHT][edge_ids]
+            changed[exists] = before != weight[exists]
+            amount[exists] = (weight[exists] - before).abs()
             self.graph.edata[WEIGHT][edge_ids] = weight[exists]
         new = ~exists
         if new.any():
             self.graph.add_edges(src[new], dst[new], data={WEIGHT: weight[new]})
         changed_src, changed_dst = src[changed], dst[changed]
         nodes = torch.cat([changed_src, changed_dst]) if changes_only else torch.cat([src, dst])
-        return ReadChanges(torch.unique(nodes), changed_src, changed_dst)
+        return ReadChanges(torch.unique(nodes), changed_src, changed_dst, amount[changed])
+
+    def changed_shares(self, nodes: Tensor, touched: Tensor, amount: Tensor) -> Tensor:
+        """Per node of ``nodes`` (ascending, unique), the share of its transition weight (in and
+        out) that changed: ``amount`` of weight moved on transitions at the ``touched`` endpoints,
+        over the node's weight now; 1 where it has none. Reads only the nodes' own edges."""
+        moved = torch.zeros(len(nodes)).index_add_(0, torch.searchsorted(nodes, touched), amount)
+        weights = self.graph.edata[WEIGHT]
+        total = torch.zeros(len(nodes))
+        src, _, out_edges = self.graph.out_edges(nodes, form="all")
+        total.index_add_(0, torch.searchsorted(nodes, src), weights[out_edges])
+        _, dst, in_edges = self.graph.in_edges(nodes, form="all")
+        total.index_add_(0, torch.searchsorted(nodes, dst), weights[in_edges])
+        return torch.where(total > 0, (moved / total.clamp(min=1e-12)).clamp(max=1.0), torch.ones(len(nodes)))
 
 
 class Memberships:
@@ -158,6 +175,8 @@ class News:
 
     touched: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
     changed_item_transitions: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    # Per view: both endpoints of each changed transition, and how much its weight moved.
+    moved_weight: dict[str, list[tuple[Tensor, Tensor]]] = field(default_factory=lambda: defaultdict(list))
 
     def touched_nodes(self) -> dict[str, Tensor]:
         return {name: torch.unique(torch.cat(parts)) for name, parts in self.touched.items()}
@@ -181,6 +200,21 @@ class Mirrors:
                 self.merge(view, reads[view.name], news)
         return news
 
+    def changed_shares(self, news: News, touched: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per view, for each of its ``touched`` nodes, the share of its transition weight that
+        the merges behind ``news`` moved (``ViewGraph.changed_shares``); 1 for a node touched
+        otherwise (a membership, a restart's re-read)."""
+        shares = {}
+        for name, nodes in touched.items():
+            moved = news.moved_weight.get(name, [])
+            ends = torch.cat([end for end, _ in moved]) if moved else torch.empty(0, dtype=torch.long)
+            amount = torch.cat([value for _, value in moved]) if moved else torch.empty(0)
+            share = self.graphs[name].changed_shares(nodes, ends, amount)
+            weighed = torch.zeros(len(nodes), dtype=torch.bool)
+            weighed[torch.searchsorted(nodes, ends)] = True
+            shares[name] = torch.where(weighed, share, torch.ones(len(nodes)))
+        return shares
+
     def merge(self, view: View, read: ViewRead, news: News, *, changes_only: bool = True) -> None:
         """Apply one read to the mirrors (idempotent: weights are absolute) and add to ``news`` the
         nodes it changed (``changes_only``: and the item transitions it changed) or, else, named."""
@@ -188,6 +222,7 @@ class Mirrors:
         changes = graph.apply(read, changes_only=changes_only)
         if changes_only and view.is_item:
             news.changed_item_transitions.append((changes.src, changes.dst))
+        news.moved_weight[view.name].append((torch.cat([changes.src, changes.dst]), changes.amount.repeat(2)))
         touched = {view.name: changes.nodes}
         if not view.is_item and read.member_items:
             items = self.graphs[self.item]

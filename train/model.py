@@ -60,22 +60,28 @@ class Table(nn.Module):
     with room for more (``GROWTH`` of them), so appending a round's new items initialises just those
     rows. Copying the whole table to add a hundred rows cost 0.6 s a round at 1 M items."""
 
-    # Spare rows a table makes when it must move, as a share of its rows: moves get rarer as it
-    # grows, so appending costs O(1) a row on average, for at most this share of memory unused.
+    # Spare rows a table makes (when made, and when it must move), as a share of its rows: moves
+    # get rarer as it grows, so appending costs O(1) a row on average. Rows never written take no
+    # memory (the pages are not touched), and a table made with room does not move, old and new
+    # copies side by side, the first time a round appends to it.
     GROWTH = 0.125
 
     def __init__(self, rows: int, dim: int, *, init: str, fill: bool = True) -> None:
-        """``fill``: initialise the rows (off: they are about to be replaced by a checkpoint's)."""
+        """``fill``: initialise the rows (off: they are about to be replaced by a checkpoint's,
+        without room: a restored table moves when it first grows)."""
         super().__init__()
         self.init = init
-        self.weight = nn.Parameter(torch.empty(rows, dim), requires_grad=False)
-        self.register_buffer("square", torch.zeros(rows) if fill else torch.empty(rows))
+        capacity = rows + int(rows * self.GROWTH) if fill else rows
+        room = (torch.empty(capacity, dim), torch.empty(capacity), torch.empty(capacity, dtype=torch.bool))
+        self._room = room
+        self.weight = nn.Parameter(room[0][:rows], requires_grad=False)
+        self.register_buffer("square", room[1][:rows])
         # Rows written since the last snapshot, what its delta must hold. Not state: a checkpoint
         # is the snapshot, so a restored table has nothing unpublished.
-        self.changed = torch.zeros(rows, dtype=torch.bool)
-        self._room = (self.weight.data, self.square, self.changed)
+        self.changed = room[2][:rows].zero_()
         if fill:
             self._initialise(self.weight.data)
+            self.square.zero_()
 
     def _initialise(self, rows: Tensor) -> None:
         if self.init == "uniform":

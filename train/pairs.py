@@ -24,11 +24,12 @@ Pairs = tuple[Tensor, Tensor]
 
 def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[str, Tensor],
                new_rows: Mapping[str, int], pace: Pace, cfg: TrainSettings, *, seed: int,
-               generator: torch.Generator) -> dict[str, Tensor]:
+               generator: torch.Generator, shares: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Walks from every node (a full round's ``pace``), or, in an incremental round, from the touched
     nodes (plus a replay share of the rest) along the transitions and from the ``new_rows``
     last rows of each view against them. Only views the ``model`` trains on are walked; ``seed``
-    is the round's."""
+    is the round's. ``shares``: per view, the share of each touched node's weight that changed,
+    which scales its walks (``walks_by_change``); None: every touched node walks the pace's number."""
     # Seeded per round: reruns reproduce, and methods compared on one graph walk it identically.
     dgl.seed(seed)
     length = pace.walk_length
@@ -40,15 +41,20 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
             continue
         if pace.everything:
             starts = torch.arange(n)
+            walks_from = starts.repeat(pace.walks_per_node)
         else:
             starts = touched.get(view, torch.empty(0, dtype=torch.long))
+            share = shares.get(view) if shares is not None else None
+            counts = walks_by_change(pace.walks_per_node, share if share is not None else torch.ones(len(starts)))
             replay = int(len(starts) * cfg.replay_share)
             if replay:
                 starts = torch.cat([starts, torch.randint(0, n, (replay,), generator=generator)])
+                counts = torch.cat([counts, torch.full((replay,), pace.walks_per_node)])
+            # Round by round (a, b, c, a, b, ...) as repeat() tiles them, not node by node.
+            walks_from = torch.cat([starts[counts > r] for r in range(pace.walks_per_node)])
         parts = []
-        if len(starts):
-            parts.append(random_walks(graph.graph, starts.repeat(pace.walks_per_node), length,
-                                      p=cfg.node2vec_p, q=cfg.node2vec_q))
+        if len(walks_from):
+            parts.append(random_walks(graph.graph, walks_from, length, p=cfg.node2vec_p, q=cfg.node2vec_q))
         if not pace.everything and cfg.new_node_reverse_walks and new_rows.get(view):
             rows = table_rows[view]
             new = torch.arange(rows - new_rows[view], min(n, rows))
@@ -57,6 +63,15 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
         if parts:
             walks[view] = torch.cat(parts)
     return walks
+
+
+def walks_by_change(walks_per_node: int, share: Tensor) -> Tensor:
+    """Walks from each touched node of an incremental round: ``walks_per_node`` times the share of
+    its transition weight that changed, rounded up: a hub that one new transition touched among
+    thousands learns almost nothing new from walks that mostly retrace what it had, and walking it
+    as often as a node whose every transition is new made those walks most of a round's cost."""
+    # Less a hair: 0.6 × 25 is 15.000001 in float32.
+    return (share * walks_per_node - 1e-4).ceil().clamp(1, walks_per_node).long()
 
 
 def intra_view_pairs(walks: Mapping[str, Tensor], window: int) -> dict[str, Pairs]:

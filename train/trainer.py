@@ -149,6 +149,7 @@ class Trainer:
         full = full or self.model is None
         news = self._read_changes() if reads is None else self.mirrors.merge_reads(reads)
         touched = news.touched_nodes()
+        shares = self.mirrors.changed_shares(news, touched) if self.cfg.walks_by_change and not full else None
         clock.lap("read_merge")
         new_ids = self._grow(fresh=full)
         clock.lap("grow")
@@ -156,7 +157,7 @@ class Trainer:
         assert model is not None  # _grow made one if need be
         pace = Pace.of(self.cfg, full=full)
         self._cold_start_tick()
-        walks = self._walk(touched, new_ids, pace)
+        walks = self._walk(touched, new_ids, pace, shares)
         self._cold_start_tick()
         clock.lap("walks")
 
@@ -237,11 +238,12 @@ class Trainer:
         start_from_side_views(model, self.mirrors, torch.arange(first_new, model.shape.rows[0]), peers=old)
         return {view: model.shape.rows[i] - before[view] for i, view in enumerate(model.shape.views)}
 
-    def _walk(self, touched: Mapping[str, Tensor], new_rows: Mapping[str, int], pace: Pace) -> dict[str, Tensor]:
+    def _walk(self, touched: Mapping[str, Tensor], new_rows: Mapping[str, int], pace: Pace,
+              shares: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The round's walks (``pairs.walk_views``), seeded by the number of the round."""
         assert self.model is not None
         return walk_views(self.model, self.graphs, touched, new_rows, pace, self.cfg,
-                          seed=self.cfg.seed + self.version, generator=self.generator)
+                          seed=self.cfg.seed + self.version, generator=self.generator, shares=shares)
 
     # -- reading the model -------------------------------------------------------------------------
 

@@ -208,14 +208,21 @@ def test_a_refused_version_leaves_both_stores_sound(tmp_path: Path) -> None:
     assert np.array_equal(served_matrix(live.current.views["item"]), v5)
 
 
-def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: Path) -> None:
-    cfg = RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16, swap_block_rows=500)
-    rng = np.random.default_rng(5)
-    v1 = rng.normal(size=(3_000, 8)).astype(np.float32)
-    publish_vectors(tmp_path, 1, v1)
-    live = LiveSnapshots(tmp_path, cfg)
-    live.refresh()
+def served_with_ivf(root: Path, cfg: RpcSettings, rng: np.random.Generator) -> tuple[LiveSnapshots, np.ndarray]:
+    """A first version of 3,000 rows, served (by exhaustive search at once) and then indexed."""
+    vectors = rng.normal(size=(3_000, 8)).astype(np.float32)
+    publish_vectors(root, 1, vectors)
+    live = LiveSnapshots(root, cfg)
+    assert live.refresh() and live.current.views["item"].index.exact
     assert live.wait_for_merges(timeout=60)
+    assert not live.current.views["item"].index.exact and live.current.version == 1
+    return live, vectors
+
+
+def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    live, v1 = served_with_ivf(tmp_path, RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16,
+                                                     swap_block_rows=500), rng)
     v2 = moved(v1, rng.choice(3_000, 30, replace=False).tolist(), appended=10)
     publish_vectors(tmp_path, 2, v2)
     live.refresh()
@@ -238,16 +245,10 @@ def test_rows_changed_since_the_ivf_index_was_built_fold_into_it_in_the_backgrou
     """Each swap searches the changed rows exactly beside the shared IVF index; past
     index_merge_rows a merge runs in a thread, and the next refresh rebases the served version on
     it, keeping what changed after the merge began exact."""
-    cfg = RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16, index_merge_rows=50)
     rng = np.random.default_rng(6)
-    vectors = rng.normal(size=(3_000, 8)).astype(np.float32)
-    publish_vectors(tmp_path, 1, vectors)
-    live = LiveSnapshots(tmp_path, cfg)
-    live.refresh()
-    assert live.current.views["item"].index.exact  # served by exhaustive search while its IVF index builds
-    assert live.wait_for_merges(timeout=60)
+    live, vectors = served_with_ivf(tmp_path, RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16,
+                                                          index_merge_rows=50), rng)
     built = live.current.views["item"].index
-    assert not built.exact and live.current.version == 1
     for version in (2, 3):
         vectors = moved(vectors, rng.choice(3_000, 30, replace=False).tolist(), appended=5)
         publish_vectors(tmp_path, version, vectors)

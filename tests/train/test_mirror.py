@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from m2grl.graphstore.reads import ViewRead
@@ -51,3 +52,30 @@ def test_a_re_read_touches_only_what_changed() -> None:
     assert view.apply(again).src.numel() == 0
     named = view.apply(again, changes_only=False).nodes
     assert sorted(view.ids.ids[i] for i in named.tolist()) == list("abcde")
+
+
+def test_a_touched_hub_walks_by_the_share_of_its_weight_that_changed() -> None:
+    """A hub with 98 of weight gains two transitions, 5 of weight: 5 % of its weight (in and out)
+    moved, so it walks 2 times of 25; the new leaf's every transition is new, so it walks all 25;
+    n0 keeps its in-transition and gains an out-transition: 3 of its 5 moved."""
+    from m2grl.train.mirror import Mirrors
+    from m2grl.train.pairs import walks_by_change
+    from m2grl.views import View
+
+    mirrors = Mirrors((View("item"),))
+    hub_edges = [f"n{n}" for n in range(49)]
+    mirrors.merge_reads({"item": ViewRead("item", 1, src=["hub"] * 49, dst=hub_edges, weight=[2] * 49)})
+    news = mirrors.merge_reads({"item": ViewRead("item", 2, src=["hub", "n0"], dst=["leaf", "hub"], weight=[2, 3])})
+    touched = news.touched_nodes()
+    shares = mirrors.changed_shares(news, touched)["item"]
+    ids = mirrors.graphs["item"].ids
+    share = dict(zip((ids.ids[row] for row in touched["item"].tolist()), shares.tolist()))
+    assert share["leaf"] == 1.0 and share["hub"] == pytest.approx(5 / 103) and share["n0"] == pytest.approx(3 / 5)
+    counts = walks_by_change(25, shares)
+    assert dict(zip((ids.ids[row] for row in touched["item"].tolist()), counts.tolist())) == {
+        "hub": 2, "leaf": 25, "n0": 15}
+    # A re-weighted transition counts by how much it moved: n0 → hub from 3 to 4.
+    news = mirrors.merge_reads({"item": ViewRead("item", 3, src=["n0"], dst=["hub"], weight=[4])})
+    touched = news.touched_nodes()
+    shares = mirrors.changed_shares(news, touched)["item"]
+    assert shares.tolist() == pytest.approx([1 / 104, 1 / 6])  # hub, n0
