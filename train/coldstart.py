@@ -49,12 +49,15 @@ def peer_means(model: M2GRL, mirrors: Mirrors, peers: Tensor,
         lookup = mirrors.memberships.lookup(side, model.shape.rows[0])
         sums = torch.zeros(len(model.contexts[side].weight), table.shape[1])
         counts = torch.zeros(len(sums))
-        asked = None if wanted is None else torch.unique(wanted[side][wanted[side] >= 0])
+        asked = None
+        if wanted is not None:  # a mask over values: isin() sorted each block, 0.17 s at 3 M items
+            asked = torch.zeros(len(sums) + 1, dtype=torch.bool)  # the last: -1, no value
+            asked[wanted[side][(wanted[side] >= 0) & (wanted[side] < len(sums))]] = True
         for start in range(0, min(len(lookup), len(peers)), BLOCK_ROWS):
             end = min(start + BLOCK_ROWS, len(lookup), len(peers))
             linked = peers[start:end] & (lookup[start:end] >= 0)
             if asked is not None:
-                linked &= torch.isin(lookup[start:end], asked)
+                linked &= asked[lookup[start:end]]
             values = lookup[start:end][linked]
             sums.index_add_(0, values, table[start:end][linked])
             counts.index_add_(0, values, torch.ones(len(values)))
