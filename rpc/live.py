@@ -57,6 +57,11 @@ def in_background(cfg: RpcSettings) -> None:
     faiss.omp_set_num_threads(1)
 
 
+def _unit(vectors: np.ndarray, norms: np.ndarray, rows: np.ndarray | list[int] | int | slice) -> np.ndarray:
+    """Unit-length vectors of ``rows``: what the index compares."""
+    return vectors[rows] / np.maximum(norms[rows], 1e-12)[..., None]
+
+
 def _check_finite(name: str, block: np.ndarray) -> None:
     if not np.isfinite(block).all():
         raise ValueError(f"{name} vectors hold NaN or infinite values")
@@ -123,8 +128,7 @@ class ServedView:
         return self.vectors.astype("<f4", copy=False).data.cast("B")
 
     def unit(self, rows: np.ndarray | list[int] | int) -> np.ndarray:
-        """Unit-length vectors of ``rows``: what the index compares."""
-        return self.vectors[rows] / np.maximum(self.norms[rows], 1e-12)[..., None]
+        return _unit(self.vectors, self.norms, rows)
 
     def id(self, row: int) -> str:
         return self.column.ids[row]
@@ -236,7 +240,7 @@ class VectorBuffer:
         self.version = version
 
     def unit(self, rows: np.ndarray | slice) -> np.ndarray:
-        return self.vectors[rows] / np.maximum(self.norms[rows], 1e-12)[..., None]
+        return _unit(self.vectors, self.norms, rows)
 
     def serve(self, name: str, index: VectorIndex) -> ServedView:
         view = ServedView(name, self.column, self.vectors[:self.rows], self.norms[:self.rows], index, self)
@@ -444,8 +448,9 @@ class LiveSnapshots:
             if view is not None and index is not None:
                 views[name] = view.buffer.serve(name, index)
                 metrics.INDEX_MERGES.labels(name).inc()
-        self._current = dataclasses.replace(served, views=views)
-        self._start_merges(self._current)
+        if any(view is not served.views[name] for name, view in views.items()):  # else all were dropped
+            served = self._current = dataclasses.replace(served, views=views)
+        self._start_merges(served)
 
     def _new_lineage(self, version: int, served: ServedVersion) -> bool:
         """Whether an older version number than the served one starts a new lineage (training
