@@ -3,24 +3,29 @@ labelled by row number.
 
 An index belongs to one served version and never changes after it is made, so a call answers from
 one version whatever goes live meanwhile. It has two parts:
-- an approximate part: an inverted-file index with 8-bit scalar-quantized lists (faiss IVF-SQ8: a
-  quarter of the memory of float lists and half their scan time, at the same recall on our data),
-  built for an earlier version and shared by the versions after it;
-- an exact part: the rows that changed or were appended since that build, with their unit vectors,
-  searched exhaustively. Their entries in the approximate part are masked out of its search.
+- a main part, one of
+  - an approximate part: an inverted-file index with 8-bit scalar-quantized lists (faiss IVF-SQ8: a
+    quarter of the memory of float lists and half their scan time, at the same recall on our data),
+    built for an earlier version and shared by the versions after it;
+  - an exhaustive part: the first rows of the view's vector store (rpc/live.py), searched by brute
+    force where they lie, without a copy;
+- an exact part: the rows that changed or were appended since the main part was made, with their
+  unit vectors, searched exhaustively. Their entries in the main part are masked out of its search
+  (the store writes their new vectors in place once no older version reads it).
 A new version's index is the one before it plus the rows the version changed: a few milliseconds
 at millions of rows, where assigning those rows to IVF lists cost 0.4 s a swap at 1 M. Once the
 exact part passes ``rpc.index_merge_rows``, ``merged`` folds it into a copy of the IVF index off
 the serving path (rpc/live.py runs it in a thread and rebases the versions served meanwhile on it).
-Views under ``rpc.exact_below`` rows are all exact part. A larger view read whole (a server's
-first version, or one where most rows changed at once, ``rpc.ivf_retrain_share``, as after a full
-training rebuild) starts all exact part too, and its IVF index, centroids trained afresh, is built
+Views under ``rpc.exact_below`` rows keep an exhaustive main part. A larger view read whole (a
+server's first version, or one where most rows changed at once, ``rpc.ivf_retrain_share``, as after
+a full training rebuild) starts with one too, and its IVF index, centroids trained afresh, is built
 the same way, in the background: training the centroids and assigning a million rows to them takes
 about a minute on two cores, during which the version is served, by exhaustive search.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -51,15 +56,9 @@ def _searching(index: faiss.IndexIVF, cfg: RpcSettings) -> faiss.IndexIVF:
     return index
 
 
-def _ivf(unit: np.ndarray, cfg: RpcSettings) -> faiss.IndexIVF:
-    dim = unit.shape[1]
-    lists = _ivf_lists(len(unit), cfg)
-    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(len(unit), min(len(unit), cfg.ivf_train_per_list * lists), replace=False)
-    index.train(unit[np.sort(sample)])
-    index.add_with_ids(unit, np.arange(len(unit), dtype=np.int64))
-    return _searching(index, cfg)
+def _ivf(rows: int, cfg: RpcSettings, dim: int) -> faiss.IndexIVF:
+    return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, _ivf_lists(rows, cfg),
+                                         faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,31 @@ class _Approximate:
 
     index: faiss.IndexIVF
     rows: int
+
+
+@dataclass(frozen=True)
+class _Exhaustive:
+    """The first ``rows`` rows of a view's vector store, searched where they lie. The store writes
+    the rows of later versions in place; the index that holds this part has those rows in its exact
+    part and leaves them out here."""
+
+    vectors: np.ndarray  # the store's float32 rows (its capacity; only the first ``rows`` are this part's)
+    norms: np.ndarray
+    rows: int
+
+    def unit(self, start: int, stop: int) -> np.ndarray:
+        return self.vectors[start:stop] / np.maximum(self.norms[start:stop], 1e-12)[:, None]
+
+    def search(self, query: np.ndarray, wanted: int, left_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``wanted`` rows and their cosine similarities to ``query``, not among ``left_out``."""
+        scores = self.vectors[:self.rows] @ query
+        scores /= np.maximum(self.norms[:self.rows], 1e-12)
+        scores[left_out] = -np.inf
+        wanted = min(wanted, self.rows - len(left_out))
+        if wanted <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < self.rows else np.arange(self.rows)
+        return top.astype(np.int64), scores[top]
 
 
 @dataclass(frozen=True)
@@ -100,35 +124,47 @@ def _cleared(bits: np.ndarray | None, rows: np.ndarray, size: int) -> np.ndarray
 @dataclass(frozen=True)
 class VectorIndex:
     rows: int
-    approximate: _Approximate | None  # None: every row is in the exact part
-    mask: _Mask | None  # None: every row of the approximate part is current
+    main: _Approximate | _Exhaustive
+    mask: _Mask | None  # an approximate main part's current rows; None: all of them
     fresh: np.ndarray  # int64 rows of the exact part, ascending
     fresh_unit: np.ndarray = field(repr=False)  # their unit vectors
-    # Per exact row, the number of moves since the build after which it last changed: what a
-    # merge made at an earlier move has not folded in.
+    # Per exact row, the number of moves since the main part was made after which it last changed:
+    # what a merge made at an earlier move has not folded in.
     fresh_move: np.ndarray = field(repr=False)
     moves: int = 0
     # Shared by the indexes moved and merged from one read of whole vectors: a merge fits only those.
     origin: object = field(default_factory=object, repr=False, compare=False)
 
     @property
+    def approximate(self) -> _Approximate | None:
+        return self.main if isinstance(self.main, _Approximate) else None
+
+    @property
     def exact(self) -> bool:
-        return self.approximate is None
+        """Whether every answer is exact: no IVF part (yet)."""
+        return isinstance(self.main, _Exhaustive)
 
     def __len__(self) -> int:
         return self.rows
 
     @classmethod
-    def searched_exactly(cls, unit: np.ndarray) -> VectorIndex:
-        """An index of ``unit`` (rows × dim, unit length, float32: kept, not copied) that is all
-        exact part: ``merged`` builds its IVF part where ``merge_due`` says so."""
-        return cls(len(unit), None, None, np.arange(len(unit), dtype=np.int64),
-                   np.asarray(unit, dtype=np.float32), np.zeros(len(unit), dtype=np.int64))
+    def searched_exactly(cls, vectors: np.ndarray, norms: np.ndarray | None = None,
+                         rows: int | None = None) -> VectorIndex:
+        """An index of the first ``rows`` (default: all) of ``vectors`` (float32, kept, not copied),
+        whose lengths are ``norms`` (default: computed), searched exhaustively: ``merged`` builds its
+        IVF part where ``merge_due`` says so."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        rows = len(vectors) if rows is None else rows
+        if norms is None:
+            norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
+        dim = vectors.shape[1]
+        return cls(rows, _Exhaustive(vectors, norms, rows), None, np.empty(0, dtype=np.int64),
+                   np.empty((0, dim), dtype=np.float32), np.empty(0, dtype=np.int64))
 
     @classmethod
-    def build(cls, unit: np.ndarray, cfg: RpcSettings) -> VectorIndex:
-        """An index of ``unit`` with its IVF part built now where it is due."""
-        index = cls.searched_exactly(unit)
+    def build(cls, vectors: np.ndarray, cfg: RpcSettings) -> VectorIndex:
+        """An index of ``vectors`` with its IVF part built now where it is due."""
+        index = cls.searched_exactly(vectors)
         return index.merged(cfg) if index.merge_due(cfg) else index
 
     def moved(self, rows: int, changed: np.ndarray, unit_of: np.ndarray, cfg: RpcSettings) -> VectorIndex | None:
@@ -143,28 +179,60 @@ class VectorIndex:
         fresh = np.concatenate([self.fresh[kept], changed])
         order = np.argsort(fresh, kind="stable")
         mask = self.mask
-        if self.approximate is not None and len(changed) and changed[0] < self.approximate.rows:
-            mask = _Mask.of(_cleared(mask.bits if mask else None, changed, self.approximate.rows), self.approximate)
+        approximate = self.approximate
+        if approximate is not None and len(changed) and changed[0] < approximate.rows:
+            mask = _Mask.of(_cleared(mask.bits if mask else None, changed, approximate.rows), approximate)
         return VectorIndex(
-            rows, self.approximate, mask, fresh[order],
+            rows, self.main, mask, fresh[order],
             np.concatenate([self.fresh_unit[kept], unit_of.astype(np.float32, copy=False)])[order],
             np.concatenate([self.fresh_move[kept], np.full(len(changed), moves, dtype=np.int64)])[order], moves,
             self.origin)
 
+    def folded(self, vectors: np.ndarray, norms: np.ndarray, cfg: RpcSettings) -> VectorIndex:
+        """This index once its version's vectors are all in the store (``vectors``, ``norms``): a
+        view under ``rpc.exact_below`` is searched there alone again, without an exact part. Any
+        other keeps its exact part, which a merge folds into the IVF part."""
+        if self.exact and self.rows < cfg.exact_below and len(self.fresh):
+            return dataclasses.replace(self.searched_exactly(vectors, norms, self.rows), moves=self.moves,
+                                       origin=self.origin)
+        return self
+
     def merge_due(self, cfg: RpcSettings) -> bool:
         """Whether ``merged`` should run: a view past ``rpc.exact_below`` rows without its IVF part
         yet, or one whose exact part has passed ``rpc.index_merge_rows``."""
-        if self.approximate is None:
+        if self.exact:
             return self.rows >= cfg.exact_below
         return len(self.fresh) > cfg.index_merge_rows
 
     def merged(self, cfg: RpcSettings) -> VectorIndex:
         """This index with its exact part folded into a copy of the IVF part (or, without one yet,
-        into an IVF part built from it): the same answers up to quantization, made without touching
-        this one, so that it can run beside searches."""
-        index = _ivf(self.fresh_unit, cfg) if self.approximate is None else self._folded(cfg)
+        into an IVF part built from the exhaustive one): the same answers up to quantization, made
+        without touching this one, so that it can run beside searches."""
+        index = self._built(cfg) if isinstance(self.main, _Exhaustive) else self._folded(cfg)
         return VectorIndex(self.rows, _Approximate(index, self.rows), None, self.fresh[:0], self.fresh_unit[:0],
                            self.fresh_move[:0], self.moves, self.origin)
+
+    def _built(self, cfg: RpcSettings, block: int = 65_536) -> faiss.IndexIVF:
+        """An IVF index of this version: the exhaustive part's rows, a block at a time (no unit copy of
+        the whole view), except those of the exact part, added from their own unit vectors. A row the
+        store writes meanwhile is read either way: a later version has it in its exact part."""
+        assert isinstance(self.main, _Exhaustive)
+        main = self.main
+        index = _ivf(self.rows, cfg, self.fresh_unit.shape[1])
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(main.rows, min(main.rows, cfg.ivf_train_per_list * index.nlist), replace=False))
+        index.train(np.vstack([main.vectors[sample] / np.maximum(main.norms[sample], 1e-12)[:, None],
+                               self.fresh_unit[:max(0, cfg.ivf_train_per_list * index.nlist - len(sample))]]))
+        stale = np.zeros(main.rows, dtype=bool)
+        stale[self.fresh[self.fresh < main.rows]] = True
+        for start in range(0, main.rows, block):
+            stop = min(start + block, main.rows)
+            current = np.flatnonzero(~stale[start:stop])
+            unit = main.unit(start, stop)
+            index.add_with_ids(np.ascontiguousarray(unit[current]), (start + current).astype(np.int64))
+        if len(self.fresh):
+            index.add_with_ids(self.fresh_unit, self.fresh)
+        return _searching(index, cfg)
 
     def _folded(self, cfg: RpcSettings) -> faiss.IndexIVF:
         """A copy of the IVF part with the exact part's rows in place of their stale entries."""
@@ -197,12 +265,16 @@ class VectorIndex:
             return [], []
         query = query.reshape(1, -1).astype(np.float32, copy=False)
         found, scores = self._exact(query[0], wanted)
-        if self.approximate is not None:
+        if isinstance(self.main, _Approximate):
             params = self.mask.params if self.mask is not None else None
-            approximate_scores, approximate_rows = self.approximate.index.search(query, wanted, params=params)
-            found = np.concatenate([approximate_rows[0], found])
-            scores = np.concatenate([approximate_scores[0], scores])
-            best = np.argsort(-scores, kind="stable")
+            main_scores, main_rows = self.main.index.search(query, wanted, params=params)
+            main_rows, main_scores = main_rows[0], main_scores[0]
+        else:
+            main_rows, main_scores = self.main.search(query[0], wanted, self.fresh[self.fresh < self.main.rows])
+        if len(main_rows):
+            found = np.concatenate([main_rows, found])
+            scores = np.concatenate([main_scores, scores])
+            best = np.lexsort((found, -scores))
             found, scores = found[best], scores[best]
         rows, kept = [], []
         for row, score in zip(found.tolist(), scores.tolist()):
@@ -227,7 +299,8 @@ class VectorIndex:
 
     def nbytes(self) -> int:
         """An estimate of the memory this index holds beyond what it shares: the exact part, the
-        mask and, if this index made it, the IVF part (codes, an id per vector, the centroids)."""
+        mask and, if this index made it, the IVF part (codes, an id per vector, the centroids). An
+        exhaustive main part is the store's memory, not the index's."""
         total = self.fresh_unit.nbytes + self.fresh.nbytes + self.fresh_move.nbytes
         if self.mask is not None:
             total += self.mask.bits.nbytes

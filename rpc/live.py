@@ -8,15 +8,18 @@ so a watcher gets each one exactly once however fast they follow each other.
 
 Rows are append-only across versions of a lineage (training never re-indexes an id), so a view's ids
 are kept in one IdColumn shared by all versions: a new version reads only the ids added since, and
-each version sees only its own first ``rows`` of them. Its vectors live in one of two VectorBuffers
-that take turns (see there). A version whose chain extends the served one's is reached by reading
-only the deltas after it; any other (a first, a new base) is read whole and compared with the
-spare, so a swap of a million-row view rewrites only the rows that changed either way.
+each version sees only its own first ``rows`` of them. Its vectors, likewise, live in one
+VectorStore per view, and a version is that store plus an overlay: the rows in which it differs
+from what the store holds. A swap reads only the deltas after the served version (a version whose
+chain does not pass through it is read whole and compared with the store), serves the store with
+the new rows overlaid, and once no call answers from an older version any more, writes those rows
+into the store and serves it alone. Memory is one copy of each view, and a swap costs the rows it
+moves, at any number of rows.
 
 Each version's nearest-neighbour index is the served one's plus the rows that changed
 (rpc/index.py); once those pass ``rpc.index_merge_rows``, a background thread folds them into a
 copy of the IVF index, and the next refresh rebases the served version's index on it. A view read
-whole is searched exhaustively until the same thread has built its IVF index."""
+whole is searched exhaustively, in its store, until the same thread has built its IVF index."""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -45,7 +49,7 @@ from m2grl.snapshots import Manifest
 log = logging.getLogger(__name__)
 
 HISTORY = 1000
-SPARE_WAIT_S = 1.0  # how long a swap waits for calls still answering from its spare buffer's version
+FOLD_WAIT_S = 1.0  # how long a swap waits for calls still answering from older versions before writing its rows
 
 
 def in_background(cfg: RpcSettings) -> None:
@@ -57,124 +61,148 @@ def in_background(cfg: RpcSettings) -> None:
     faiss.omp_set_num_threads(1)
 
 
-def _unit(vectors: np.ndarray, norms: np.ndarray, rows: np.ndarray | list[int] | int | slice) -> np.ndarray:
-    """Unit-length vectors of ``rows``: what the index compares."""
-    return vectors[rows] / np.maximum(norms[rows], 1e-12)[..., None]
-
-
 def _check_finite(name: str, block: np.ndarray) -> None:
     if not np.isfinite(block).all():
         raise ValueError(f"{name} vectors hold NaN or infinite values")
 
 
 def _capacity(rows: int) -> int:
-    # Room for the ids appended after a buffer is made: a buffer that must grow is copied whole.
-    return rows + rows // 4 + 1024
+    # Room for the rows appended later, so that a store seldom has to be copied whole to grow. The
+    # room costs address space, not memory: a page is resident once written.
+    return rows + rows // 2 + 1024
+
+
+def _norms(vectors: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32, copy=False)
+
+
+Change = tuple[np.ndarray, np.ndarray]  # rows (ascending, int64) and their values, in that order
+
+
+def _merged(older: Change, newer: Change) -> Change:
+    """Two changes one after the other as one: each row once, ascending, the newer value where both have it."""
+    rows = np.concatenate([newer[0], older[0]])
+    values = np.concatenate([newer[1], older[1]])
+    unique, first = np.unique(rows, return_index=True)  # the first occurrence: the newer one
+    return unique, values[first]
+
+
+def _found(among: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``rows`` are in ``among`` (ascending), and where."""
+    at = np.minimum(np.searchsorted(among, rows), max(len(among) - 1, 0))
+    hit = among[at] == rows if len(among) else np.zeros(len(rows), dtype=bool)
+    return hit, at
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The rows (ascending, appended ones among them) in which a version differs from what its
+    store holds, with their vectors and lengths."""
+
+    rows: np.ndarray
+    vectors: np.ndarray
+    norms: np.ndarray
+
+    @classmethod
+    def of(cls, change: Change) -> Overlay:
+        rows, vectors = change
+        return cls(rows.astype(np.int64, copy=False), vectors, _norms(vectors))
+
+    @classmethod
+    def empty(cls, dim: int) -> Overlay:
+        return cls.of((np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def then(self, change: Change) -> Overlay:
+        """This overlay with ``change`` made after it."""
+        return Overlay.of(_merged((self.rows, self.vectors), change)) if len(self) else Overlay.of(change)
+
+
+class _Reader(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+class _Shared:
+    """Memory that every version served from it reads, written in place: only once each live reader
+    (a version's served object, weakly held) is of the version whose rows are written, which reads
+    those rows from its own overlay until then."""
+
+    def __init__(self) -> None:
+        self._readers: list[weakref.ref[_Reader]] = []
+
+    def _read_by(self, reader: _Reader) -> None:
+        self._readers.append(weakref.ref(reader))
+
+    def read_only_at(self, version: int, deadline: float) -> bool:
+        """Whether every live reader is of ``version``, waiting until ``deadline`` (``time.monotonic``)
+        for calls still answering from older ones (they take milliseconds)."""
+        while True:
+            alive = [reader for ref in self._readers if (reader := ref()) is not None]
+            self._readers = [weakref.ref(reader) for reader in alive]
+            if all(reader.version == version for reader in alive):
+                return True
+            del alive
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
 
 
 class IdColumn:
     """A view's external ids in row order, as far as any version of one lineage read so far has
-    them, and the table that finds their rows (rpc/csrc/id_table.cpp: with a dict, looking up a
-    call's 100 ids among a million was most of GetEmbeddings' time, spent waiting on memory)."""
+    them, in the table that finds their rows (rpc/csrc/id_table.cpp: with a dict, looking up a
+    call's 100 ids among a million was most of GetEmbeddings' time, spent waiting on memory) and
+    gives the ids of rows back. No Python object per id: a str in a list cost 61 bytes each."""
 
     def __init__(self, lineage: str) -> None:
         self.lineage = lineage
-        self.ids: list[str] = []
         self.table = new_id_table()
 
+    def __len__(self) -> int:
+        return len(self.table)
+
     def extend(self, root: Path, manifest: Manifest, view: str, infos: list[snapshots.SegmentInfo]) -> None:
-        fresh = snapshots.read_ids(root, manifest, view, len(self.ids), infos)
+        fresh = snapshots.read_ids(root, manifest, view, len(self.table), infos)
         self.table.add(fresh)  # refuses (ValueError, nothing added) an id it has, or one listed twice
-        self.ids.extend(fresh)
 
 
-@dataclass(frozen=True)
-class ServedView:
-    name: str
-    column: IdColumn
-    vectors: np.ndarray  # float32 rows × dim, as published
-    norms: np.ndarray
-    index: VectorIndex
-    buffer: VectorBuffer  # what vectors and norms live in
-
-    @property
-    def rows(self) -> int:
-        return len(self.vectors)
-
-    @property
-    def dim(self) -> int:
-        return self.vectors.shape[1]
-
-    def row(self, ext: str) -> int | None:
-        """The row of ``ext`` in this version, or None (rows of later versions do not count)."""
-        row = self.column.table.rows((ext,), self.rows)[0]
-        return row if row >= 0 else None
-
-    def rows_of(self, ids: Sequence[str]) -> list[int]:
-        """Rows of ``ids`` in this version, -1 for unknown ones."""
-        return self.column.table.rows(ids, self.rows)
-
-    def gather(self, ids: Sequence[str]) -> tuple[list[bool], bytes]:
-        """Per id, whether this version has it; the vectors of those it has, in order, as float32
-        little-endian bytes, one after the other. All in compiled code holding the GIL: numpy
-        releases it even for tiny arrays, and on a busy server taking it back cost far more than
-        the work (measured: 10× on GetEmbeddings)."""
-        return self.column.table.gather(ids, self.rows, self._raw, 4 * self.dim)
-
-    @functools.cached_property
-    def _raw(self) -> memoryview:
-        if not self.vectors.size:  # a view without rows yet (training published an empty graph)
-            return memoryview(b"")
-        return self.vectors.astype("<f4", copy=False).data.cast("B")
-
-    def unit(self, rows: np.ndarray | list[int] | int) -> np.ndarray:
-        return _unit(self.vectors, self.norms, rows)
-
-    def id(self, row: int) -> str:
-        return self.column.ids[row]
-
-
-class VectorBuffer:
-    """The memory one view's versions are served from, reused across versions: vectors and norms
-    with room for rows appended later. Each view has two that take turns:
-    the one the live version reads, and a spare that the version before it read. A swap brings the
-    spare up to the new version by rewriting only the rows that differ (an incremental round moves
-    about 1 %), block by block, and then serves from it. Going live thus neither allocates nor frees
-    hundreds of megabytes nor copies the whole matrix: at 1M × 64 on two cores, either, once a
-    second, stalled calls for 60–190 ms, even from another process (BENCHMARKS.md).
-
-    The first ``rows`` vectors and their norms always agree; a buffer is changed only while no
-    served view reads it."""
+class VectorStore(_Shared):
+    """One view's vectors and their lengths, shared by the versions served from it, with room for
+    rows appended later. Its first ``rows`` rows are those of ``version``; each version served from
+    it overlays the rows in which it differs, and ``fold`` writes them in place once only that
+    version reads it. One copy per view, and going live neither allocates nor frees hundreds of
+    megabytes nor copies the matrix: at 1M × 64 on two cores, either, once a second, stalled calls
+    for 60–190 ms, even from another process (BENCHMARKS.md)."""
 
     def __init__(self, column: IdColumn, vectors: np.ndarray, norms: np.ndarray, rows: int, version: int) -> None:
+        super().__init__()
         self.column = column
-        self.version = version  # the snapshot version it holds
         self.vectors = vectors  # capacity × dim; the rows past ``rows`` are room, not data
         self.norms = norms
         self.rows = rows
-        # The views served from it: one a version, two where a merged index replaced a version's own.
-        self._readers: list[weakref.ref[ServedView]] = []
+        self.version = version
 
     @classmethod
     def read(cls, name: str, column: IdColumn, blocks: Iterable[tuple[int, np.ndarray]], rows: int, dim: int,
-             version: int) -> VectorBuffer:
-        """A new buffer of a version read whole: a first one, or one that changed too much to patch."""
+             version: int) -> VectorStore:
+        """The store of a version read whole: a first one, or one that changed too much to overlay."""
         vectors = np.empty((_capacity(rows), dim), dtype=np.float32)
         norms = np.zeros(len(vectors), dtype=np.float32)
         for start, block in blocks:
             _check_finite(name, block)
             vectors[start:start + len(block)] = block
-            norms[start:start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))  # a block in cache
+            norms[start:start + len(block)] = _norms(block)  # a block in cache
         return cls(column, vectors, norms, rows, version)
 
-    def copied(self, rows: int) -> VectorBuffer:
-        """A second buffer holding what this one holds, with room for ``rows``: a view's first spare,
-        or a bigger one."""
-        vectors = np.empty((max(self.capacity, _capacity(rows)), self.dim), dtype=np.float32)
+    def grown(self, rows: int) -> VectorStore:
+        """A copy of this store with room for ``rows``: the seldom case where appended rows outgrow it."""
+        vectors = np.empty((_capacity(rows), self.dim), dtype=np.float32)
         vectors[:self.rows] = self.vectors[:self.rows]
         norms = np.zeros(len(vectors), dtype=np.float32)
         norms[:self.rows] = self.norms[:self.rows]
-        return VectorBuffer(self.column, vectors, norms, self.rows, self.version)
+        return VectorStore(self.column, vectors, norms, self.rows, self.version)
 
     @property
     def capacity(self) -> int:
@@ -184,27 +212,19 @@ class VectorBuffer:
     def dim(self) -> int:
         return self.vectors.shape[1]
 
-    def in_use(self) -> bool:
-        self._readers = [reader for reader in self._readers if reader() is not None]
-        return bool(self._readers)
-
-    def unread_within(self, seconds: float) -> bool:
-        """Whether no served view reads this buffer, waiting up to ``seconds`` for calls still
-        answering from one (they take milliseconds; a spare's version went out of date a swap ago)."""
-        deadline = time.monotonic() + seconds
-        while self.in_use():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
+    @functools.cached_property
+    def raw(self) -> memoryview:
+        """The whole buffer as bytes, for the compiled gather."""
+        if not self.vectors.size:
+            return memoryview(b"")
+        return self.vectors.astype("<f4", copy=False).data.cast("B")
 
     def fits(self, column: IdColumn, rows: int, dim: int) -> bool:
-        """Whether a version with these ids, rows and dimension can be written over this one."""
-        return self.column is column and self.dim == dim and self.rows <= rows <= self.capacity
+        """Whether a version with these ids, rows and dimension can be overlaid on this store."""
+        return self.column is column and self.dim == dim and self.rows <= rows
 
-    def differences(self, name: str, blocks: Iterable[tuple[int, np.ndarray]],
-                    limit: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The rows of a later version, read ``blocks`` at a time, that differ from this buffer's or
+    def differences(self, name: str, blocks: Iterable[tuple[int, np.ndarray]], limit: int) -> Change | None:
+        """The rows of a later version, read ``blocks`` at a time, that differ from this store's or
         are new (ascending), and their vectors; None as soon as more than ``limit`` rows do. Reads
         only; ValueError if the version holds a NaN or infinite value."""
         rows: list[np.ndarray] = []
@@ -223,57 +243,163 @@ class VectorBuffer:
                 vectors.append(block[picked])
         if not rows:
             return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
-        return np.concatenate(rows), np.concatenate(vectors)
+        return np.concatenate(rows).astype(np.int64), np.concatenate(vectors)
 
-    def apply(self, version: int, rows: int, changed: np.ndarray, vectors: np.ndarray) -> None:
-        """Make this buffer hold ``version``, of ``rows`` rows, in which the rows ``changed``
-        (ascending, every appended row among them) have ``vectors``: as ``differences`` or the
-        deltas describe it."""
-        if len(changed) and (changed[-1] >= rows or len(vectors) != len(changed)):
-            raise ValueError(f"a change of {len(changed)} rows does not fit {rows} rows")
-        if rows > self.capacity or not np.array_equal(changed[changed >= self.rows], np.arange(self.rows, rows)):
-            raise ValueError(f"a change from {self.rows} to {rows} rows lacks appended rows")
-        _check_finite(f"version {version}", vectors)
-        self.vectors[changed] = vectors
-        self.norms[changed] = np.linalg.norm(vectors, axis=1)
+    def values(self, overlay: Overlay, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors and lengths of ``rows`` in the version that overlays ``overlay`` on this store."""
+        vectors, norms = self.vectors[rows], self.norms[rows]
+        if len(overlay):
+            hit, at = _found(overlay.rows, rows)
+            vectors[hit], norms[hit] = overlay.vectors[at[hit]], overlay.norms[at[hit]]
+        return vectors, norms
+
+    def fold(self, version: int, rows: int, overlay: Overlay) -> None:
+        """Make this store hold ``version``, of ``rows`` rows, which overlaid ``overlay`` on it. Only
+        once ``read_only_at(version)``: an older version reads these rows as they were."""
+        if rows > self.capacity or (len(overlay) and overlay.rows[-1] >= rows):
+            raise ValueError(f"an overlay of {len(overlay)} rows does not fit {rows} rows")
+        self.vectors[overlay.rows] = overlay.vectors
+        self.norms[overlay.rows] = overlay.norms
         self.rows = rows
         self.version = version
 
-    def unit(self, rows: np.ndarray | slice) -> np.ndarray:
-        return _unit(self.vectors, self.norms, rows)
-
-    def serve(self, name: str, index: VectorIndex) -> ServedView:
-        view = ServedView(name, self.column, self.vectors[:self.rows], self.norms[:self.rows], index, self)
-        self._readers.append(weakref.ref(view))
-        view.gather([])  # the byte view is made here, not by the first call
+    def serve(self, name: str, version: int, rows: int, overlay: Overlay, index: VectorIndex) -> ServedView:
+        if rows > self.capacity:
+            raise ValueError(f"{rows} rows do not fit a store of {self.capacity}")
+        view = ServedView(name, version, self, rows, overlay, index)
+        self._read_by(view)
         return view
 
 
+@dataclass(frozen=True, eq=False)
+class ServedView:
+    """One view of one version: its store with its overlay, its ids, its index."""
+
+    name: str
+    version: int
+    store: VectorStore
+    rows: int
+    overlay: Overlay
+    index: VectorIndex
+
+    @property
+    def column(self) -> IdColumn:
+        return self.store.column
+
+    @property
+    def dim(self) -> int:
+        return self.store.dim
+
+    def row(self, ext: str) -> int | None:
+        """The row of ``ext`` in this version, or None (rows of later versions do not count)."""
+        row = self.column.table.rows((ext,), self.rows)[0]
+        return row if row >= 0 else None
+
+    def rows_of(self, ids: Sequence[str]) -> list[int]:
+        """Rows of ``ids`` in this version, -1 for unknown ones."""
+        return self.column.table.rows(ids, self.rows)
+
+    def gather(self, ids: Sequence[str]) -> tuple[list[bool], bytes]:
+        """Per id, whether this version has it; the vectors of those it has, in order, as float32
+        little-endian bytes, one after the other. In compiled code holding the GIL: numpy releases
+        it even for tiny arrays, and on a busy server taking it back cost far more than the work
+        (measured: 10× on GetEmbeddings). Only while a version's overlay is not yet in its store
+        (milliseconds after it goes live) are its rows patched in with numpy."""
+        found, raw = self.column.table.gather(ids, self.rows, self.store.raw, 4 * self.dim)
+        if not len(self.overlay) or not raw:
+            return found, raw
+        rows = np.array([row for row in self.rows_of(ids) if row >= 0], dtype=np.int64)
+        hit, at = _found(self.overlay.rows, rows)
+        if not hit.any():
+            return found, raw
+        vectors = np.frombuffer(raw, dtype="<f4").reshape(len(rows), self.dim).copy()
+        vectors[hit] = self.overlay.vectors[at[hit]]
+        return found, vectors.tobytes()
+
+    def matrix(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of ``rows`` (a copy)."""
+        return self.store.values(self.overlay, np.asarray(rows, dtype=np.int64))[0]
+
+    def unit(self, rows: np.ndarray | list[int] | int) -> np.ndarray:
+        """Unit-length vectors of ``rows``: what the index compares."""
+        picked = np.asarray(rows, dtype=np.int64)
+        vectors, norms = self.store.values(self.overlay, picked.reshape(-1))
+        unit = vectors / np.maximum(norms, 1e-12)[:, None]
+        return unit.reshape(*picked.shape, self.dim)
+
+    def id(self, row: int) -> str:
+        return self.column.table.ids((row,))[0]
+
+    def ids(self, rows: Sequence[int]) -> list[str]:
+        return self.column.table.ids(rows)
+
+
+class MemberStore(_Shared):
+    """One side view's value row per item row (-1: none), shared by the versions served from it as
+    a VectorStore is, with room for items appended later."""
+
+    def __init__(self, of_item: np.ndarray, rows: int, version: int) -> None:
+        super().__init__()
+        self.of_item = of_item  # int32, capacity; -1 past ``rows``
+        self.rows = rows
+        self.version = version
+
+    @classmethod
+    def read(cls, of_item: np.ndarray, version: int) -> MemberStore:
+        store = np.full(_capacity(len(of_item)), -1, dtype=np.int32)
+        store[:len(of_item)] = of_item
+        return cls(store, len(of_item), version)
+
+    def grown(self, rows: int) -> MemberStore:
+        store = np.full(_capacity(rows), -1, dtype=np.int32)
+        store[:self.rows] = self.of_item[:self.rows]
+        return MemberStore(store, self.rows, self.version)
+
+    def fold(self, version: int, rows: int, overlay: Change) -> None:
+        """As VectorStore.fold."""
+        if rows > len(self.of_item):
+            raise ValueError(f"{rows} items do not fit a store of {len(self.of_item)}")
+        self.of_item[overlay[0]] = overlay[1]
+        self.rows = rows
+        self.version = version
+
+    def serve(self, version: int, rows: int, values: int, overlay: Change) -> Members:
+        members = Members(version, self, rows, values, overlay)
+        self._read_by(members)
+        return members
+
+
+@dataclass(frozen=True, eq=False)
 class Members:
-    """Item rows → value rows of one side view, and the reverse (the items of each value), made on
-    first use: only diverse recommendations need it, and sorting millions of items at every swap
-    would cost more than the swap."""
+    """Item rows → value rows of one side view in one version (its store with an overlay), and the
+    reverse (the items of each value), made on first use: only diverse recommendations need it, and
+    sorting millions of items at every swap would cost more than the swap."""
 
-    def __init__(self, of_item: np.ndarray, values: int) -> None:
-        self.of_item = of_item
-        self.values = values
-        self._reverse: tuple[np.ndarray, np.ndarray] | None = None
+    version: int
+    store: MemberStore
+    rows: int  # items
+    values: int  # value rows
+    overlay: Change  # items (ascending) and their value rows, where they differ from the store
 
-    def changed(self, items: np.ndarray, values: np.ndarray, rows: int, value_rows: int) -> Members:
-        """These memberships with ``items`` set to ``values`` and ``rows`` items in all (new ones
-        without a value unless set): a copy, the served one stays as it is."""
-        of_item = np.full(rows, -1, dtype=np.int64)
-        kept = min(rows, len(self.of_item))
-        of_item[:kept] = self.of_item[:kept]
-        of_item[items] = values
-        return Members(of_item, value_rows)
+    def of(self, items: np.ndarray | list[int]) -> np.ndarray:
+        """The value rows of ``items`` (-1: none)."""
+        items = np.asarray(items, dtype=np.int64)
+        values = self.store.of_item[items]
+        if len(self.overlay[0]):
+            hit, at = _found(self.overlay[0], items)
+            values[hit] = self.overlay[1][at[hit]]
+        return values
 
     def items(self, value: int) -> np.ndarray:
-        if self._reverse is None:  # two calls may both build it; either result is the same
-            order = np.argsort(self.of_item, kind="stable")
-            self._reverse = order, np.searchsorted(self.of_item[order], np.arange(self.values + 1))
         order, starts = self._reverse
         return order[starts[value]:starts[value + 1]]
+
+    @functools.cached_property
+    def _reverse(self) -> tuple[np.ndarray, np.ndarray]:
+        # Two calls may both build it; either result is the same.
+        of_item = self.of(np.arange(self.rows))
+        order = np.argsort(of_item, kind="stable")
+        return order, np.searchsorted(of_item[order], np.arange(self.values + 1))
 
 
 @dataclass(frozen=True)
@@ -304,35 +430,6 @@ class WentLive:
     rows_changed: dict[str, int]
 
 
-@dataclass(frozen=True)
-class Behind:
-    """The change a view's spare buffer lacks: from the version it holds to the live one."""
-
-    since: int
-    until: int
-    rows: np.ndarray
-    vectors: np.ndarray
-
-
-Change = tuple[np.ndarray, np.ndarray]  # rows (ascending) and their vectors
-
-
-def _differing(served: np.ndarray, new: np.ndarray, block: int) -> np.ndarray:
-    """The rows (ascending) in which ``new`` differs from ``served`` or is longer, compared
-    ``block`` rows at a time."""
-    parts = [start + np.flatnonzero((new[start:start + block] != served[start:start + block]).any(axis=1))
-             for start in range(0, len(served), block)]
-    return np.concatenate([*parts, np.arange(len(served), len(new))]).astype(np.int64)
-
-
-def _merged(older: Change, newer: Change) -> Change:
-    """Two changes one after the other as one: each row once, ascending, the newer vector where both have it."""
-    rows = np.concatenate([newer[0], older[0]])
-    vectors = np.concatenate([newer[1], older[1]])
-    unique, first = np.unique(rows, return_index=True)  # the first occurrence: the newer one
-    return unique, vectors[first]
-
-
 class _Chain:
     """A version's segments as a swap needs them, each read once: the deltas after the served
     version (``names``; None: the version is read whole) and, only where needed, the whole chain.
@@ -357,8 +454,6 @@ class LiveSnapshots:
         self.cfg = cfg
         self._current: ServedVersion | None = None
         self._columns: dict[str, IdColumn] = {}
-        self._buffers: dict[str, list[VectorBuffer]] = {}  # per view: the live one and its spare, in no order
-        self._behind: dict[str, Behind] = {}  # per view: what its spare lacks, where known
         self._changed = threading.Condition()
         self._history: list[WentLive] = []
         self.refused: dict[int, str] = {}  # version -> why
@@ -372,8 +467,10 @@ class LiveSnapshots:
 
     def refresh(self) -> bool:
         """Serve the newest published version if it is new and sound; True when one went live.
-        Called from one thread only (the server's poller), which also installs finished index merges."""
+        Called from one thread only (the server's poller), which also installs finished index
+        merges and writes overlays into their stores."""
         self._install_merges()
+        self._fold(wait_s=0.0)
         version = snapshots.current_version(self.root)
         served = self._current
         if version is None or version in self.refused or (served is not None and version <= served.version
@@ -389,6 +486,7 @@ class LiveSnapshots:
             log.error("snapshot version %d refused, still serving %s: %s", version,
                       served.version if served else "nothing", self.refused[version])
             return False
+        del served  # the version before must not look like a call still answering from it
         with self._changed:
             self._current = fresh
             self._history = [*self._history[-(HISTORY - 1):],
@@ -397,8 +495,41 @@ class LiveSnapshots:
         metrics.LIVE_VERSION.set(version)
         log.info("serving snapshot version %d (%s)", version,
                  ", ".join(f"{view.name}: {view.rows:,}" for view in fresh.views.values()))
-        self._start_merges(fresh)
+        del fresh
+        self._fold(wait_s=FOLD_WAIT_S)
+        assert self._current is not None
+        self._start_merges(self._current)
         return True
+
+    def _fold(self, wait_s: float) -> None:
+        """Write the served version's overlays into their stores, where no call answers from an
+        older version any more (waiting up to ``wait_s`` for those), and serve it from the stores
+        alone: the same version, the same answers. An overlay whose store an older version still
+        reads stays, and the next refresh tries again."""
+        served = self._current
+        if served is None:
+            return
+        views, members = dict(served.views), dict(served.members)
+        deadline = time.monotonic() + wait_s
+        for name, view in served.views.items():
+            store = view.store
+            if store.version != served.version and store.read_only_at(served.version, deadline):
+                store.fold(served.version, view.rows, view.overlay)
+                index = view.index.folded(store.vectors, store.norms, self.cfg)
+                views[name] = store.serve(name, served.version, view.rows, Overlay.empty(store.dim), index)
+        for side, member in served.members.items():
+            if member.store.version != served.version and member.store.read_only_at(served.version, deadline):
+                member.store.fold(served.version, member.rows, member.overlay)
+                members[side] = member.store.serve(served.version, member.rows, member.values,
+                                                   (member.overlay[0][:0], member.overlay[1][:0]))
+        if any(views[name] is not view for name, view in served.views.items()) or \
+                any(members[side] is not member for side, member in served.members.items()):
+            self._current = dataclasses.replace(served, views=views, members=members)
+        else:
+            pending = [name for name, view in served.views.items() if len(view.overlay)]
+            if pending and wait_s:
+                log.warning("version %d: calls still answer from an older version after %.1f s; its rows of %s "
+                            "stay overlaid until they end", served.version, wait_s, ", ".join(pending))
 
     # -- index merges --------------------------------------------------------------------------------
 
@@ -422,7 +553,8 @@ class LiveSnapshots:
         with self._merged_lock:
             self._merged[name] = merged
         what = "built the IVF index of" if index.exact else "merged into the IVF index"
-        log.info("%s: %s %d rows in %.1f s", name, what, len(index.fresh), time.perf_counter() - started)
+        log.info("%s: %s %d rows in %.1f s", name, what, len(index) if index.exact else len(index.fresh),
+                 time.perf_counter() - started)
 
     def wait_for_merges(self, timeout: float | None = None) -> bool:
         """Wait for the index merges running to end, then install them (as ``refresh`` does; call it
@@ -446,7 +578,7 @@ class LiveSnapshots:
             view = views.get(name)
             index = view.index.rebased(merged) if view is not None else None
             if view is not None and index is not None:
-                views[name] = view.buffer.serve(name, index)
+                views[name] = view.store.serve(name, view.version, view.rows, view.overlay, index)
                 metrics.INDEX_MERGES.labels(name).inc()
         if any(view is not served.views[name] for name, view in views.items()):  # else all were dropped
             served = self._current = dataclasses.replace(served, views=views)
@@ -469,7 +601,10 @@ class LiveSnapshots:
             self._changed.wait_for(lambda: bool(self._history) and self._history[-1].version > version, timeout)
             return [event for event in self._history if event.version > version]
 
+    # -- reading a version ---------------------------------------------------------------------------
+
     def _load(self, version: int, served: ServedVersion | None) -> ServedVersion:
+        """The version ``version``, built beside the served one without writing anything it reads."""
         manifest = snapshots.read_manifest(self.root, version)
         if served is not None and served.manifest.lineage != manifest.lineage:
             log.warning("snapshot %d starts a new lineage (training restarted from scratch): reading it whole", version)
@@ -497,90 +632,64 @@ class LiveSnapshots:
                  served: ServedVersion | None, deltas: list[str] | None) -> Members:
         items, values = manifest.rows[manifest.views[0]], manifest.rows[side]
         if served is None or deltas is None or side not in served.members:
-            return Members(snapshots.read_members(self.root, manifest, side, infos.whole), values)
+            of_item = snapshots.read_members(self.root, manifest, side, infos.whole)
+            return MemberStore.read(of_item, manifest.version).serve(manifest.version, items, values,
+                                                                     (of_item[:0], of_item[:0].astype(np.int32)))
         changed_items, changed_values = snapshots.read_member_changes(self.root, infos.deltas, side)
         if len(changed_items) and (changed_items.max() >= items or changed_values.max() >= values):
             raise ValueError(f"{side} memberships of snapshot {manifest.version} do not fit its rows")
-        return served.members[side].changed(changed_items, changed_values, items, values)
+        before = served.members[side]
+        store = before.store if items <= len(before.store.of_item) else before.store.grown(items)
+        overlay = _merged(before.overlay, (changed_items.astype(np.int64), changed_values.astype(np.int32)))
+        return store.serve(manifest.version, items, values, overlay)
 
     def _load_view(self, manifest: Manifest, infos: _Chain, name: str,
                    before: ServedView | None, deltas: list[str] | None) -> tuple[ServedView, int]:
         """The view of the new version, and how many of its rows that were served before changed."""
         column = self._column(manifest, infos, name)
         rows = manifest.rows[name]
-        spare = self._spare(name, before, column, rows, manifest.dim)
-        if spare is not None and before is not None:
-            found = self._change_for(spare, before, deltas, manifest, infos, name)
+        if before is not None and before.store.fits(column, rows, manifest.dim):
+            store = before.store if rows <= before.store.capacity else before.store.grown(rows)
+            found = self._change_for(store, before, deltas, manifest, infos, name)
             if found is not None:
-                change, since_served = found
-                try:
-                    spare.apply(manifest.version, rows, *change)
-                except BaseException:
-                    self._buffers[name].remove(spare)  # half-written: never to be read
-                    self._behind.pop(name, None)
-                    raise
-                if since_served is None:  # the spare was out of step: compare it with the served rows
-                    since_served = _differing(before.vectors, spare.vectors[:rows], self.cfg.swap_block_rows)
-                self._behind[name] = Behind(before.buffer.version, manifest.version, since_served,
-                                            spare.vectors[since_served].copy())
-                old = since_served[since_served < before.rows]
-                # Rows a whole read found different from the spare may equal the served version's.
-                moved = old if deltas is not None else old[(spare.vectors[old] != before.vectors[old]).any(axis=1)]
-                index = before.index.moved(rows, since_served, spare.unit(since_served), self.cfg)
-                if index is None:  # its IVF part is rebuilt in the background (_start_merges)
-                    index = VectorIndex.searched_exactly(spare.unit(slice(0, rows)))
-                return spare.serve(name, index), len(moved)
-        # Let go of the spare first: a view read whole then takes three buffers at most, not four.
-        spare = None
-        self._buffers.pop(name, None)
-        self._behind.pop(name, None)
-        buffer = VectorBuffer.read(name, column, self._blocks(manifest, infos, name), rows, manifest.dim,
-                                   manifest.version)
-        # Its spare is made now, not by the next swap: that would copy the whole buffer while serving.
-        self._buffers[name] = [buffer, buffer.copied(rows)]
-        index = VectorIndex.searched_exactly(buffer.unit(slice(0, rows)))  # IVF part: _start_merges
-        return buffer.serve(name, index), (before.rows if before is not None else 0)
+                overlay, (changed, vectors) = found
+                unit = vectors / np.maximum(_norms(vectors), 1e-12)[:, None]
+                index = before.index.moved(rows, changed, unit, self.cfg)
+                if index is None:  # too much change for its IVF centroids: built afresh in the background
+                    index = VectorIndex.searched_exactly(store.vectors, store.norms, store.rows).moved(
+                        rows, overlay.rows, overlay.vectors / np.maximum(overlay.norms, 1e-12)[:, None], self.cfg)
+                assert index is not None
+                return store.serve(name, manifest.version, rows, overlay, index), int((changed < before.rows).sum())
+        store = VectorStore.read(name, column, self._blocks(manifest, infos, name), rows, manifest.dim,
+                                 manifest.version)
+        index = VectorIndex.searched_exactly(store.vectors, store.norms, rows)  # IVF part: _start_merges
+        return (store.serve(name, manifest.version, rows, Overlay.empty(manifest.dim), index),
+                before.rows if before is not None else 0)
 
-    def _change_for(self, spare: VectorBuffer, before: ServedView, deltas: list[str] | None, manifest: Manifest,
-                    infos: _Chain,
-                    name: str) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None] | None:
-        """The rows and vectors that bring ``spare`` to the new version, and the rows (ascending)
-        in which the new version may differ from the served one (None: not known). From the deltas
-        after the served version plus what the spare lacks of it; or, where the version is read
-        whole, from the rows that differ from the spare's. None: too many differ, read it afresh."""
-        served = before.buffer.version
-        behind = self._behind.get(name)
-        lacking = (None if spare.version == served else
-                   behind if behind is not None and (behind.since, behind.until) == (spare.version, served) else None)
-        if deltas is not None and (spare.version == served or lacking is not None):
+    def _change_for(self, store: VectorStore, before: ServedView, deltas: list[str] | None, manifest: Manifest,
+                    infos: _Chain, name: str) -> tuple[Overlay, Change] | None:
+        """The new version's overlay on ``store``, and the rows (ascending) in which it differs from
+        the served version, with their vectors: from the deltas after the served version or, where
+        the version is read whole, by comparing it with the store. None: too many rows differ, read
+        it afresh."""
+        if deltas is not None:
             change = snapshots.read_changes(self.root, infos.deltas, name)
-            if lacking is None:
-                return change, change[0]
-            return _merged((lacking.rows, lacking.vectors), change), change[0]
+            _check_finite(f"version {manifest.version}", change[1])
+            return before.overlay.then(change), change
         rows = manifest.rows[name]
         # Past the share where the IVF centroids are retrained, the version is read whole anyway.
         limit = rows if rows < self.cfg.exact_below else int(self.cfg.ivf_retrain_share * rows)
-        differ = spare.differences(name, self._blocks(manifest, infos, name), limit)
+        differ = store.differences(name, self._blocks(manifest, infos, name), limit)
         if differ is None:
             return None
-        # Without what the spare lacked, rows the spare alone had out of date are missed: counted
-        # against the spare then, and the next swap compares whole again.
-        if spare.version == served:
-            return differ, differ[0]
-        return differ, None if lacking is None else np.union1d(differ[0], lacking.rows)
-
-    def _spare(self, name: str, before: ServedView | None, column: IdColumn, rows: int,
-               dim: int) -> VectorBuffer | None:
-        """The buffer to write the version after ``before`` into, or None when it must be read whole."""
-        if before is None or before.column is not column or before.dim != dim or before.rows > rows:
-            return None
-        live = before.buffer
-        for buffer in self._buffers.get(name, []):
-            if buffer is not live and buffer.fits(column, rows, dim) and buffer.unread_within(SPARE_WAIT_S):
-                return buffer
-        spare = live.copied(rows)
-        self._buffers[name] = [live, spare]
-        return spare
+        overlay = Overlay.of(differ)
+        # Rows outside both overlays hold the store's vector in either version.
+        candidates = np.union1d(overlay.rows, before.overlay.rows).astype(np.int64)
+        old = candidates[candidates < before.rows]
+        new_vectors = store.values(overlay, old)[0]
+        moved = old[(new_vectors != before.matrix(old)).any(axis=1)]
+        changed = np.concatenate([moved, candidates[candidates >= before.rows]])
+        return overlay, (changed, store.values(overlay, changed)[0])
 
     def _blocks(self, manifest: Manifest, infos: _Chain,
                 name: str) -> Iterator[tuple[int, np.ndarray]]:
@@ -591,11 +700,11 @@ class LiveSnapshots:
         """The view's shared ids extended to this version; a new column for a new lineage
         (training restarted from an empty snapshot folder)."""
         column = self._columns.get(name)
-        fresh = column is None or column.lineage != manifest.lineage or len(column.ids) > manifest.rows[name]
+        fresh = column is None or column.lineage != manifest.lineage or len(column) > manifest.rows[name]
         if fresh:
             column = self._columns[name] = IdColumn(manifest.lineage)
         assert column is not None
-        if len(column.ids) < manifest.rows[name]:
+        if len(column) < manifest.rows[name]:
             # Ids past those the column holds were appended after the served version: in its deltas.
             column.extend(self.root, manifest, name, infos.whole if fresh or infos.names is None else infos.deltas)
         return column

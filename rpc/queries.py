@@ -85,7 +85,7 @@ def similar(served: ServedVersion, view_name: str, *, k: int, cfg: RpcSettings, 
     else:
         raise InvalidQuery("give either an id or a vector to search from")
     rows, scores = view.index.search(query, k, skip)
-    return Neighbours([view.id(row) for row in rows], scores)
+    return Neighbours(view.ids(rows), scores)
 
 
 def _unit_query(vector: np.ndarray, view: ServedView) -> np.ndarray:
@@ -142,7 +142,7 @@ def _nearby_category_items(served: ServedVersion, items: ServedView, recent: lis
                            cfg: RpcSettings) -> list[Recommendation]:
     members = served.members[cfg.diversity_view]
     categories = served.views[cfg.diversity_view]
-    own = {int(value) for value in members.of_item[recent] if value >= 0}
+    own = {int(value) for value in members.of(recent) if value >= 0}
     if not own:
         return []
     closeness: dict[int, float] = {}

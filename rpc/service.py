@@ -121,7 +121,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     def _first_event(self) -> pb.SnapshotEvent | None:
         # Not kept in the stream's generator: a version a stream held for its whole life would keep
-        # its memory from being reused by the swaps after it (rpc/live.py VectorBuffer).
+        # the swaps after it from writing their rows into the view's store (rpc/live.py VectorStore).
         served = self.live.current
         if served is None:
             return None

@@ -3,9 +3,12 @@
 // A Python dict of a million ids answered a GetEmbeddings call of 100 random ids in 65-150 us, nearly
 // all of it waiting on memory: each lookup walks dict index -> entry -> key string -> int object,
 // one cache miss after another, while the call holds the GIL. Here ids sit in an open-addressing
-// table of fixed-size slots (hash, row, where the id's bytes are) and a batch is looked up in steps
-// over all of its ids: hash each and prefetch its slot; probe and prefetch the id's bytes and its
-// vector; compare and copy. The misses of a batch overlap instead of queueing.
+// table of 8-byte slots (the high half of the id's hash, its row), the ids' bytes one after the other
+// in an arena, where each row starts; and a batch is looked up in steps over all of its ids: hash each
+// and prefetch its slot; probe and prefetch where its row starts and its vector; prefetch the id's
+// bytes; compare and copy. The misses of a batch overlap instead of queueing. At a load of at most
+// one half, that is 16-32 bytes per id plus its bytes and 8 for where they start (a slot of 64-bit
+// hash, row, offset and length took 64-128).
 //
 // Every function runs with the GIL held and never releases it (except while regrowing the slots,
 // see grow), so a lookup never sees an add half-done. Rows are append-only, like the ids files.
@@ -22,16 +25,18 @@
 namespace {
 
 constexpr int64_t EMPTY = -1;
+constexpr uint32_t FREE = UINT32_MAX;  // a slot's row when no id is in it
+constexpr int64_t MAX_ROWS = FREE;     // rows are 32 bits: 4 billion ids per view
 constexpr Py_ssize_t BLOCK = 64;  // ids whose memory accesses are in flight together
 
 struct Slot {
-    uint64_t hash;
-    int64_t row;      // EMPTY: a free slot
-    uint64_t offset;  // the id's UTF-8 bytes: arena[offset, offset + length)
-    uint64_t length;
+    uint32_t tag;  // the high half of the id's hash (the low bits chose where the slot is)
+    uint32_t row;  // FREE: a free slot
 };
 
 using Slots = std::vector<Slot>;
+
+uint32_t tag_of(uint64_t hash) { return static_cast<uint32_t>(hash >> 32); }
 
 struct Key {
     const char *data;
@@ -66,10 +71,17 @@ struct IdTableObject {
     PyObject_HEAD
     uint64_t seed;
     Slots *slots;
-    std::string *arena;
+    std::string *arena;             // every id's UTF-8 bytes, in row order
+    std::vector<uint64_t> *starts;  // row -> where its bytes start in the arena; one more: where they end
     int64_t size;
     bool growing;
 };
+
+const char *bytes_of(const IdTableObject *table, uint32_t row) { return table->arena->data() + (*table->starts)[row]; }
+
+uint64_t length_of(const IdTableObject *table, uint32_t row) {
+    return (*table->starts)[row + 1] - (*table->starts)[row];
+}
 
 bool key_of(PyObject *item, uint64_t seed, Key *key) {
     if (!PyUnicode_Check(item)) {
@@ -83,11 +95,11 @@ bool key_of(PyObject *item, uint64_t seed, Key *key) {
 }
 
 bool same(const IdTableObject *table, const Slot &slot, const Key &key) {
-    return slot.hash == key.hash && slot.length == static_cast<uint64_t>(key.length) &&
-           std::memcmp(table->arena->data() + slot.offset, key.data, static_cast<size_t>(key.length)) == 0;
+    return slot.tag == tag_of(key.hash) && length_of(table, slot.row) == static_cast<uint64_t>(key.length) &&
+           std::memcmp(bytes_of(table, slot.row), key.data, static_cast<size_t>(key.length)) == 0;
 }
 
-// The row of each key (EMPTY: unknown, or not among the first ``count`` rows), in three passes over
+// The row of each key (EMPTY: unknown, or not among the first ``count`` rows), in four passes over
 // the block so that its memory accesses overlap; ``vectors``/``stride``: also prefetch the rows' vectors.
 void find_block(const IdTableObject *table, const Key *keys, Py_ssize_t n, int64_t count, int64_t *rows,
                 const char *vectors, Py_ssize_t stride) {
@@ -98,22 +110,26 @@ void find_block(const IdTableObject *table, const Key *keys, Py_ssize_t n, int64
         at[i] = keys[i].hash & mask;
         __builtin_prefetch(&slots[at[i]]);
     }
-    for (Py_ssize_t i = 0; i < n; i++) {  // to the first slot whose hash matches, or a free one
+    for (Py_ssize_t i = 0; i < n; i++) {  // to the first slot whose tag matches, or a free one
         size_t p = at[i];
-        while (slots[p].row != EMPTY && slots[p].hash != keys[i].hash) p = (p + 1) & mask;
+        const uint32_t tag = tag_of(keys[i].hash);
+        while (slots[p].row != FREE && slots[p].tag != tag) p = (p + 1) & mask;
         at[i] = p;
-        int64_t row = slots[p].row;
-        if (row == EMPTY) continue;
-        __builtin_prefetch(table->arena->data() + slots[p].offset);
+        const uint32_t row = slots[p].row;
+        if (row == FREE) continue;
+        __builtin_prefetch(&(*table->starts)[row]);
         if (vectors != nullptr && row < count) {  // almost always the row: the bytes compare equal below
             for (Py_ssize_t line = 0; line < stride; line += 64) __builtin_prefetch(vectors + row * stride + line);
         }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (slots[at[i]].row != FREE) __builtin_prefetch(bytes_of(table, slots[at[i]].row));
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
         size_t p = at[i];
-        while (slots[p].row != EMPTY && !same(table, slots[p], keys[i])) p = (p + 1) & mask;
-        int64_t row = slots[p].row;
-        rows[i] = row != EMPTY && row < count ? row : EMPTY;
+        while (slots[p].row != FREE && !same(table, slots[p], keys[i])) p = (p + 1) & mask;
+        const uint32_t row = slots[p].row;
+        rows[i] = row != FREE && row < count ? row : EMPTY;
     }
 }
 
@@ -143,11 +159,11 @@ bool for_rows(const IdTableObject *table, PyObject *seq, int64_t count, const ch
     return true;
 }
 
-void place(Slots &slots, const Slot &slot) {
+void place(Slots &slots, uint64_t hash, uint32_t row) {
     const uint64_t mask = slots.size() - 1;
-    size_t p = slot.hash & mask;
-    while (slots[p].row != EMPTY) p = (p + 1) & mask;
-    slots[p] = slot;
+    size_t p = hash & mask;
+    while (slots[p].row != FREE) p = (p + 1) & mask;
+    slots[p] = Slot{tag_of(hash), row};
 }
 
 // Room for ``wanted`` ids at a load of at most one half; false (MemoryError set) if there is no memory
@@ -161,9 +177,13 @@ bool grow(IdTableObject *table, int64_t wanted) {
     Slots *bigger = nullptr;
     Py_BEGIN_ALLOW_THREADS
     try {
-        bigger = new Slots(capacity, Slot{0, EMPTY, 0, 0});
-        for (size_t i = 0; i < old.size(); i++) {
-            if (old[i].row != EMPTY) place(*bigger, old[i]);
+        bigger = new Slots(capacity, Slot{0, FREE});
+        for (size_t i = 0; i < old.size(); i++) {  // a slot keeps half the hash: the rest is hashed again
+            const uint32_t row = old[i].row;
+            if (row != FREE) {
+                place(*bigger, hash_bytes(bytes_of(table, row), static_cast<Py_ssize_t>(length_of(table, row)),
+                                          table->seed), row);
+            }
         }
     } catch (const std::bad_alloc &) {
         bigger = nullptr;
@@ -186,8 +206,9 @@ PyObject *IdTable_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     if (self == nullptr) return nullptr;
     self->seed = seed;
     try {
-        self->slots = new Slots(16, Slot{0, EMPTY, 0, 0});
+        self->slots = new Slots(16, Slot{0, FREE});
         self->arena = new std::string();
+        self->starts = new std::vector<uint64_t>(1, 0);
     } catch (const std::bad_alloc &) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -201,6 +222,7 @@ void IdTable_dealloc(PyObject *object) {
     auto *self = reinterpret_cast<IdTableObject *>(object);
     delete self->slots;
     delete self->arena;
+    delete self->starts;
     Py_TYPE(object)->tp_free(object);
 }
 
@@ -231,14 +253,21 @@ bool add_all(IdTableObject *self, PyObject *seq) {
             return false;
         }
     }
-    self->arena->reserve(self->arena->size() + bytes);  // nothing below allocates, so nothing fails half-way
+    if (self->size + n > MAX_ROWS) {
+        PyErr_Format(PyExc_OverflowError, "an id table holds at most %lld ids", static_cast<long long>(MAX_ROWS));
+        return false;
+    }
+    // Nothing below allocates, so nothing fails half-way.
+    self->arena->reserve(self->arena->size() + bytes);
+    self->starts->reserve(self->starts->size() + static_cast<size_t>(n));
     self->growing = true;
     bool grown = grow(self, self->size + n);
     self->growing = false;
     if (!grown) return false;
     for (Py_ssize_t i = 0; i < n; i++) {
-        place(*self->slots, Slot{keys[i].hash, self->size + i, self->arena->size(), static_cast<uint64_t>(keys[i].length)});
         self->arena->append(keys[i].data, static_cast<size_t>(keys[i].length));
+        self->starts->push_back(self->arena->size());
+        place(*self->slots, keys[i].hash, static_cast<uint32_t>(self->size + i));
     }
     self->size += n;
     return true;
@@ -332,8 +361,34 @@ PyObject *IdTable_gather(PyObject *object, PyObject *const *args, Py_ssize_t nar
     return ok ? PyTuple_Pack(2, found.object, bytes.object) : nullptr;
 }
 
+// ids(rows) -> list[str]: the id of each row; IndexError for a row the table does not have.
+PyObject *IdTable_ids(PyObject *object, PyObject *rows) {
+    auto *self = reinterpret_cast<IdTableObject *>(object);
+    Owned seq{PySequence_Fast(rows, "rows must be a sequence of int")};
+    if (seq.object == nullptr) return nullptr;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.object);
+    PyObject **items = PySequence_Fast_ITEMS(seq.object);
+    Owned out{PyList_New(n)};
+    if (out.object == nullptr) return nullptr;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long row = PyLong_AsLongLong(items[i]);
+        if (row == -1 && PyErr_Occurred()) return nullptr;
+        if (row < 0 || row >= self->size) {
+            PyErr_Format(PyExc_IndexError, "row %lld is not among the %lld ids", row, static_cast<long long>(self->size));
+            return nullptr;
+        }
+        const auto at = static_cast<uint32_t>(row);
+        PyObject *id = PyUnicode_DecodeUTF8(bytes_of(self, at), static_cast<Py_ssize_t>(length_of(self, at)), "strict");
+        if (id == nullptr) return nullptr;
+        PyList_SET_ITEM(out.object, i, id);
+    }
+    Py_INCREF(out.object);
+    return out.object;
+}
+
 PyMethodDef IdTable_methods[] = {
     {"add", IdTable_add, METH_O, "add(ids): give the ids the next rows, in order; ValueError (and nothing added) if one is known or listed twice."},
+    {"ids", IdTable_ids, METH_O, "ids(rows) -> list[str]: the id of each row; IndexError for one it does not have."},
     {"rows", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(IdTable_rows)), METH_FASTCALL,
      "rows(ids, count) -> list[int]: the row of each id, -1 if unknown or not among the first count rows."},
     {"gather", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(IdTable_gather)), METH_FASTCALL,

@@ -47,6 +47,18 @@ def test_growing_keeps_every_row() -> None:
     assert len(table) == len(ids)
     assert table.rows(ids, len(ids)) == list(range(len(ids)))
     assert table.rows([f"item-{n}" for n in range(300_000, 300_100)], len(ids)) == [-1] * 100
+    assert table.ids(range(len(ids))) == ids
+
+
+def test_rows_give_their_ids_back() -> None:
+    table = new_id_table()
+    table.add(["a", "", "héllo wörld"])
+    table.add(["an id longer than sixteen bytes, and then some"])
+    assert table.ids([3, 0, 2, 1, 0]) == ["an id longer than sixteen bytes, and then some", "a", "héllo wörld", "", "a"]
+    assert table.ids([]) == []
+    for row in (4, -1):
+        with pytest.raises(IndexError, match="not among the 4 ids"):
+            table.ids([0, row])
 
 
 def test_gather_returns_the_vectors_of_the_known_ids_in_order() -> None:

@@ -98,9 +98,15 @@ def test_an_exact_index_moves_by_its_rows_and_grows_into_an_ivf_one() -> None:
     later[[3, 7]] = -later[[3, 7]]
     changed = np.array([3, 7, 60, 61, 62, 63, 64])
     moved = index.moved(len(later), changed, later[changed], cfg)
-    assert moved is not None and moved.exact and moved.fresh.tolist() == list(range(65))
-    assert np.array_equal(moved.fresh_unit, later)
+    assert moved is not None and moved.exact and moved.fresh.tolist() == changed.tolist()
+    assert np.array_equal(moved.fresh_unit, later[changed])
     assert not moved.merge_due(cfg)
+    for row in (3, 7, 10, 64):  # rows changed since are searched in the exact part, not where they were
+        assert moved.search(later[row], 1)[0] == [row]
+    # Once the store holds the version, a small view is searched there alone again.
+    refolded = moved.folded(later, np.linalg.norm(later, axis=1), cfg)
+    assert refolded.exact and len(refolded.fresh) == 0 and len(refolded) == 65
+    assert refolded.search(later[7], 1)[0] == [7]
     # Past exact_below it is searched exactly until merged builds its IVF part; a version moved
     # meanwhile keeps its change exact when rebased on it.
     grown = np.vstack([later, unit_rows(clustered(100, 8, seed=2, centres=10))])

@@ -143,35 +143,43 @@ def moved(vectors: np.ndarray, rows: list[int], appended: int) -> np.ndarray:
     return after
 
 
-def test_versions_take_turns_in_two_stores_rewriting_only_what_changed(tmp_path: Path) -> None:
+def test_versions_share_one_store_each_serving_its_own_vectors(tmp_path: Path, monkeypatch) -> None:
     """Blocks of 3 rows: changed rows on block edges and appended rows are all found; each version
-    serves exactly its own vectors, also the one before it, still answering while the next goes live."""
+    serves exactly its own vectors, also the one before it, still answering while the next goes
+    live, whose rows stay overlaid on the store until that call ends."""
+    monkeypatch.setattr(live_module, "FOLD_WAIT_S", 0.05)
     live = LiveSnapshots(tmp_path, RpcSettings(swap_block_rows=3))
     v1 = publish(tmp_path, 1, 10)
     live.refresh()
-    first_buffer = live.current.views["item"].buffer
+    store = live.current.views["item"].store
     v2 = moved(v1, [2, 3, 9], appended=2)
     publish_vectors(tmp_path, 2, v2)
     assert live.refresh()
     second = live.current.views["item"]
-    assert second.buffer is not first_buffer  # the first spare, seeded from the live buffer
+    assert second.store is store and len(second.overlay) == 0 and store.rows == 12  # written: nothing read v1
     assert np.array_equal(served_matrix(second), v2)
     for row in (2, 3, 9, 11):
         assert second.index.search(second.unit(row), 1)[0][0] == row
     v3 = moved(v2, [0, 5, 11], appended=1)
     publish_vectors(tmp_path, 3, v3)
-    assert live.refresh()
+    assert live.refresh()  # while a call still answers from version 2
     third = live.current.views["item"]
-    assert third.buffer is first_buffer and first_buffer.rows == 13  # version 1's memory, brought up to date
+    assert third.store is store and third.overlay.rows.tolist() == [0, 5, 11, 12] and store.rows == 12
     assert np.array_equal(served_matrix(third), v3)
-    assert np.allclose(third.norms, np.linalg.norm(v3, axis=1))
+    assert np.allclose(np.linalg.norm(third.unit(np.arange(13)), axis=1), 1.0)
     assert np.array_equal(served_matrix(second), v2)  # the version before is untouched
     for row in (0, 5, 11, 12):
         assert third.index.search(third.unit(row), 1)[0][0] == row
+    del second
+    assert not live.refresh()  # no new version, but the overlay goes into the store
+    folded = live.current.views["item"]
+    assert folded.version == 3 and len(folded.overlay) == 0 and store.rows == 13 and store.version == 3
+    assert np.array_equal(store.vectors[:13], v3) and np.allclose(store.norms[:13], np.linalg.norm(v3, axis=1))
+    assert np.array_equal(served_matrix(folded), v3) and np.array_equal(served_matrix(third), v3)
 
 
 def test_a_store_still_answering_calls_is_not_written_over(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(live_module, "SPARE_WAIT_S", 0.05)
+    monkeypatch.setattr(live_module, "FOLD_WAIT_S", 0.05)
     live = LiveSnapshots(tmp_path, RpcSettings())
     v1 = publish(tmp_path, 1, 10)
     live.refresh()
@@ -182,12 +190,16 @@ def test_a_store_still_answering_calls_is_not_written_over(tmp_path: Path, monke
     v3 = moved(v2, [4], appended=1)
     publish_vectors(tmp_path, 3, v3)
     assert live.refresh()
-    assert live.current.views["item"].buffer is not held.buffer
+    assert live.current.views["item"].overlay.rows.tolist() == [1, 4, 10]  # both versions' rows, overlaid
+    assert np.array_equal(held.store.vectors[:10], v1)
     assert np.array_equal(served_matrix(held), v1)
     assert np.array_equal(served_matrix(live.current.views["item"]), v3)
+    found, raw = live.current.views["item"].gather(["i4", "nobody", "i10", "i0"])
+    assert found == [True, False, True, True]
+    assert np.frombuffer(raw, "<f4").reshape(3, 4).tolist() == v3[[4, 10, 0]].tolist()
 
 
-def test_a_refused_version_leaves_both_stores_sound(tmp_path: Path) -> None:
+def test_a_refused_version_leaves_the_store_sound(tmp_path: Path) -> None:
     live = LiveSnapshots(tmp_path, RpcSettings(swap_block_rows=4))
     v1 = publish(tmp_path, 1, 10)
     live.refresh()
@@ -232,7 +244,7 @@ def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: 
     publish_vectors(tmp_path, 3, v3)
     live.refresh()
     rebuilt = live.current.views["item"]
-    assert rebuilt.buffer is not patched.buffer and len(rebuilt.index) == 3_020
+    assert rebuilt.store is not patched.store and len(rebuilt.index) == 3_020
     assert rebuilt.index.exact and live.wait_for_merges(timeout=60)  # new centroids, in the background
     assert not live.current.views["item"].index.exact
     for view, vectors in ((patched, v2), (rebuilt, v3)):
@@ -259,7 +271,7 @@ def test_rows_changed_since_the_ivf_index_was_built_fold_into_it_in_the_backgrou
     assert not live.refresh()  # no new version: the merge is installed
     merged = live.current.views["item"]
     assert live.current.version == 3 and merged.index.approximate is not built.approximate
-    assert len(merged.index.fresh) == 0 and merged.buffer is view.buffer
+    assert len(merged.index.fresh) == 0 and merged.store is view.store
     for row in (0, 1_500, 3_009):
         assert row in merged.index.search(merged.unit(row), 5)[0]
     assert np.array_equal(served_matrix(merged), vectors)

@@ -386,6 +386,7 @@ def _serve(settings: Settings, root: Path) -> None:
                     "indexed_s": time.perf_counter() - started,
                     "version": current.version if current is not None else None,
                     "rows_changed": current.rows_changed if current is not None else {}})
+        del current  # held across the next refresh, it would be a call answering from the version before
     _emit(out, {"event": "done", "fixed_rss_bytes": fixed_rss, "peak_rss_bytes": peak_rss_bytes(),
                 "index_bytes": _index_bytes(live)})
 
