@@ -23,7 +23,7 @@ single line and exits non-zero.
      │    ├── NotServing           no snapshot has been published yet          → UNAVAILABLE
      │    └── CannotAnswer         the snapshot lacks what the query needs     → FAILED_PRECONDITION
      ├── RpcError                  a gRPC call failed (client side): status code name and detail
-     └── KernelBuildError          a compiled helper (train/csrc/, rpc/csrc/) could not be built
+     └── KernelBuildError          a compiled helper (train/csrc/, m2grl/csrc/) could not be built
 """
 
 from __future__ import annotations
@@ -115,5 +115,5 @@ class RpcError(M2grlError):
 
 
 class KernelBuildError(M2grlError):
-    """A compiled helper (the trainer's step, the server's id table) could not be built: compiler
+    """A compiled helper (the trainer's step, the id table) could not be built: compiler
     missing or the build failed (m2grl/native.py)."""

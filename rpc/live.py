@@ -40,8 +40,8 @@ import faiss
 import numpy as np
 
 from m2grl import snapshots
+from m2grl.idtable import new_id_table
 from m2grl.rpc import metrics
-from m2grl.rpc.idtable import new_id_table
 from m2grl.rpc.index import VectorIndex
 from m2grl.settings import RpcSettings
 from m2grl.snapshots import Manifest
@@ -152,7 +152,7 @@ class _Shared:
 
 class IdColumn:
     """A view's external ids in row order, as far as any version of one lineage read so far has
-    them, in the table that finds their rows (rpc/csrc/id_table.cpp: with a dict, looking up a
+    them, in the table that finds their rows (m2grl/csrc/id_table.cpp: with a dict, looking up a
     call's 100 ids among a million was most of GetEmbeddings' time, spent waiting on memory) and
     gives the ids of rows back. No Python object per id: a str in a list cost 61 bytes each."""
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the non-Python tools exist: java (runs Kafka and Neo4j), mvn (resolves their jars once),
-# g++ and ninja (the trainer's step kernel, train/csrc/, and the server's id table, rpc/csrc/, are
+# g++ and ninja (the trainer's step kernel, train/csrc/, and the id table, m2grl/csrc/, are
 # compiled once per machine), and, with --test, docker-compose (validates compose.yaml without a
 # Docker engine).
 # Missing ones are installed from Debian's packages when we may (root + apt-get); otherwise we say

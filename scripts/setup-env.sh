@@ -49,4 +49,4 @@ fi
 # The compiled helpers (the trainer's step, the server's id table): built here, once per machine and
 # source version, so no test or service has to compile them (and wait for it) while it runs.
 "$local_venv/bin/python" -m m2grl.train.kernel --quiet
-"$local_venv/bin/python" -m m2grl.rpc.idtable --quiet
+"$local_venv/bin/python" -m m2grl.idtable --quiet

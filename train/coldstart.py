@@ -169,17 +169,17 @@ class ColdStartLane:
     def _new_items(self, watermarks: Mapping[str, int]) -> dict[str, dict[str, int]]:
         """Items linked to a side value since the last look that have no row yet: per item, the
         row of its value in each side view whose value the tables already hold."""
-        known = self.mirrors.graphs[self.mirrors.item].ids.index
+        known = self.mirrors.graphs[self.mirrors.item].ids
         overlap_ms = int(self.cfg.cold_start_overlap_s * 1000)
         found: dict[str, dict[str, int]] = {}
         for view in self.mirrors.views[1:]:
             since = self.since.get(view.name, watermarks.get(view.name, 0))
             read = read_memberships(self.store_for(view), view, since - overlap_ms)
             self.since[view.name] = read.watermark_ms
-            values = self.mirrors.graphs[view.name].ids.index
-            for item, value in zip(read.member_items, read.member_values):
-                row = values.get(value)
-                if item not in known and row is not None:
+            item_rows = known.get(read.member_items)
+            value_rows = self.mirrors.graphs[view.name].ids.get(read.member_values)
+            for item, item_row, row in zip(read.member_items, item_rows, value_rows):
+                if item_row is None and row is not None:
                     found.setdefault(item, {})[view.name] = row
         return found
 

@@ -15,34 +15,39 @@ import torch
 from torch import Tensor
 
 from m2grl.graphstore.reads import ViewRead
+from m2grl.idtable import new_id_table
 from m2grl.train.sampling import WEIGHT, dgl
 from m2grl.views import View
 
 
 class IdMap:
-    """External id <-> stable internal index."""
+    """External id <-> stable internal index, in the compiled id table (m2grl/idtable.py): no Python
+    object per id, where a list and a dict of str took about 160 bytes an id."""
 
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        self.ids: list[str] = []
-        self.index: dict[str, int] = {}
-        self.add(ids)
+    def __init__(self, ids: Sequence[str] = ()) -> None:
+        self.table = new_id_table()
+        if ids:
+            self.table.add(list(ids))
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.table)
 
-    def add(self, ids: Iterable[str]) -> Tensor:
-        """Indices of ``ids``, appending the ones not seen before."""
-        out = []
-        for ext in ids:
-            idx = self.index.get(ext)
-            if idx is None:
-                idx = self.index[ext] = len(self.ids)
-                self.ids.append(ext)
-            out.append(idx)
-        return torch.tensor(out, dtype=torch.long)
+    def add(self, ids: Sequence[str]) -> Tensor:
+        """Indices of ``ids``, appending the ones not seen before (in order of first appearance)."""
+        ids = list(ids)
+        rows = self.table.rows(ids, len(self.table))
+        new = [ext for ext, row in zip(ids, rows) if row < 0]
+        if new:
+            self.table.add(list(dict.fromkeys(new)))
+            rows = self.table.rows(ids, len(self.table))
+        return torch.tensor(rows, dtype=torch.long)
 
     def get(self, ids: Sequence[str]) -> list[int | None]:
-        return [self.index.get(ext) for ext in ids]
+        return [row if row >= 0 else None for row in self.table.rows(ids, len(self.table))]
+
+    def listed(self, start: int = 0, stop: int | None = None) -> list[str]:
+        """The ids of rows ``start`` to ``stop`` (default: the last), in row order."""
+        return self.table.ids(range(start, len(self.table) if stop is None else stop))
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def with_changed_transitions(centers: Tensor, contexts: Tensor, changed: list[Pa
     src, dst = src[~loops], dst[~loops]
     affordable = int(max_share * len(centers) / max(2 * len(src), 1))
     repeats = max(1, min(repeats, affordable))
-    src, dst = src.repeat(repeats), dst.repeat(repeats)
+    src, dst = src.repeat(repeats).to(centers.dtype), dst.repeat(repeats).to(centers.dtype)
     return torch.cat([centers, src, dst]), torch.cat([contexts, dst, src])
 
 

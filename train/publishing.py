@@ -104,8 +104,8 @@ def _rebuild(architecture: type[M2GRL], shape: ModelShape, checkpoint: snapshots
 
 def view_vectors(model: M2GRL, graph: ViewGraph) -> tuple[list[str], np.ndarray]:
     """The ids of ``graph``'s view and their input vectors, as the snapshot would hold them."""
-    ids = graph.ids.ids
-    return list(ids), model.vectors(graph.view).numpy()[: len(ids)]
+    ids = graph.ids.listed()
+    return ids, model.vectors(graph.view).numpy()[: len(ids)]
 
 
 def vectors_of(model: M2GRL, view: str, pending: Mapping[int, Tensor], rows: Tensor) -> Tensor | None:
@@ -197,13 +197,13 @@ class Publisher:
         written before the last version's end and all rows after it."""
         inputs, contexts = model.tables(view)
         table_rows = min(len(inputs), total)
-        ids = mirrors.graphs[view].ids.ids
+        ids = mirrors.graphs[view].ids
         if written is None:  # slices, not gathers: a base of millions of rows is not copied twice
             table = model.vectors(view)[:table_rows]
             extra = vectors_of(model, view, pending, torch.arange(table_rows, total))
             assert extra is not None, "the cold-start lane gives every row it appends a vector"
             return snapshots.ViewChange(
-                ids=list(ids[:total]), vectors=(torch.cat([table, extra]) if len(extra) else table).numpy(),
+                ids=ids.listed(0, total), vectors=(torch.cat([table, extra]) if len(extra) else table).numpy(),
                 contexts=contexts.weight.detach()[:table_rows].numpy(),
                 squares=torch.stack([inputs.square[:table_rows], contexts.square[:table_rows]], dim=1).numpy())
         first = self.rows.get(view, 0)
@@ -214,7 +214,7 @@ class Publisher:
         # Rows the cold-start lane appended while the round ran have no table row yet (past table_rows).
         state_rows = torch.cat([stateful[stateful < first], torch.arange(first, max(first, table_rows))])
         return snapshots.ViewChange(
-            ids=ids[first:total], vectors=vectors.numpy(), rows=rows.numpy(),
+            ids=ids.listed(first, total), vectors=vectors.numpy(), rows=rows.numpy(),
             contexts=contexts.weight.detach()[state_rows].numpy(),
             squares=torch.stack([inputs.square[state_rows], contexts.square[state_rows]], dim=1).numpy(),
             state_rows=state_rows.numpy())
@@ -238,7 +238,7 @@ class Publisher:
             memberships[side] = snapshots.MembershipChange(values, rows.numpy())
         views = {view: snapshots.ViewChange([], np.empty((0, before.dim), dtype=np.float32),
                                             np.empty(0, dtype=np.int64)) for view in before.views}
-        views[item] = snapshots.ViewChange(mirrors.graphs[item].ids.ids[start:end], vectors.numpy(), rows.numpy())
+        views[item] = snapshots.ViewChange(mirrors.graphs[item].ids.listed(start, end), vectors.numpy(), rows.numpy())
         manifest = snapshots.Manifest(
             version=max(last_version, before.version) + 1, created_ms=int(time.time() * 1000),
             watermark_ms=before.watermark_ms, views=before.views, dim=before.dim,

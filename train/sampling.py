@@ -38,17 +38,25 @@ def reverse_walks(graph: dgl.DGLGraph, starts: Tensor, length: int) -> Tensor:
 
 def skipgram_pairs(walks: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """(centers, contexts) for every pair of nodes at most ``window`` steps apart in a walk, both
-    directions, skipping padding."""
-    centers, contexts = [], []
-    for offset in range(1, min(window, walks.shape[1] - 1) + 1):
-        left, right = walks[:, :-offset].reshape(-1), walks[:, offset:].reshape(-1)
-        keep = (left != NO_NODE) & (right != NO_NODE) & (left != right)
-        centers += [left[keep], right[keep]]
-        contexts += [right[keep], left[keep]]
-    if not centers:
-        empty = torch.empty(0, dtype=torch.long)
-        return empty, empty
-    return torch.cat(centers), torch.cat(contexts)
+    directions, skipping padding. Written into two vectors made once (int32 where the nodes fit):
+    a full round's pairs are most of its memory, and gathering pieces to concatenate held them twice."""
+    offsets = range(1, min(window, walks.shape[1] - 1) + 1)
+    keeps = [_pairable(walks[:, :-offset], walks[:, offset:]) for offset in offsets]
+    total = 2 * sum(int(keep.sum()) for keep in keeps)
+    dtype = torch.int32 if walks.numel() == 0 or int(walks.max()) < 2**31 else torch.long
+    centers, contexts = torch.empty(total, dtype=dtype), torch.empty(total, dtype=dtype)
+    at = 0
+    for offset, keep in zip(offsets, keeps):
+        left, right = walks[:, :-offset][keep], walks[:, offset:][keep]
+        n = len(left)
+        centers[at:at + n], centers[at + n:at + 2 * n] = left, right
+        contexts[at:at + n], contexts[at + n:at + 2 * n] = right, left
+        at += 2 * n
+    return centers, contexts
+
+
+def _pairable(left: Tensor, right: Tensor) -> Tensor:
+    return (left != NO_NODE) & (right != NO_NODE) & (left != right)
 
 
 class NegativeSampler:

@@ -73,7 +73,8 @@ def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, Ne
             kind, view = task.split(":", 1)
             loss = model.intra_loss if kind == "intra" else model.inter_loss
             pool = samplers[view].draw(cfg.negative_pool, generator)
-            losses[task] = loss(view, left[lo:hi], right[lo:hi], pool, rows, cfg.negatives)
+            # Pairs are kept as int32 where the nodes fit (sampling.skipgram_pairs); a batch's rows index as int64.
+            losses[task] = loss(view, left[lo:hi].long(), right[lo:hi].long(), pool, rows, cfg.negatives)
         total = model.weighted_total(losses)
         dense.zero_grad()
         total.backward()

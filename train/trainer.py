@@ -171,6 +171,7 @@ class Trainer:
         if model.aligns:
             pairs.update(alignment_pairs(self.mirrors.memberships, self.item, model.shape.rows[0], touched, walks,
                                          samplers, pace))
+        del walks  # in the pairs and samplers now; a full round's walks are a tenth of its memory
 
         clock.lap("pairs")
         train_started = time.perf_counter()
@@ -179,6 +180,8 @@ class Trainer:
                               memberships=self.mirrors.memberships.lookups(model.shape.rows[0]),
                               progress=bar, between_steps=self._cold_start_tick)
         train_seconds = time.perf_counter() - train_started
+        trained_pairs = int(sum(len(c) for c, _ in pairs.values()) * self.cfg.epochs)
+        del pairs, samplers  # a full round's pairs are a third of its memory: not beside publishing's
         if model.aligns:
             among = None if pace.everything else touched.get(self.item, torch.empty(0, dtype=torch.long))
             cover_items_without_walks(model, self.mirrors, among)
@@ -186,7 +189,7 @@ class Trainer:
 
         self.version += 1
         stats = RoundStats(version=self.version, full=full, seconds=0.0, steps=trained.steps,
-                           pairs=int(sum(len(c) for c, _ in pairs.values()) * self.cfg.epochs),
+                           pairs=trained_pairs,
                            losses=trained.losses, sigma2={task: float(model.sigma2(task)) for task in model.tasks},
                            new_ids=new_ids, watermark_ms=dict(self.watermarks), curve=trained.curve,
                            train_seconds=train_seconds, phases=phases)
@@ -252,7 +255,7 @@ class Trainer:
         these settings trains on: for comparing other trainers on the same corpus."""
         touched = self.mirrors.merge_reads(reads).touched_nodes()
         self._grow(fresh=True)
-        ids = self.graphs[self.item].ids.ids
+        ids = self.graphs[self.item].ids.listed()
         walks = self._walk(touched, {}, Pace.of(self.cfg, full=True))
         item_walks = walks.get(self.item, torch.empty(0, 1, dtype=torch.long))
         return [[ids[node] for node in walk if node >= 0] for walk in item_walks.tolist()]

@@ -8,14 +8,16 @@ from m2grl.train.sampling import WEIGHT
 
 def weights(view: ViewGraph) -> dict[tuple[str, str], float]:
     src, dst = view.graph.edges()
-    return {(view.ids.ids[s], view.ids.ids[d]): w for s, d, w in
+    ids = view.ids.listed()
+    return {(ids[s], ids[d]): w for s, d, w in
             zip(src.tolist(), dst.tolist(), view.graph.edata[WEIGHT].tolist())}
 
 
 def test_ids_are_appended_never_renumbered() -> None:
     ids = IdMap(["a", "b"])
-    assert ids.add(["b", "c", "a", "d"]).tolist() == [1, 2, 0, 3]
-    assert ids.ids == ["a", "b", "c", "d"] and ids.get(["c", "zz"]) == [2, None]
+    assert ids.add(["b", "c", "a", "d", "c", "e"]).tolist() == [1, 2, 0, 3, 2, 4]
+    assert ids.listed() == ["a", "b", "c", "d", "e"] and ids.get(["c", "zz"]) == [2, None]
+    assert ids.listed(1, 3) == ["b", "c"] and len(ids) == 5
 
 
 def test_deltas_update_weights_in_place_and_append_new_nodes() -> None:
@@ -26,7 +28,7 @@ def test_deltas_update_weights_in_place_and_append_new_nodes() -> None:
 
     touched = view.apply(ViewRead("item", 2, src=["a", "c"], dst=["b", "d"], weight=[5, 1])).nodes
     assert weights(view) == {("a", "b"): 5.0, ("b", "c"): 2.0, ("c", "d"): 1.0}
-    assert view.ids.ids == ["a", "b", "c", "d"] and view.graph.num_nodes() == 4
+    assert view.ids.listed() == ["a", "b", "c", "d"] and view.graph.num_nodes() == 4
     assert sorted(touched.tolist()) == [0, 1, 2, 3]
     assert view.graph.num_edges() == 3
 
@@ -44,14 +46,15 @@ def test_a_re_read_touches_only_what_changed() -> None:
     # Reads overlap: the same two edges again, one of them heavier, and a new one.
     again = ViewRead("item", 2, src=["a", "b", "d"], dst=["b", "c", "e"], weight=[1, 3, 1])
     delta = view.apply(again)
-    assert sorted(view.ids.ids[i] for i in delta.nodes.tolist()) == ["b", "c", "d", "e"]
-    changed_edges = {(view.ids.ids[s], view.ids.ids[d]) for s, d in zip(delta.src.tolist(), delta.dst.tolist())}
+    ids = view.ids.listed()
+    assert sorted(ids[i] for i in delta.nodes.tolist()) == ["b", "c", "d", "e"]
+    changed_edges = {(ids[s], ids[d]) for s, d in zip(delta.src.tolist(), delta.dst.tolist())}
     assert changed_edges == {("b", "c"), ("d", "e")}  # re-weighted and new; (a, b) came back unchanged
     assert weights(view)[("b", "c")] == 3.0
     assert view.apply(again).nodes.numel() == 0  # nothing new the second time
     assert view.apply(again).src.numel() == 0
     named = view.apply(again, changes_only=False).nodes
-    assert sorted(view.ids.ids[i] for i in named.tolist()) == list("abcde")
+    assert sorted(view.ids.listed()[i] for i in named.tolist()) == list("abcde")
 
 
 def test_a_touched_hub_walks_by_the_share_of_its_weight_that_changed() -> None:
@@ -68,11 +71,11 @@ def test_a_touched_hub_walks_by_the_share_of_its_weight_that_changed() -> None:
     news = mirrors.merge_reads({"item": ViewRead("item", 2, src=["hub", "n0"], dst=["leaf", "hub"], weight=[2, 3])})
     touched = news.touched_nodes()
     shares = mirrors.changed_shares(news, touched)["item"]
-    ids = mirrors.graphs["item"].ids
-    share = dict(zip((ids.ids[row] for row in touched["item"].tolist()), shares.tolist()))
+    ids = mirrors.graphs["item"].ids.listed()
+    share = dict(zip((ids[row] for row in touched["item"].tolist()), shares.tolist()))
     assert share["leaf"] == 1.0 and share["hub"] == pytest.approx(5 / 103) and share["n0"] == pytest.approx(3 / 5)
     counts = walks_by_change(25, shares)
-    assert dict(zip((ids.ids[row] for row in touched["item"].tolist()), counts.tolist())) == {
+    assert dict(zip((ids[row] for row in touched["item"].tolist()), counts.tolist())) == {
         "hub": 2, "leaf": 25, "n0": 15}
     # A re-weighted transition counts by how much it moved: n0 → hub from 3 to 4.
     news = mirrors.merge_reads({"item": ViewRead("item", 3, src=["n0"], dst=["hub"], weight=[4])})

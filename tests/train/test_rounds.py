@@ -226,7 +226,7 @@ def test_a_checkpoint_from_an_older_model_layout_restarts_training_keeping_ids(t
 
     restarted = Trainer(settings)
     assert restarted.model is None and restarted.version == 1
-    assert restarted.graphs["item"].ids.ids == trainer.graphs["item"].ids.ids
+    assert restarted.graphs["item"].ids.listed() == trainer.graphs["item"].ids.listed()
     stats = restarted.round(reads=two_clusters())
     assert stats.full and stats.version == 2
 
@@ -251,7 +251,7 @@ def test_incremental_rounds_publish_deltas_that_fold_to_the_trainers_tables_and_
         for view in ("item", "category"):
             ids, vectors = trainer.vectors(view)
             assert reader.ids[view] == ids and reader.vectors[view].tobytes() == vectors.tobytes()
-            assert restarted.graphs[view].ids.ids == ids
+            assert restarted.graphs[view].ids.listed() == ids
             for mine, theirs in zip(trainer.model.tables(view), restarted.model.tables(view)):
                 assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.square, theirs.square)
         items = len(trainer.graphs["item"].ids)

@@ -53,6 +53,13 @@ def test_skipgram_pairs_cover_the_window_both_ways_and_skip_padding() -> None:
     centers, contexts = skipgram_pairs(walks, window=2)
     pairs = sorted(zip(centers.tolist(), contexts.tolist()))
     assert pairs == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    assert centers.dtype == contexts.dtype == torch.int32
+    # In the order the pieces were concatenated before: each offset's pairs, then the same reversed.
+    walks = torch.tensor([[0, 1, 2, 3], [4, 4, 5, NO_NODE]])
+    centers, contexts = skipgram_pairs(walks, window=3)
+    assert centers.tolist() == [0, 1, 2, 4, 1, 2, 3, 5, 0, 1, 4, 2, 3, 5, 0, 3]
+    assert contexts.tolist() == [1, 2, 3, 5, 0, 1, 2, 4, 2, 3, 5, 0, 1, 4, 3, 0]
+    assert [len(t) for t in skipgram_pairs(torch.empty(0, 5, dtype=torch.long), 2)] == [0, 0]
 
 
 def test_negatives_follow_unigram_to_the_three_quarters() -> None:

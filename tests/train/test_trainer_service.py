@@ -56,7 +56,7 @@ def test_rounds_publish_grow_and_resume(ingest_settings: Settings, movielens_sam
     trainer.close()
 
     resumed = Trainer(settings)
-    assert resumed.version == 2 and resumed.graphs["item"].ids.ids == snap.ids["item"]
+    assert resumed.version == 2 and resumed.graphs["item"].ids.listed() == snap.ids["item"]
     assert resumed.round().version == 3
     assert snapshots.load(settings.train.snapshot_dir).ids["item"][: len(snap.ids["item"])] == snap.ids["item"]
     resumed.close()
@@ -163,5 +163,5 @@ def test_new_items_are_published_from_their_side_views_between_and_during_rounds
 
     resumed = Trainer(settings, cold_start=True)
     assert resumed.version == after.manifest.version
-    assert resumed.graphs["item"].ids.ids == after.ids["item"]
+    assert resumed.graphs["item"].ids.listed() == after.ids["item"]
     resumed.close()

@@ -190,17 +190,24 @@ double sgns_step(Tensor input_weight, Tensor input_square, Tensor context_weight
 }
 
 // Fisher-Yates over two equal-length vectors at once (a pair stays a pair), in place, seeded.
-void shuffle_pairs(Tensor left, Tensor right, int64_t seed) {
-  TORCH_CHECK(left.dim() == 1 && right.dim() == 1 && left.numel() == right.numel(), "shuffle_pairs: two equal vectors");
-  TORCH_CHECK(left.scalar_type() == at::kLong && right.scalar_type() == at::kLong && left.is_contiguous() &&
-                  right.is_contiguous(), "shuffle_pairs: contiguous int64 vectors are required");
-  int64_t* a = left.data_ptr<int64_t>();
-  int64_t* b = right.data_ptr<int64_t>();
-  uint64_t state = static_cast<uint64_t>(seed);
-  for (int64_t j = left.numel() - 1; j > 0; --j) {
+template <typename Index>
+void shuffle_both(Index* a, Index* b, int64_t n, uint64_t state) {
+  for (int64_t j = n - 1; j > 0; --j) {
     const auto r = static_cast<int64_t>((static_cast<unsigned __int128>(next_random(state)) * (j + 1)) >> 64);
     std::swap(a[j], a[r]);
     std::swap(b[j], b[r]);
+  }
+}
+
+void shuffle_pairs(Tensor left, Tensor right, int64_t seed) {
+  TORCH_CHECK(left.dim() == 1 && right.dim() == 1 && left.numel() == right.numel(), "shuffle_pairs: two equal vectors");
+  TORCH_CHECK(left.scalar_type() == right.scalar_type() &&
+                  (left.scalar_type() == at::kLong || left.scalar_type() == at::kInt) && left.is_contiguous() &&
+                  right.is_contiguous(), "shuffle_pairs: two contiguous int64 or int32 vectors are required");
+  if (left.scalar_type() == at::kLong) {
+    shuffle_both(left.data_ptr<int64_t>(), right.data_ptr<int64_t>(), left.numel(), static_cast<uint64_t>(seed));
+  } else {
+    shuffle_both(left.data_ptr<int32_t>(), right.data_ptr<int32_t>(), left.numel(), static_cast<uint64_t>(seed));
   }
 }
 

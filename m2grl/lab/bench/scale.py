@@ -201,16 +201,19 @@ class ScaleGraph:
 
 
 class Names:
-    """External ids of rows: one string per item and category, shared by every read that names
-    it (as the trainer's id maps would share them)."""
+    """External ids of rows, made for each read that names them (as a read from Neo4j makes its
+    own): a list of every name, kept for the whole run, would be the benchmark's memory, not the
+    trainer's."""
+
+    items = "i"
+    categories = "c"
 
     def __init__(self, graph: ScaleGraph, rounds: int) -> None:
-        self.items = [f"i{n}" for n in range(graph.base_items + rounds * ROUND_NEW_ITEMS)]
-        self.categories = [f"c{n}" for n in range(graph.categories)]
+        del graph, rounds  # names follow from rows alone
 
     @staticmethod
-    def of(names: list[str], rows: np.ndarray) -> list[str]:
-        return list(map(names.__getitem__, rows.tolist()))
+    def of(prefix: str, rows: np.ndarray) -> list[str]:
+        return [f"{prefix}{row}" for row in rows.tolist()]
 
 
 def view_reads(read: GraphRead, graph: ScaleGraph, names: Names) -> dict[str, ViewRead]:
@@ -234,6 +237,12 @@ def view_reads(read: GraphRead, graph: ScaleGraph, names: Names) -> dict[str, Vi
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def rss_bytes() -> int:
+    """Resident now (not the peak, which a passing spike would set)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -319,12 +328,12 @@ def _round_report(stats: RoundStats, written: Written) -> dict[str, Any]:
 def _train(settings: Settings, root: Path, items: int, rounds: int) -> None:
     """The trainer: generate, run the full round and then each incremental round when told."""
     out = _protocol_out()
-    start_rss = peak_rss_bytes()
+    start_rss = rss_bytes()
     started = time.perf_counter()
     graph = ScaleGraph(items, settings.train.seed)
     names = Names(graph, rounds)
     reads = view_reads(graph.first_read(), graph, names)
-    generated_rss = peak_rss_bytes()
+    generated_rss = rss_bytes()
     _emit(out, {"event": "generated", "seconds": time.perf_counter() - started,
                 "transitions": len(graph.item.keys), "category_transitions": len(graph.category.keys),
                 "categories": graph.categories, "items_with_transitions": graph.items_with_transitions(),
@@ -332,8 +341,16 @@ def _train(settings: Settings, root: Path, items: int, rounds: int) -> None:
     from m2grl.train.trainer import Trainer
 
     trainer = Trainer(settings)
-    ready_rss = peak_rss_bytes()
+    ready_rss = rss_bytes()
+    # The whole first read goes into the mirrors before the full round, which then reads nothing
+    # more: a trainer reading Neo4j frees a read once merged (Trainer._read_changes), but a read
+    # handed to round() would stay referenced, and held, for the whole round.
+    started = time.perf_counter()
+    trainer.mirrors.merge_reads(reads)
+    del reads
+    first_merge_s = time.perf_counter() - started
     for number in range(rounds + 1):
+        reads = {}
         if number:
             if sys.stdin.readline().strip() != "next":
                 return
@@ -341,7 +358,10 @@ def _train(settings: Settings, root: Path, items: int, rounds: int) -> None:
         before = list_files(root)
         stats = trainer.round(full=number == 0, reads=reads, publish=True,
                               progress=number == 0 and f"{items:,} items: first full round")
-        del reads  # the first round's read is the whole graph: the mirrors hold it now
+        del reads
+        if number == 0:
+            stats.phases["read_merge"] += first_merge_s
+            stats.seconds += first_merge_s
         manifest = snapshots.read_current(root)
         assert manifest is not None
         rows_moved = sum(manifest.changed.values()) + sum(manifest.new_ids.values())
@@ -349,8 +369,8 @@ def _train(settings: Settings, root: Path, items: int, rounds: int) -> None:
                     "rows_changed": manifest.changed, "rows_added": manifest.new_ids, "rows_moved": rows_moved,
                     "segments": len(manifest.chain)})
     # About what any trainer holds whatever N (the interpreter, torch, DGL, the compiled step): the
-    # peak beyond it is what grows with the graph. The generated read's lists stay in the peak: a
-    # real trainer's first read holds the same.
+    # peak beyond it is what grows with the graph. The generator's own arrays (a few bytes per
+    # item) stay in the peak.
     fixed = start_rss + ready_rss - generated_rss
     _emit(out, {"event": "done", "fixed_rss_bytes": fixed, "peak_rss_bytes": peak_rss_bytes(),
                 "rows": {view: len(graph_.ids) for view, graph_ in trainer.graphs.items()}})

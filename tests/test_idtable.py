@@ -1,4 +1,4 @@
-"""The compiled id → row table behind every lookup of the server (rpc/csrc/id_table.cpp)."""
+"""The compiled id → row table behind every lookup of the server (m2grl/csrc/id_table.cpp)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m2grl.rpc.idtable import ID_TABLE, new_id_table
+from m2grl.idtable import ID_TABLE, new_id_table
 
 
 def test_rows_are_given_in_order_and_counted_only_below_the_versions_count() -> None:
@@ -89,13 +89,13 @@ def test_a_missing_or_broken_build_is_compiled_then_reused(tmp_path: Path) -> No
     library.write_bytes(b"\x7fELF truncated")
 
     def build() -> str:
-        done = subprocess.run([sys.executable, "-m", "m2grl.rpc.idtable"], env=env, capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "m2grl.idtable"], env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr
         return done.stderr
 
     assert "compiling id_table.cpp" in build()
     assert "compiling" not in build()
-    check = "from m2grl.rpc.idtable import new_id_table; t = new_id_table(); t.add(['a']); print(t.rows(['a'], 1))"
+    check = "from m2grl.idtable import new_id_table; t = new_id_table(); t.add(['a']); print(t.rows(['a'], 1))"
     assert subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "[0]"

@@ -1,6 +1,7 @@
-"""The served views' id → row tables (rpc/csrc/id_table.cpp), built once per machine like the
-trainer's kernel (m2grl/native.py) with the system's g++; ``make env`` builds it ahead of time with
-``python -m m2grl.rpc.idtable``. Plain CPython: the server does not load torch.
+"""External id → row tables (m2grl/csrc/id_table.cpp), for the server's views and the trainer's id
+maps: no Python object per id. Built once per machine like the trainer's kernel (m2grl/native.py)
+with the system's g++; ``make env`` builds it ahead of time with ``python -m m2grl.idtable``. Plain
+CPython: the server does not load torch.
 """
 
 from __future__ import annotations
@@ -54,4 +55,4 @@ def new_id_table() -> IdTable:
 
 
 if __name__ == "__main__":
-    native.prebuild("the server's id table", _module, ID_TABLE)
+    native.prebuild("the id table", _module, ID_TABLE)

@@ -1,4 +1,4 @@
-// IdTable: a served view's external ids -> rows, built for the server's hot path (rpc/idtable.py).
+// IdTable: external ids -> rows and back, for the server's hot path and the trainer's id maps (m2grl/idtable.py).
 //
 // A Python dict of a million ids answered a GetEmbeddings call of 100 random ids in 65-150 us, nearly
 // all of it waiting on memory: each lookup walks dict index -> entry -> key string -> int object,
@@ -228,6 +228,11 @@ void IdTable_dealloc(PyObject *object) {
 
 Py_ssize_t IdTable_len(PyObject *object) { return reinterpret_cast<IdTableObject *>(object)->size; }
 
+template <typename Container>
+void reserve_room(Container &container, size_t wanted) {
+    if (container.capacity() < wanted) container.reserve(std::max(wanted, container.capacity() + container.capacity() / 2));
+}
+
 bool add_all(IdTableObject *self, PyObject *seq) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
@@ -257,9 +262,10 @@ bool add_all(IdTableObject *self, PyObject *seq) {
         PyErr_Format(PyExc_OverflowError, "an id table holds at most %lld ids", static_cast<long long>(MAX_ROWS));
         return false;
     }
-    // Nothing below allocates, so nothing fails half-way.
-    self->arena->reserve(self->arena->size() + bytes);
-    self->starts->reserve(self->starts->size() + static_cast<size_t>(n));
+    // Nothing below allocates, so nothing fails half-way. Room grows by half at a time: reserving
+    // just enough copied every id's bytes and starts at each version's handful of new ids.
+    reserve_room(*self->arena, self->arena->size() + bytes);
+    reserve_room(*self->starts, self->starts->size() + static_cast<size_t>(n));
     self->growing = true;
     bool grown = grow(self, self->size + n);
     self->growing = false;
@@ -417,7 +423,7 @@ PyMODINIT_FUNC INIT(MODULE)(void) {
     IdTableType.tp_name = "m2grl.IdTable";
     IdTableType.tp_basicsize = sizeof(IdTableObject);
     IdTableType.tp_flags = Py_TPFLAGS_DEFAULT;
-    IdTableType.tp_doc = "IdTable(seed): external ids -> rows, append-only (see rpc/csrc/id_table.cpp).";
+    IdTableType.tp_doc = "IdTable(seed): external ids -> rows, append-only (see m2grl/csrc/id_table.cpp).";
     IdTableType.tp_new = IdTable_new;
     IdTableType.tp_dealloc = IdTable_dealloc;
     IdTableType.tp_methods = IdTable_methods;
