@@ -127,6 +127,11 @@ def alignment_pairs(memberships: Memberships, item: str, item_rows: int, touched
             mask[in_round[in_round >= 0]] = True
             items = items[mask[items]]
         if len(items) and side in samplers:
-            items = items.repeat(pace.alignment_repeats)
-            out[f"inter:{side}"] = (items, lookup[items])
+            # int32 where the rows fit, as the skip-gram pairs: a full round repeats every item
+            # (``alignment_repeats``, 20), and these were its biggest tensors.
+            values = lookup[items]
+            narrow = torch.int32 if max(item_rows, int(values.max()) + 1) < 2**31 else torch.long
+            values = values.to(narrow)
+            out[f"inter:{side}"] = (items.to(narrow).repeat(pace.alignment_repeats),
+                                    values.repeat(pace.alignment_repeats))
     return out

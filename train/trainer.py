@@ -30,7 +30,7 @@ from m2grl.graphstore import GraphStore
 from m2grl.graphstore.connection import GraphStores
 from m2grl.graphstore.reads import ViewRead, read_view
 from m2grl.settings import Settings
-from m2grl.train.allocator import retain_freed_memory
+from m2grl.train.allocator import release_freed_memory, retain_freed_memory
 from m2grl.train.coldstart import ColdStartLane, cover_items_without_walks, start_from_side_views
 from m2grl.train.kernel import sgns_kernel
 from m2grl.train.mirror import IdMap, Mirrors, News, ViewGraph
@@ -159,6 +159,8 @@ class Trainer:
         self._cold_start_tick()
         walks = self._walk(touched, new_ids, pace, shares)
         self._cold_start_tick()
+        if pace.everything:  # a full round's phases each free hundreds of megabytes (train/allocator.py)
+            release_freed_memory()
         clock.lap("walks")
 
         pairs = intra_view_pairs(walks, self.cfg.window)
@@ -172,6 +174,8 @@ class Trainer:
             pairs.update(alignment_pairs(self.mirrors.memberships, self.item, model.shape.rows[0], touched, walks,
                                          samplers, pace))
         del walks  # in the pairs and samplers now; a full round's walks are a tenth of its memory
+        if pace.everything:
+            release_freed_memory()
 
         clock.lap("pairs")
         train_started = time.perf_counter()
@@ -185,6 +189,8 @@ class Trainer:
         if model.aligns:
             among = None if pace.everything else touched.get(self.item, torch.empty(0, dtype=torch.long))
             cover_items_without_walks(model, self.mirrors, among)
+        if pace.everything:  # the pairs' and steps' buffers, before publishing allocates its own
+            release_freed_memory()
         clock.lap("steps")
 
         self.version += 1
