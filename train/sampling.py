@@ -44,14 +44,12 @@ def skipgram_pairs(walks: Tensor, window: int) -> tuple[Tensor, Tensor]:
     keeps = [_pairable(walks[:, :-offset], walks[:, offset:]) for offset in offsets]
     total = 2 * sum(int(keep.sum()) for keep in keeps)
     dtype = torch.int32 if walks.numel() == 0 or int(walks.max()) < 2**31 else torch.long
-    nodes = walks.to(dtype)
     centers, contexts = torch.empty(total, dtype=dtype), torch.empty(total, dtype=dtype)
     at = 0
     for offset, keep in zip(offsets, keeps):
-        n = int(keep.sum())
-        left, right = centers[at:at + n], centers[at + n:at + 2 * n]
-        torch.masked_select(nodes[:, :-offset], keep, out=left)  # into place: no int64 piece between
-        torch.masked_select(nodes[:, offset:], keep, out=right)
+        left, right = walks[:, :-offset][keep], walks[:, offset:][keep]
+        n = len(left)
+        centers[at:at + n], centers[at + n:at + 2 * n] = left, right
         contexts[at:at + n], contexts[at + n:at + 2 * n] = right, left
         at += 2 * n
     return centers, contexts
