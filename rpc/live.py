@@ -390,6 +390,14 @@ class Members:
             values[hit] = self.overlay[1][at[hit]]
         return values
 
+    def folded(self) -> Members:
+        """This version once its overlay is in the store: the same memberships, and the reverse
+        if a call made it already (sorting every item again for the same version is wasted)."""
+        members = self.store.serve(self.version, self.rows, self.values, (self.overlay[0][:0], self.overlay[1][:0]))
+        if "_reverse" in self.__dict__:  # functools.cached_property keeps it there
+            members.__dict__["_reverse"] = self.__dict__["_reverse"]
+        return members
+
     def items(self, value: int) -> np.ndarray:
         order, starts = self._reverse
         return order[starts[value]:starts[value + 1]]
@@ -520,8 +528,7 @@ class LiveSnapshots:
         for side, member in served.members.items():
             if member.store.version != served.version and member.store.read_only_at(served.version, deadline):
                 member.store.fold(served.version, member.rows, member.overlay)
-                members[side] = member.store.serve(served.version, member.rows, member.values,
-                                                   (member.overlay[0][:0], member.overlay[1][:0]))
+                members[side] = member.folded()
         if any(views[name] is not view for name, view in served.views.items()) or \
                 any(members[side] is not member for side, member in served.members.items()):
             self._current = dataclasses.replace(served, views=views, members=members)

@@ -185,6 +185,7 @@ def test_a_server_follows_deltas_and_a_fresh_one_reads_base_and_deltas(tmp_path:
             assert np.array_equal(matrix, truth.vectors[view])
         members = served.members["category"]
         assert np.array_equal(members.of(np.arange(members.rows)), truth.members)
+        assert np.array_equal(members.items(0), np.flatnonzero(truth.members == 0))
     fresh = LiveSnapshots(tmp_path, RpcSettings())
     assert fresh.refresh() and fresh.current is not None
     matrix = np.frombuffer(fresh.current.views["item"].gather(truth.ids["item"])[1], "<f4").reshape(-1, DIM)
