@@ -33,35 +33,32 @@ from m2grl.views import View
 # at once held several copies of the item table (1 GB at 1 M items) in the trainer's peak memory.
 BLOCK_ROWS = 65536
 
-# Per side view: the mean input vector of the peers sharing each value, and how many share it.
-PeerMeans = dict[str, tuple[Tensor, Tensor]]
+# Per side view: the value rows asked for (ascending), the mean input vector of each one's peers,
+# and how many peers it has.
+PeerMeans = dict[str, tuple[Tensor, Tensor, Tensor]]
+# Which of some item rows may lend their vector to items that share their side values.
+PeerTest = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
-def peer_means(model: M2GRL, mirrors: Mirrors, peers: Tensor,
-               wanted: Mapping[str, Tensor] | None = None) -> PeerMeans:
-    """Per side view and value, the mean input vector of the ``peers`` (a boolean mask over items)
-    linked to it, and their number; only for the ``wanted`` values of each side view, where given
-    (the others' are zero): a round's hundred new items then gather their peers, not every item."""
+def peer_means(model: M2GRL, mirrors: Mirrors, wanted: Mapping[str, Tensor], is_peer: PeerTest) -> PeerMeans:
+    """Per side view, for each of the ``wanted`` values (value rows, -1: none), the mean input vector
+    of the items linked to it that pass ``is_peer``, and their number. Gathers those items only
+    (``Memberships.members``): a round's hundred new items, or a cold-start look's, cost their
+    values' items, not a pass over every item."""
     table = model.inputs[mirrors.item].weight
     means: PeerMeans = {}
     for side in mirrors.memberships.sides:
-        lookup = mirrors.memberships.lookup(side, model.shape.rows[0])
-        sums = torch.zeros(len(model.contexts[side].weight), table.shape[1])
-        counts = torch.zeros(len(sums))
-        asked = None
-        if wanted is not None:  # a mask over values: isin() sorted each block, 0.17 s at 3 M items
-            asked = torch.zeros(len(sums) + 1, dtype=torch.bool)  # the last: -1, no value
-            asked[wanted[side][(wanted[side] >= 0) & (wanted[side] < len(sums))]] = True
-        for start in range(0, min(len(lookup), len(peers)), BLOCK_ROWS):
-            end = min(start + BLOCK_ROWS, len(lookup), len(peers))
-            linked = peers[start:end] & (lookup[start:end] >= 0)
-            if asked is not None:
-                linked &= asked[lookup[start:end]]
-            values = lookup[start:end][linked]
-            sums.index_add_(0, values, table[start:end][linked])
-            counts.index_add_(0, values, torch.ones(len(values)))
-        means[side] = (sums / counts.clamp(min=1).unsqueeze(-1), counts)
+        values = wanted[side]
+        values = torch.unique(values[(values >= 0) & (values < len(model.contexts[side].weight))])
+        items, of = mirrors.memberships.members(side, values, model.shape.rows[0])
+        peers = is_peer(items)
+        items, at = items[peers], torch.searchsorted(values, of[peers])
+        sums = torch.zeros(len(values), table.shape[1])
+        for start in range(0, len(items), BLOCK_ROWS):
+            sums.index_add_(0, at[start:start + BLOCK_ROWS], table[items[start:start + BLOCK_ROWS]])
+        counts = torch.zeros(len(values)).index_add_(0, at, torch.ones(len(items)))
+        means[side] = (values, sums / counts.clamp(min=1).unsqueeze(-1), counts)
     return means
 
 
@@ -76,14 +73,15 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
     guesses = torch.zeros(count, model.shape.dim)
     sources = torch.zeros(count)
     for side, value in values.items():
-        mean, counts = means[side]
+        asked, mean, counts = means[side]
         contexts = model.contexts[side].weight
         has_value = (value >= 0) & (value < len(contexts))
         value = torch.where(has_value, value, 0)
-        from_peers = has_value & (counts[value] > 0)
+        at = torch.searchsorted(asked, value).clamp(max=max(len(asked) - 1, 0))
+        from_peers = has_value & (counts[at] > 0) if len(asked) else torch.zeros(count, dtype=torch.bool)
         context = contexts[value]
         from_context = has_value & ~from_peers & (context.abs().sum(-1) > 0)
-        guess = torch.where(from_peers.unsqueeze(-1), mean[value], context)
+        guess = torch.where(from_peers.unsqueeze(-1), mean[at], context) if len(asked) else context
         usable = from_peers | from_context
         guesses[usable] += guess[usable]
         sources += usable.float()
@@ -93,13 +91,13 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
 
 
 @torch.no_grad()
-def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, peers: Tensor) -> None:
-    """Give each item in ``rows`` a vector from its side views (see ``side_view_vectors``); the
-    ``peers`` are a boolean mask over items."""
+def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, is_peer: PeerTest) -> None:
+    """Give each item in ``rows`` a vector from its side views (see ``side_view_vectors``), from
+    the items that pass ``is_peer``."""
     if len(rows) == 0:
         return
     lookups = {side: mirrors.memberships.lookup(side, model.shape.rows[0]) for side in mirrors.memberships.sides}
-    means = peer_means(model, mirrors, peers, {side: lookup[rows] for side, lookup in lookups.items()})
+    means = peer_means(model, mirrors, {side: lookup[rows] for side, lookup in lookups.items()}, is_peer)
     table = model.inputs[mirrors.item]
     for start in range(0, len(rows), BLOCK_ROWS):
         block = rows[start:start + BLOCK_ROWS]
@@ -111,9 +109,17 @@ def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, peers: T
         table.mark(block[moved])
 
 
-def walked(graph: ViewGraph) -> Tensor:
-    """Which rows of ``graph`` have a transition of their own (their vectors learn from walks)."""
-    return (graph.graph.in_degrees() + graph.graph.out_degrees()) > 0
+def walked(graph: ViewGraph, rows: Tensor | None = None) -> Tensor:
+    """Which of ``rows`` (None: every row) of ``graph`` have a transition of their own (their
+    vectors learn from walks). A row without a node yet has none."""
+    g = graph.graph
+    if rows is None:
+        return (g.in_degrees() + g.out_degrees()) > 0
+    out = torch.zeros(len(rows), dtype=torch.bool)
+    has_node = rows < g.num_nodes()
+    nodes = rows[has_node]
+    out[has_node] = (g.in_degrees(nodes) + g.out_degrees(nodes)) > 0
+    return out
 
 
 def cover_items_without_walks(model: M2GRL, mirrors: Mirrors, among: Tensor | None = None) -> None:
@@ -122,13 +128,14 @@ def cover_items_without_walks(model: M2GRL, mirrors: Mirrors, among: Tensor | No
     only these items (an incremental round's touched ones), None: all. Their peers drift a little
     every round; recomputing every such item each round would make most rows of a snapshot delta
     change, so the others catch up at the next full round."""
-    items_walked = walked(mirrors.graphs[mirrors.item])
-    without = ~items_walked
-    if among is not None:
-        chosen = torch.zeros_like(without)
-        chosen[among[among < len(chosen)]] = True
-        without &= chosen
-    start_from_side_views(model, mirrors, torch.nonzero(without).flatten(), peers=items_walked)
+    graph = mirrors.graphs[mirrors.item]
+    if among is None:
+        without = torch.nonzero(~walked(graph)).flatten()
+    else:
+        among = torch.unique(among)
+        among = among[among < graph.graph.num_nodes()]
+        without = among[~walked(graph, among)]
+    start_from_side_views(model, mirrors, without, is_peer=lambda items: walked(graph, items))
 
 
 class ColdStartLane:
@@ -191,8 +198,8 @@ class ColdStartLane:
         items = list(found)
         values = {side: torch.tensor([found[item].get(side, -1) for item in items]) for side in memberships.sides}
         item_graph = self.mirrors.graphs[self.mirrors.item]
-        guesses, covered = side_view_vectors(model, peer_means(model, self.mirrors, walked(item_graph), values),
-                                             values)
+        means = peer_means(model, self.mirrors, values, is_peer=lambda rows: walked(item_graph, rows))
+        guesses, covered = side_view_vectors(model, means, values)
         admitted = [item for item, ok in zip(items, covered.tolist()) if ok]
         rows = item_graph.ids.add(admitted).tolist()
         for item, row, vector in zip(admitted, rows, guesses[covered]):

@@ -119,14 +119,26 @@ class ViewGraph:
         return torch.where(total > 0, (moved / total.clamp(min=1e-12)).clamp(max=1.0), torch.ones(len(nodes)))
 
 
+@dataclass(frozen=True)
+class _MemberIndex:
+    """A side view's items grouped by value, as linked when it was made: a value's items are
+    ``order[starts[value]:starts[value + 1]]``."""
+
+    order: Tensor  # int32 item rows, by value
+    starts: Tensor  # int64, one per value row plus one
+
+
 class Memberships:
     """Each side view's memberships: item row -> the row of the item's value in that side view
     (-1: none), as one int64 array per side view, and the items whose value changed since the last
-    ``published`` (what the next snapshot delta holds)."""
+    ``published`` (what the next snapshot delta holds); and, made when first asked, the items of
+    each value (``members``)."""
 
     def __init__(self, sides: Iterable[str]) -> None:
         self._values: dict[str, Tensor] = {side: torch.full((1024,), -1, dtype=torch.long) for side in sides}
         self._dirty: dict[str, list[Tensor]] = {side: [] for side in self._values}
+        self._index: dict[str, _MemberIndex] = {}
+        self._unindexed: dict[str, list[Tensor]] = {side: [] for side in self._values}
 
     @property
     def sides(self) -> list[str]:
@@ -152,6 +164,49 @@ class Memberships:
         if len(items):
             self._room(side, int(items.max()) + 1)[items] = values
             self._dirty[side].append(items)
+            self._unindexed[side].append(items)
+
+    def members(self, side: str, values: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+        """The items among the first ``rows`` now linked to one of ``values`` in ``side``, ascending,
+        and the value of each. Costs those items, not every item's membership: new items gather
+        their peers this way every round and every cold-start look."""
+        index = self._indexed(side)
+        values = torch.unique(values[values >= 0])
+        known = values[values < len(index.starts) - 1]
+        lo, hi = index.starts[known], index.starts[known + 1]
+        counts = hi - lo
+        # Each value's stretch of ``order``: its start plus 0, 1, ... its count.
+        firsts = torch.cumsum(counts, 0) - counts
+        at = torch.repeat_interleave(lo - firsts, counts) + torch.arange(int(counts.sum()))
+        parts = [index.order[at].long(), *self._unindexed[side]]
+        items = torch.unique(torch.cat(parts))
+        items = items[items < rows]
+        current = self.lookup(side, rows)[items]  # an item relinked since the index was made has moved
+        linked = torch.isin(current, values)
+        return items[linked], current[linked]
+
+    def _indexed(self, side: str) -> _MemberIndex:
+        """The side view's index, made afresh once the items linked since outnumber an eighth of
+        those in it (amortised O(1) per link: a sort of every linked item)."""
+        index = self._index.get(side)
+        since = sum(len(part) for part in self._unindexed[side])
+        if index is None or since > max(4096, len(index.order) // 8):
+            values = self._values[side]
+            linked = torch.nonzero(values >= 0).flatten()
+            by_value = torch.argsort(values[linked], stable=True)
+            counts = torch.bincount(values[linked], minlength=1)
+            starts = torch.zeros(len(counts) + 1, dtype=torch.long)
+            torch.cumsum(counts, 0, out=starts[1:])
+            index = self._index[side] = _MemberIndex(linked[by_value].to(torch.int32), starts)
+            self._unindexed[side].clear()
+        return index
+
+    def forget_members(self) -> None:
+        """Drop the ``members`` indexes (made again when next asked): a full round's peak memory
+        should not hold them beside its pairs."""
+        self._index.clear()
+        for parts in self._unindexed.values():
+            parts.clear()
 
     def lookup(self, side: str, rows: int) -> Tensor:
         """Value row in ``side`` of each of the first ``rows`` items, -1: none. Read-only: a view

@@ -101,11 +101,11 @@ def with_changed_transitions(centers: Tensor, contexts: Tensor, changed: list[Pa
 
 
 def negative_samplers(walks: Mapping[str, Tensor], shape: ModelShape) -> dict[str, NegativeSampler]:
-    """Per walked view, negatives by how often each node occurs in the round's walks (plus one, so
-    every row can be drawn)."""
+    """Per walked view, negatives by how often each row occurs in the round's walks, plus one, so
+    every row of the table can be drawn."""
     # Sized by the tables, not the id maps: the cold-start lane may append ids during the round.
     rows = dict(zip(shape.views, shape.rows))
-    return {view: NegativeSampler(node_counts(w, rows[view]) + 1) for view, w in walks.items()}
+    return {view: NegativeSampler(rows[view], *node_counts(w, rows[view])) for view, w in walks.items()}
 
 
 def alignment_pairs(memberships: Memberships, item: str, item_rows: int, touched: Mapping[str, Tensor],
@@ -116,16 +116,15 @@ def alignment_pairs(memberships: Memberships, item: str, item_rows: int, touched
     touched or walked through. Per item rather than per walk occurrence, so a rarely seen
     item gets as much pull towards its side values as a popular one (for which it is a
     negligible share of its updates). A side view without negatives (not walked) gets none."""
-    item_walks = walks.get(item, torch.empty(0, dtype=torch.long))
-    in_round = torch.cat([touched.get(item, torch.empty(0, dtype=torch.long)), item_walks.reshape(-1)])
+    in_round = None
+    if not pace.everything:  # the items themselves, ascending: a mask over every item was O(items) a round
+        item_walks = walks.get(item, torch.empty(0, dtype=torch.long)).reshape(-1)
+        in_round = torch.unique(torch.cat([touched.get(item, torch.empty(0, dtype=torch.long)), item_walks]))
+        in_round = in_round[(in_round >= 0) & (in_round < item_rows)]
     out = {}
     for side in memberships.sides:
         lookup = memberships.lookup(side, item_rows)
-        items = torch.nonzero(lookup >= 0).flatten()
-        if not pace.everything:
-            mask = torch.zeros(len(lookup), dtype=torch.bool)
-            mask[in_round[in_round >= 0]] = True
-            items = items[mask[items]]
+        items = torch.nonzero(lookup >= 0).flatten() if in_round is None else in_round[lookup[in_round] >= 0]
         if len(items) and side in samplers:
             # int32 where the rows fit, as the skip-gram pairs: a full round repeats every item
             # (``alignment_repeats``, 20), and these were its biggest tensors.

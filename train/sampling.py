@@ -21,13 +21,13 @@ NO_NODE = -1  # DGL pads walks that reach a node without out-edges
 def random_walks(graph: dgl.DGLGraph, starts: Tensor, length: int, *, p: float = 1.0, q: float = 1.0,
                  seed: int | None = None) -> Tensor:
     """(len(starts), length + 1) walks; each step follows an out-edge with probability proportional to
-    its transition count. p/q other than 1 switch to node2vec's biased walk (which ignores weights)."""
+    its weight (``WEIGHT``), node2vec's return and in-out bias on top where p or q is not 1."""
     if seed is not None:
         dgl.seed(seed)
     if p == 1.0 and q == 1.0:
         traces, _ = dgl.sampling.random_walk(graph, starts, length=length, prob=WEIGHT)
         return traces
-    return dgl.sampling.node2vec_random_walk(graph, starts, p=p, q=q, walk_length=length)
+    return dgl.sampling.node2vec_random_walk(graph, starts, p=p, q=q, walk_length=length, prob=WEIGHT)
 
 
 def reverse_walks(graph: dgl.DGLGraph, starts: Tensor, length: int) -> Tensor:
@@ -60,20 +60,40 @@ def _pairable(left: Tensor, right: Tensor) -> Tensor:
 
 
 class NegativeSampler:
-    """Draws node indices with probability ∝ count^0.75 (word2vec), in O(k log n) per draw."""
+    """Draws rows with probability ∝ (count + ``every_row``)^0.75 (word2vec's unigram^0.75), where
+    ``counts`` are how often the ``nodes`` occur in the round's walks and every other of the ``rows``
+    counts 0. Held as a share common to every row plus the walked nodes' excess over it, so that
+    an incremental round's sampler costs its walks, not the table: a cumulative sum over every row
+    was an O(rows) step of each round. O(log nodes) per draw."""
 
-    def __init__(self, counts: Tensor, power: float = 0.75) -> None:
-        weights = counts.double().clamp(min=0) ** power
-        if weights.sum() <= 0:
+    def __init__(self, rows: int, nodes: Tensor, counts: Tensor, *, every_row: float = 1.0,
+                 power: float = 0.75) -> None:
+        self.rows = rows
+        self.nodes = nodes
+        self.base = float(every_row) ** power if every_row > 0 else 0.0
+        excess = (counts.double() + every_row).clamp(min=0) ** power - self.base
+        self.cdf = torch.cumsum(excess, 0)
+        self.base_total = self.base * rows
+        self.total = self.base_total + (float(self.cdf[-1]) if len(self.cdf) else 0.0)
+        if self.total <= 0:
             raise ValueError("cannot sample negatives from an empty distribution")
-        self.cdf = torch.cumsum(weights / weights.sum(), 0)
-        self.cdf[-1] = 1.0  # guard against rounding: every draw must land on a node
 
     def draw(self, k: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.searchsorted(self.cdf, torch.rand(k, generator=generator, dtype=torch.float64))
+        at = torch.rand(k, generator=generator, dtype=torch.float64) * self.total
+        common = at < self.base_total
+        rows = torch.empty(k, dtype=torch.long)
+        rows[common] = (at[common] / self.base).long().clamp(max=self.rows - 1) if self.base else 0
+        walked = ~common
+        if walked.any():
+            # Rounding may put a draw a hair past the last node: it lands on that node.
+            found = torch.searchsorted(self.cdf, at[walked] - self.base_total, right=True)
+            rows[walked] = self.nodes[found.clamp(max=len(self.nodes) - 1)]
+        return rows
 
 
-def node_counts(walks: Tensor, num_nodes: int) -> Tensor:
-    """How often each node occurs in the walk corpus (the unigram counts negatives follow)."""
+def node_counts(walks: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """The nodes (among the first ``rows``) that occur in the walk corpus, ascending, and how often
+    each does (the unigram counts negatives follow)."""
     flat = walks.reshape(-1)
-    return torch.bincount(flat[flat != NO_NODE], minlength=num_nodes)
+    flat = flat[(flat != NO_NODE) & (flat < rows)]
+    return torch.unique(flat, return_counts=True)

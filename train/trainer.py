@@ -156,6 +156,8 @@ class Trainer:
         model = self.model
         assert model is not None  # _grow made one if need be
         pace = Pace.of(self.cfg, full=full)
+        if pace.everything:  # made again when next asked, after this round's pairs are gone
+            self.mirrors.memberships.forget_members()
         self._cold_start_tick()
         walks = self._walk(touched, new_ids, pace, shares)
         self._cold_start_tick()
@@ -243,8 +245,8 @@ class Trainer:
         for view, count in zip(self.views, rows):
             model.grow(view.name, count)
         first_new = before[self.item]
-        old = torch.arange(model.shape.rows[0]) < first_new
-        start_from_side_views(model, self.mirrors, torch.arange(first_new, model.shape.rows[0]), peers=old)
+        start_from_side_views(model, self.mirrors, torch.arange(first_new, model.shape.rows[0]),
+                              is_peer=lambda rows: rows < first_new)
         return {view: model.shape.rows[i] - before[view] for i, view in enumerate(model.shape.views)}
 
     def _walk(self, touched: Mapping[str, Tensor], new_rows: Mapping[str, int], pace: Pace,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from m2grl.graphstore.reads import ViewRead
-from m2grl.train.mirror import IdMap, ViewGraph
+from m2grl.train.mirror import IdMap, Memberships, ViewGraph
 from m2grl.train.sampling import WEIGHT
 
 
@@ -82,3 +82,22 @@ def test_a_touched_hub_walks_by_the_share_of_its_weight_that_changed() -> None:
     touched = news.touched_nodes()
     shares = mirrors.changed_shares(news, touched)["item"]
     assert shares.tolist() == pytest.approx([1 / 104, 1 / 6])  # hub, n0
+
+
+def test_members_of_values_follow_links_made_before_and_after_the_index() -> None:
+    memberships = Memberships(["category"])
+    items = torch.arange(10_000)
+    memberships.link("category", items, items % 7)
+    got, of = memberships.members("category", torch.tensor([3, -1, 3]), rows=10_000)
+    assert torch.equal(got, items[items % 7 == 3]) and (of == 3).all()
+    # Since the index: one item moves from 3 to 5, another is appended with 3, one is beyond ``rows``.
+    memberships.link("category", torch.tensor([3, 10_000, 10_001]), torch.tensor([5, 3, 3]))
+    got, of = memberships.members("category", torch.tensor([3, 5]), rows=10_001)
+    expected = {(i, i % 7) for i in range(10_000) if i % 7 in (3, 5) and i != 3} | {(3, 5), (10_000, 3)}
+    assert set(zip(got.tolist(), of.tolist())) == expected and torch.equal(got, torch.sort(got).values)
+    # Enough links since for a new index (over 4,096): the same answers from it.
+    memberships.link("category", items[:5_000], (items[:5_000] + 1) % 7)
+    got, of = memberships.members("category", torch.tensor([6]), rows=10_002)
+    lookup = memberships.lookup("category", 10_002)
+    assert torch.equal(got, torch.nonzero(lookup == 6).flatten()) and (of == 6).all()
+    assert memberships.members("category", torch.tensor([99]), rows=10_002)[0].tolist() == []

@@ -63,14 +63,27 @@ def test_skipgram_pairs_cover_the_window_both_ways_and_skip_padding() -> None:
 
 
 def test_negatives_follow_unigram_to_the_three_quarters() -> None:
-    counts = torch.tensor([16.0, 1.0, 0.0])
-    sampler = NegativeSampler(counts)
+    sampler = NegativeSampler(3, torch.tensor([0, 1]), torch.tensor([16, 1]), every_row=0)
     draws = sampler.draw(100000, generator=torch.Generator().manual_seed(3))
     share_0 = (draws == 0).double().mean().item()
     assert abs(share_0 - 8 / 9) < 0.01  # 16^0.75 = 8 against 1^0.75 = 1
     assert not (draws == 2).any()
 
 
+def test_negatives_reach_every_row_by_its_count_plus_one() -> None:
+    # Rows the walks missed are drawn at (0 + 1)^0.75 = 1 each, the walked ones at (count + 1)^0.75,
+    # though the sampler holds only the walked ones.
+    rows, nodes, counts = 6, torch.tensor([1, 4]), torch.tensor([15, 80])
+    sampler = NegativeSampler(rows, nodes, counts)
+    draws = sampler.draw(400000, generator=torch.Generator().manual_seed(5))
+    weights = torch.ones(rows, dtype=torch.float64)
+    weights[nodes] = (counts.double() + 1) ** 0.75
+    expected = weights / weights.sum()
+    seen = torch.bincount(draws, minlength=rows).double() / len(draws)
+    assert len(seen) == rows and torch.allclose(seen, expected, atol=0.005)
+
+
 def test_node_counts_ignore_padding() -> None:
     walks = torch.tensor([[0, 1, NO_NODE], [1, 1, 2]])
-    assert node_counts(walks, 4).tolist() == [1, 3, 1, 0]
+    nodes, counts = node_counts(walks, 4)
+    assert nodes.tolist() == [0, 1, 2] and counts.tolist() == [1, 3, 1]

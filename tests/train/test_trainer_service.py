@@ -148,7 +148,7 @@ def test_new_items_are_published_from_their_side_views_between_and_during_rounds
     sampled_rows = []
     sampler = pairs_module.NegativeSampler
     monkeypatch.setattr(pairs_module, "NegativeSampler",
-                        lambda counts: sampled_rows.append(len(counts)) or sampler(counts))
+                        lambda rows, *args, **kwargs: sampled_rows.append(rows) or sampler(rows, *args, **kwargs))
     stats = trainer.round()
     # Negatives come from rows the tables have, not from rows appended while the round ran.
     assert sampled_rows[0] == trainer.model.shape.rows[0] == len(trainer.graphs["item"].ids) - 1
