@@ -84,8 +84,8 @@ def load(native: NativeSource, build: Callable[[NativeSource], ModuleType]) -> M
         return build(native)
 
 
-def prebuild(what: str, load: Callable[[], ModuleType], native: NativeSource) -> None:
-    """The ``python -m`` entry of a compiled helper: build it ahead of time (idempotent)."""
+def prebuild(what: str, load: Callable[[], object], *natives: NativeSource) -> None:
+    """The ``python -m`` entry of compiled helpers: build them ahead of time (idempotent)."""
     parser = argparse.ArgumentParser(description=f"Build {what} ahead of time (idempotent).")
     parser.add_argument("--quiet", action="store_true", help="say nothing unless it has to compile")
     args = parser.parse_args()
@@ -95,4 +95,4 @@ def prebuild(what: str, load: Callable[[], ModuleType], native: NativeSource) ->
     except KernelBuildError as exc:
         sys.exit(f"error: {exc}")
     if not args.quiet:
-        print(f"{what} ready in {native.directory}")
+        print(f"{what} ready in {', '.join(str(native.directory) for native in natives)}")

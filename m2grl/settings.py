@@ -213,7 +213,8 @@ class TrainSettings(_Section):
         1.0, gt=0,
         description="Gradient norm clip of the dense parameters (projections, uncertainties).",
     )
-    node2vec_p: float = Field(1.0, gt=0, description="node2vec return parameter; p = q = 1 walks by transition weight.")
+    node2vec_p: float = Field(
+        1.0, gt=0, description="node2vec return parameter (walks follow transition weights; p = q = 1: no bias).")
     node2vec_q: float = Field(1.0, gt=0, description="node2vec in-out parameter.")
     replay_share: float = Field(
         0.0, ge=0,

@@ -24,7 +24,7 @@ from m2grl.graphstore import GraphStore
 from m2grl.graphstore.reads import read_memberships
 from m2grl.settings import TrainSettings
 from m2grl.train import metrics
-from m2grl.train.mirror import Mirrors, ViewGraph
+from m2grl.train.mirror import Mirrors
 from m2grl.train.model import M2GRL
 from m2grl.train.publishing import Appended, Publisher
 from m2grl.views import View
@@ -109,19 +109,6 @@ def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, is_peer:
         table.mark(block[moved])
 
 
-def walked(graph: ViewGraph, rows: Tensor | None = None) -> Tensor:
-    """Which of ``rows`` (None: every row) of ``graph`` have a transition of their own (their
-    vectors learn from walks). A row without a node yet has none."""
-    g = graph.graph
-    if rows is None:
-        return (g.in_degrees() + g.out_degrees()) > 0
-    out = torch.zeros(len(rows), dtype=torch.bool)
-    has_node = rows < g.num_nodes()
-    nodes = rows[has_node]
-    out[has_node] = (g.in_degrees(nodes) + g.out_degrees(nodes)) > 0
-    return out
-
-
 def cover_items_without_walks(model: M2GRL, mirrors: Mirrors, among: Tensor | None = None) -> None:
     """Items with no transition of their own (seen once, or only through a membership) learn
     nothing from the item view's walks; serve them their side views' vector instead. ``among``:
@@ -130,12 +117,12 @@ def cover_items_without_walks(model: M2GRL, mirrors: Mirrors, among: Tensor | No
     change, so the others catch up at the next full round."""
     graph = mirrors.graphs[mirrors.item]
     if among is None:
-        without = torch.nonzero(~walked(graph)).flatten()
+        without = torch.nonzero(~graph.walked()).flatten()
     else:
         among = torch.unique(among)
-        among = among[among < graph.graph.num_nodes()]
-        without = among[~walked(graph, among)]
-    start_from_side_views(model, mirrors, without, is_peer=lambda items: walked(graph, items))
+        among = among[among < graph.nodes]
+        without = among[~graph.walked(among)]
+    start_from_side_views(model, mirrors, without, is_peer=graph.walked)
 
 
 class ColdStartLane:
@@ -198,7 +185,7 @@ class ColdStartLane:
         items = list(found)
         values = {side: torch.tensor([found[item].get(side, -1) for item in items]) for side in memberships.sides}
         item_graph = self.mirrors.graphs[self.mirrors.item]
-        means = peer_means(model, self.mirrors, values, is_peer=lambda rows: walked(item_graph, rows))
+        means = peer_means(model, self.mirrors, values, is_peer=item_graph.walked)
         guesses, covered = side_view_vectors(model, means, values)
         admitted = [item for item, ok in zip(items, covered.tolist()) if ok]
         rows = item_graph.ids.add(admitted).tolist()

@@ -25,6 +25,9 @@ from m2grl.errors import KernelBuildError
 
 SGNS_STEP = native.NativeSource(Path(__file__).parent / "csrc" / "sgns_step.cpp", "m2grl_sgns_step",
                                 flags=("-O3", "-fopenmp"), depends_on=torch.__version__, tools=("g++", "ninja"))
+# The mirrors' graphs with room per node (train/adjacency.py).
+ADJACENCY = native.NativeSource(Path(__file__).parent / "csrc" / "adjacency.cpp", "m2grl_adjacency",
+                                flags=("-O3",), depends_on=torch.__version__, tools=("g++", "ninja"))
 
 
 def build_directory() -> Path:
@@ -47,5 +50,12 @@ def sgns_kernel() -> ModuleType:
     return native.load(SGNS_STEP, _build)
 
 
+@functools.cache
+def adjacency_kernel() -> ModuleType:
+    """The mirrors' compiled graph loops, built first if need be (as ``sgns_kernel``)."""
+    return native.load(ADJACENCY, _build)
+
+
 if __name__ == "__main__":
-    native.prebuild("the trainer's compiled step", sgns_kernel, SGNS_STEP)
+    native.prebuild("the trainer's compiled step and graph loops", lambda: (sgns_kernel(), adjacency_kernel()),
+                    SGNS_STEP, ADJACENCY)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from m2grl.graphstore.reads import ViewRead
 from m2grl.idtable import new_id_table
-from m2grl.train.sampling import WEIGHT, dgl
+from m2grl.train.adjacency import Adjacency
 from m2grl.views import View
 
 
@@ -63,20 +63,27 @@ class ReadChanges:
 
 
 class ViewGraph:
-    """One view's weighted transition graph plus its id map."""
+    """One view's weighted transition graph plus its id map: the transitions out of each node and,
+    the same again, into each (train/adjacency.py), so that walks go either way and a node's weight
+    is read from its own edges."""
 
     def __init__(self, view: str, ids: IdMap | None = None) -> None:
         self.view = view
         self.ids = ids or IdMap()
-        self.graph = dgl.graph((torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)),
-                               num_nodes=len(self.ids))
-        self.graph.edata[WEIGHT] = torch.empty(0, dtype=torch.float32)
+        self.out = Adjacency()
+        self.into = Adjacency()
+        self.ensure_nodes()
+
+    @property
+    def nodes(self) -> int:
+        return self.out.nodes
 
     def ensure_nodes(self) -> None:
         """Give every id in the map a node (ids may arrive through memberships, without transitions)."""
-        missing = len(self.ids) - self.graph.num_nodes()
-        if missing > 0:
-            self.graph.add_nodes(missing)
+        if len(self.ids) > self.out.nodes:
+            none = torch.empty(0, dtype=torch.long)
+            self.out.add(none, none, torch.empty(0), len(self.ids))
+            self.into.add(none, none, torch.empty(0), len(self.ids))
 
     def apply(self, read: ViewRead, *, changes_only: bool = True) -> ReadChanges:
         """Merge a read into the graph (absolute weights). Reads overlap, so most of a re-read
@@ -84,23 +91,25 @@ class ViewGraph:
         changed transitions unless ``changes_only`` is off."""
         src = self.ids.add(read.src)
         dst = self.ids.add(read.dst)
-        self.ensure_nodes()
         if len(src) == 0:
+            self.ensure_nodes()
             empty = torch.empty(0, dtype=torch.long)
             return ReadChanges(empty, empty, empty, torch.empty(0))
         weight = torch.tensor(read.weight, dtype=torch.float32)
-        exists = self.graph.has_edges_between(src, dst)
+        slots = self.out.find(src, dst)
+        exists = slots >= 0
         changed = ~exists
         amount = weight.abs()
         if exists.any():
-            edge_ids = self.graph.edge_ids(src[exists], dst[exists])
-            before = self.graph.edata[WEIGHT][edge_ids]
+            slots = slots[exists]
+            before = self.out.weight[slots]
             changed[exists] = before != weight[exists]
             amount[exists] = (weight[exists] - before).abs()
-            self.graph.edata[WEIGHT][edge_ids] = weight[exists]
+            self.out.weight[slots] = weight[exists]
+            self.into.weight[self.into.find(dst[exists], src[exists])] = weight[exists]
         new = ~exists
-        if new.any():
-            self.graph.add_edges(src[new], dst[new], data={WEIGHT: weight[new]})
+        self.out.add(src[new], dst[new], weight[new], len(self.ids))
+        self.into.add(dst[new], src[new], weight[new], len(self.ids))
         changed_src, changed_dst = src[changed], dst[changed]
         nodes = torch.cat([changed_src, changed_dst]) if changes_only else torch.cat([src, dst])
         return ReadChanges(torch.unique(nodes), changed_src, changed_dst, amount[changed])
@@ -110,13 +119,32 @@ class ViewGraph:
         out) that changed: ``amount`` of weight moved on transitions at the ``touched`` endpoints,
         over the node's weight now; 1 where it has none. Reads only the nodes' own edges."""
         moved = torch.zeros(len(nodes)).index_add_(0, torch.searchsorted(nodes, touched), amount)
-        weights = self.graph.edata[WEIGHT]
-        total = torch.zeros(len(nodes))
-        src, _, out_edges = self.graph.out_edges(nodes, form="all")
-        total.index_add_(0, torch.searchsorted(nodes, src), weights[out_edges])
-        _, dst, in_edges = self.graph.in_edges(nodes, form="all")
-        total.index_add_(0, torch.searchsorted(nodes, dst), weights[in_edges])
+        total = self.out.weight_sums(nodes) + self.into.weight_sums(nodes)
         return torch.where(total > 0, (moved / total.clamp(min=1e-12)).clamp(max=1.0), torch.ones(len(nodes)))
+
+    def walked(self, rows: Tensor | None = None) -> Tensor:
+        """Which of ``rows`` (None: every node) have a transition of their own. A row without a
+        node yet has none."""
+        if rows is None:
+            return (self.out.degrees() + self.into.degrees()) > 0
+        out = torch.zeros(len(rows), dtype=torch.bool)
+        has_node = rows < self.nodes
+        nodes = rows[has_node]
+        out[has_node] = (self.out.degrees(nodes) + self.into.degrees(nodes)) > 0
+        return out
+
+    def walks(self, starts: Tensor, length: int, *, p: float = 1.0, q: float = 1.0) -> Tensor:
+        """Walks along the transitions (``Adjacency.walks``)."""
+        return self.out.walks(starts, length, p=p, q=q)
+
+    def reverse_walks(self, starts: Tensor, length: int) -> Tensor:
+        """Walks against the transitions: each step goes to a predecessor with probability
+        proportional to the weight of its transition into the current node."""
+        return self.into.walks(starts, length)
+
+    def edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every transition as (src, dst, weight)."""
+        return self.out.listed()
 
 
 @dataclass(frozen=True)

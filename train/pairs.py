@@ -17,7 +17,7 @@ from m2grl.settings import TrainSettings
 from m2grl.train.mirror import Memberships, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
 from m2grl.train.pace import Pace
-from m2grl.train.sampling import NegativeSampler, dgl, node_counts, random_walks, reverse_walks, skipgram_pairs
+from m2grl.train.sampling import NegativeSampler, dgl, node_counts, skipgram_pairs
 
 Pairs = tuple[Tensor, Tensor]
 
@@ -36,7 +36,7 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
     table_rows = dict(zip(model.shape.views, model.shape.rows))
     walks = {}
     for view, graph in graphs.items():
-        n = graph.graph.num_nodes()
+        n = graph.nodes
         if n == 0 or f"intra:{view}" not in model.tasks:
             continue
         if pace.everything:
@@ -54,12 +54,12 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
             walks_from = torch.cat([starts[counts > r] for r in range(pace.walks_per_node)])
         parts = []
         if len(walks_from):
-            parts.append(random_walks(graph.graph, walks_from, length, p=cfg.node2vec_p, q=cfg.node2vec_q))
+            parts.append(graph.walks(walks_from, length, p=cfg.node2vec_p, q=cfg.node2vec_q))
         if not pace.everything and cfg.new_node_reverse_walks and new_rows.get(view):
             rows = table_rows[view]
             new = torch.arange(rows - new_rows[view], min(n, rows))
             if len(new):
-                parts.append(reverse_walks(graph.graph, new.repeat(cfg.new_node_reverse_walks), length))
+                parts.append(graph.reverse_walks(new.repeat(cfg.new_node_reverse_walks), length))
         if parts:
             walks[view] = torch.cat(parts)
     return walks

@@ -30,12 +30,6 @@ def random_walks(graph: dgl.DGLGraph, starts: Tensor, length: int, *, p: float =
     return dgl.sampling.node2vec_random_walk(graph, starts, p=p, q=q, walk_length=length, prob=WEIGHT)
 
 
-def reverse_walks(graph: dgl.DGLGraph, starts: Tensor, length: int) -> Tensor:
-    """Walks against the transitions: each step goes to a predecessor with probability proportional
-    to the count of its transition into the current node."""
-    return random_walks(dgl.reverse(graph, copy_edata=True), starts, length)
-
-
 def skipgram_pairs(walks: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """(centers, contexts) for every pair of nodes at most ``window`` steps apart in a walk, both
     directions, skipping padding. Written into two vectors made once (int32 where the nodes fit):

@@ -3,14 +3,16 @@ import torch
 
 from m2grl.graphstore.reads import ViewRead
 from m2grl.train.mirror import IdMap, Memberships, ViewGraph
-from m2grl.train.sampling import WEIGHT
 
 
 def weights(view: ViewGraph) -> dict[tuple[str, str], float]:
-    src, dst = view.graph.edges()
+    src, dst, weight = view.edges()
     ids = view.ids.listed()
-    return {(ids[s], ids[d]): w for s, d, w in
-            zip(src.tolist(), dst.tolist(), view.graph.edata[WEIGHT].tolist())}
+    # The transitions into each node hold the same edges and weights.
+    into_dst, into_src, into_weight = view.into.listed()
+    assert sorted(zip(src.tolist(), dst.tolist(), weight.tolist())) == \
+        sorted(zip(into_src.tolist(), into_dst.tolist(), into_weight.tolist()))
+    return {(ids[s], ids[d]): w for s, d, w in zip(src.tolist(), dst.tolist(), weight.tolist())}
 
 
 def test_ids_are_appended_never_renumbered() -> None:
@@ -28,16 +30,16 @@ def test_deltas_update_weights_in_place_and_append_new_nodes() -> None:
 
     touched = view.apply(ViewRead("item", 2, src=["a", "c"], dst=["b", "d"], weight=[5, 1])).nodes
     assert weights(view) == {("a", "b"): 5.0, ("b", "c"): 2.0, ("c", "d"): 1.0}
-    assert view.ids.listed() == ["a", "b", "c", "d"] and view.graph.num_nodes() == 4
+    assert view.ids.listed() == ["a", "b", "c", "d"] and view.nodes == 4
     assert sorted(touched.tolist()) == [0, 1, 2, 3]
-    assert view.graph.num_edges() == 3
+    assert view.out.edges == view.into.edges == 3
 
 
 def test_an_empty_delta_changes_nothing() -> None:
     view = ViewGraph("item", IdMap(["x"]))
     assert view.apply(ViewRead("item", 3)).nodes.numel() == 0
-    assert view.graph.num_nodes() == 1 and view.graph.num_edges() == 0
-    assert torch.equal(view.graph.edata[WEIGHT], torch.empty(0))
+    assert view.nodes == 1 and view.out.edges == view.into.edges == 0
+    assert weights(view) == {}
 
 
 def test_a_re_read_touches_only_what_changed() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from m2grl.graphstore.reads import ViewRead
+from m2grl.train.mirror import ViewGraph
 from m2grl.train.sampling import (
     NO_NODE,
     WEIGHT,
@@ -11,7 +13,6 @@ from m2grl.train.sampling import (
     dgl,
     node_counts,
     random_walks,
-    reverse_walks,
     skipgram_pairs,
 )
 
@@ -39,13 +40,14 @@ def test_walks_stop_at_nodes_without_out_edges() -> None:
 
 def test_reverse_walks_go_to_predecessors_in_proportion_to_their_transitions() -> None:
     # 1 -> 0 (weight 3) and 2 -> 0 (weight 1): node 0 is a dead end along the transitions.
-    graph = weighted_graph([(1, 0, 3.0), (2, 0, 1.0)], 3)
-    assert random_walks(graph, torch.tensor([0]), length=2, seed=1).tolist() == [[0, NO_NODE, NO_NODE]]
-    walks = reverse_walks(graph, torch.zeros(20000, dtype=torch.long), length=2)
-    assert abs((walks[:, 1] == 1).float().mean().item() - 0.75) < 0.02
-    assert (walks[:, 1] == 2).sum() + (walks[:, 1] == 1).sum() == 20000
-    assert (walks[:, 2] == NO_NODE).all()  # 1 and 2 have no predecessors
-    assert graph.edata[WEIGHT].tolist() == [3.0, 1.0] and graph.in_degrees(0) == 2  # the graph is left as it was
+    graph = ViewGraph("item")
+    graph.apply(ViewRead("item", 1, src=["b", "c"], dst=["a", "a"], weight=[3, 1]))
+    a, b, c = graph.ids.get(["a", "b", "c"])
+    assert graph.walks(torch.tensor([a]), 2).tolist() == [[a, NO_NODE, NO_NODE]]
+    walks = graph.reverse_walks(torch.full((20000,), a), length=2)
+    assert abs((walks[:, 1] == b).float().mean().item() - 0.75) < 0.02
+    assert (walks[:, 1] == c).sum() + (walks[:, 1] == b).sum() == 20000
+    assert (walks[:, 2] == NO_NODE).all()  # b and c have no predecessors
 
 
 def test_skipgram_pairs_cover_the_window_both_ways_and_skip_padding() -> None:
