@@ -146,10 +146,11 @@ class Adjacency:
         return self._graph
 
     def walks(self, starts: Tensor, length: int, *, p: float = 1.0, q: float = 1.0) -> Tensor:
-        """(len(starts), length + 1) int64 walks, each step along an edge by its weight (node2vec's
-        bias where p, q are not 1), NO_NODE past a node without edges."""
+        """(len(starts), length + 1) walks, each step along an edge by its weight (node2vec's bias
+        where p, q are not 1), NO_NODE past a node without edges. int32, as DGL's int32 graph gives
+        them: a full round's walks are alive beside its pairs, at the trainer's peak."""
         graph = self.graph()
-        out = torch.full((len(starts), length + 1), NO_NODE, dtype=torch.long)
+        out = torch.full((len(starts), length + 1), NO_NODE, dtype=torch.int32)
         out[:, 0] = starts
         # Walks from a node without edges end where they start: DGL would step to the sink first,
         # which costs as much as a step along an edge (most of a round's walks, on a sparse graph).
@@ -158,7 +159,7 @@ class Adjacency:
             rows = moving[at:at + WALK_BLOCK]
             traces = random_walks(graph, starts[rows].to(torch.int32), length, p=p, q=q)
             traces[traces == self.sink] = NO_NODE
-            out[rows] = traces.long()
+            out[rows] = traces
         return out
 
     def listed(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -63,7 +63,7 @@ class NegativeSampler:
     def __init__(self, rows: int, nodes: Tensor, counts: Tensor, *, every_row: float = 1.0,
                  power: float = 0.75) -> None:
         self.rows = rows
-        self.nodes = nodes
+        self.nodes = nodes.long()
         self.base = float(every_row) ** power if every_row > 0 else 0.0
         excess = (counts.double() + every_row).clamp(min=0) ** power - self.base
         self.cdf = torch.cumsum(excess, 0)
