@@ -108,19 +108,22 @@ def negative_samplers(walks: Mapping[str, Tensor], shape: ModelShape) -> dict[st
     return {view: NegativeSampler(rows[view], *node_counts(w, rows[view])) for view, w in walks.items()}
 
 
-def alignment_pairs(memberships: Memberships, item: str, item_rows: int, touched: Mapping[str, Tensor],
-                    walks: Mapping[str, Tensor], samplers: Mapping[str, NegativeSampler],
-                    pace: Pace) -> dict[str, Pairs]:
+def items_in_round(item: str, item_rows: int, touched: Mapping[str, Tensor], walks: Mapping[str, Tensor]) -> Tensor:
+    """The items among the first ``item_rows`` that an incremental round touched or walked
+    through, ascending (the items themselves: a mask over every item was O(items) a round)."""
+    item_walks = walks.get(item, torch.empty(0, dtype=torch.long)).reshape(-1)
+    items = torch.unique(torch.cat([touched.get(item, torch.empty(0, dtype=torch.long)), item_walks]))
+    return items[(items >= 0) & (items < item_rows)]
+
+
+def alignment_pairs(memberships: Memberships, item_rows: int, in_round: Tensor | None,
+                    samplers: Mapping[str, NegativeSampler], pace: Pace) -> dict[str, Pairs]:
     """(item, its side value) for every linked item of this round among the first ``item_rows``,
-    the ``pace``'s alignment repeats times: all items in a full round; in an incremental one, those
-    touched or walked through. Per item rather than per walk occurrence, so a rarely seen
-    item gets as much pull towards its side values as a popular one (for which it is a
-    negligible share of its updates). A side view without negatives (not walked) gets none."""
-    in_round = None
-    if not pace.everything:  # the items themselves, ascending: a mask over every item was O(items) a round
-        item_walks = walks.get(item, torch.empty(0, dtype=torch.long)).reshape(-1)
-        in_round = torch.unique(torch.cat([touched.get(item, torch.empty(0, dtype=torch.long)), item_walks]))
-        in_round = in_round[(in_round >= 0) & (in_round < item_rows)]
+    the ``pace``'s alignment repeats times: all items in a full round (``in_round`` None); in an
+    incremental one, those ``in_round`` (``items_in_round``). Per item rather than per walk
+    occurrence, so a rarely seen item gets as much pull towards its side values as a popular one
+    (for which it is a negligible share of its updates). A side view without negatives (not
+    walked) gets none."""
     out = {}
     for side in memberships.sides:
         lookup = memberships.lookup(side, item_rows)

@@ -36,7 +36,14 @@ from m2grl.train.kernel import sgns_kernel
 from m2grl.train.mirror import IdMap, Mirrors, News, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
 from m2grl.train.pace import Pace
-from m2grl.train.pairs import alignment_pairs, intra_view_pairs, negative_samplers, walk_views, with_changed_transitions
+from m2grl.train.pairs import (
+    alignment_pairs,
+    intra_view_pairs,
+    items_in_round,
+    negative_samplers,
+    walk_views,
+    with_changed_transitions,
+)
 from m2grl.train.publishing import Publisher, restore, view_vectors
 from m2grl.train.steps import train_steps
 from m2grl.views import View
@@ -172,12 +179,14 @@ class Trainer:
                 *pairs[item_task], news.changed_item_transitions,
                 repeats=self.cfg.changed_edge_repeats, max_share=self.cfg.changed_edge_max_share)
         samplers = negative_samplers(walks, model.shape)
-        if model.aligns:
-            pairs.update(alignment_pairs(self.mirrors.memberships, self.item, model.shape.rows[0], touched, walks,
-                                         samplers, pace))
-        del walks  # in the pairs and samplers now; a full round's walks are a tenth of its memory
+        in_round = None if pace.everything else items_in_round(self.item, model.shape.rows[0], touched, walks)
+        # In the pairs and samplers now. Dropped before the alignment pairs are made: a full round's
+        # peak is its pairs, and its walks were alive beside all of them.
+        del walks
         if pace.everything:
             release_freed_memory()
+        if model.aligns:
+            pairs.update(alignment_pairs(self.mirrors.memberships, model.shape.rows[0], in_round, samplers, pace))
 
         clock.lap("pairs")
         train_started = time.perf_counter()
