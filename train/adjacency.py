@@ -26,8 +26,9 @@ from m2grl.train.kernel import adjacency_kernel
 from m2grl.train.sampling import NO_NODE, WEIGHT, dgl, random_walks
 
 # Spare slots every node gets beyond a quarter of its edges: a node with none yet takes two new
-# edges before the rows must be laid out again (at 3 M items and 2,000 new transitions a round,
-# about every twentieth round).
+# edges before the rows must be laid out again. With 2,000 new transitions a round between random
+# items of 3 M, some node gets a third about every twentieth round (a Poisson estimate); with one
+# spare slot, nearly every round.
 ROOM = 2
 SLOT_LIMIT = 2**31 - 1
 WALK_BLOCK = 1 << 20

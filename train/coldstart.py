@@ -78,7 +78,8 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
         has_value = (value >= 0) & (value < len(contexts))
         value = torch.where(has_value, value, 0)
         at = torch.searchsorted(asked, value).clamp(max=max(len(asked) - 1, 0))
-        from_peers = has_value & (counts[at] > 0) if len(asked) else torch.zeros(count, dtype=torch.bool)
+        from_peers = has_value & (asked[at] == value) & (counts[at] > 0) if len(asked) else \
+            torch.zeros(count, dtype=torch.bool)
         context = contexts[value]
         from_context = has_value & ~from_peers & (context.abs().sum(-1) > 0)
         guess = torch.where(from_peers.unsqueeze(-1), mean[at], context) if len(asked) else context
