@@ -40,6 +40,7 @@ import faiss
 import numpy as np
 
 from m2grl import snapshots
+from m2grl.grouping import rows_by_value
 from m2grl.idtable import new_id_table
 from m2grl.rpc import metrics
 from m2grl.rpc.index import VectorIndex
@@ -405,9 +406,7 @@ class Members:
     @functools.cached_property
     def _reverse(self) -> tuple[np.ndarray, np.ndarray]:
         # Two calls may both build it; either result is the same.
-        of_item = self.of(np.arange(self.rows))
-        order = np.argsort(of_item, kind="stable")
-        return order, np.searchsorted(of_item[order], np.arange(self.values + 1))
+        return rows_by_value(self.of(np.arange(self.rows)), self.values)
 
 
 @dataclass(frozen=True)

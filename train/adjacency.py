@@ -69,7 +69,7 @@ class Adjacency:
         self.weight[first] = 1.0
 
     @property
-    def edges(self) -> int:
+    def edge_count(self) -> int:
         return int(self.fill[:self.nodes].sum())
 
     def degrees(self, nodes: Tensor | None = None) -> Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -33,9 +34,25 @@ from m2grl.views import View
 # at once held several copies of the item table (1 GB at 1 M items) in the trainer's peak memory.
 BLOCK_ROWS = 65536
 
-# Per side view: the value rows asked for (ascending), the mean input vector of each one's peers,
-# and how many peers it has.
-PeerMeans = dict[str, tuple[Tensor, Tensor, Tensor]]
+
+@dataclass(frozen=True)
+class PeerMean:
+    """One side view's asked values (ascending), the mean input vector of each one's peers, and
+    how many peers each has."""
+
+    values: Tensor
+    means: Tensor
+    counts: Tensor
+
+    def of(self, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Per value, whether it was asked for and has peers, and their mean (any row where not)."""
+        if not len(self.values):
+            return torch.zeros(len(value), dtype=torch.bool), torch.zeros(len(value), self.means.shape[1])
+        at = torch.searchsorted(self.values, value).clamp(max=len(self.values) - 1)
+        return (self.values[at] == value) & (self.counts[at] > 0), self.means[at]
+
+
+PeerMeans = dict[str, PeerMean]
 # Which of some item rows may lend their vector to items that share their side values.
 PeerTest = Callable[[Tensor], Tensor]
 
@@ -58,7 +75,7 @@ def peer_means(model: M2GRL, mirrors: Mirrors, wanted: Mapping[str, Tensor], is_
         for start in range(0, len(items), BLOCK_ROWS):
             sums.index_add_(0, at[start:start + BLOCK_ROWS], table[items[start:start + BLOCK_ROWS]])
         counts = torch.zeros(len(values)).index_add_(0, at, torch.ones(len(items)))
-        means[side] = (values, sums / counts.clamp(min=1).unsqueeze(-1), counts)
+        means[side] = PeerMean(values, sums / counts.clamp(min=1).unsqueeze(-1), counts)
     return means
 
 
@@ -73,16 +90,14 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
     guesses = torch.zeros(count, model.shape.dim)
     sources = torch.zeros(count)
     for side, value in values.items():
-        asked, mean, counts = means[side]
         contexts = model.contexts[side].weight
         has_value = (value >= 0) & (value < len(contexts))
         value = torch.where(has_value, value, 0)
-        at = torch.searchsorted(asked, value).clamp(max=max(len(asked) - 1, 0))
-        from_peers = has_value & (asked[at] == value) & (counts[at] > 0) if len(asked) else \
-            torch.zeros(count, dtype=torch.bool)
+        has_peers, mean = means[side].of(value)
+        from_peers = has_value & has_peers
         context = contexts[value]
         from_context = has_value & ~from_peers & (context.abs().sum(-1) > 0)
-        guess = torch.where(from_peers.unsqueeze(-1), mean[at], context) if len(asked) else context
+        guess = torch.where(from_peers.unsqueeze(-1), mean, context)
         usable = from_peers | from_context
         guesses[usable] += guess[usable]
         sources += usable.float()

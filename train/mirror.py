@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from m2grl.graphstore.reads import ViewRead
+from m2grl.grouping import rows_by_value
 from m2grl.idtable import new_id_table
 from m2grl.train.adjacency import Adjacency
 from m2grl.views import View
@@ -152,7 +153,7 @@ class _MemberIndex:
     """A side view's items grouped by value, as linked when it was made: a value's items are
     ``order[starts[value]:starts[value + 1]]``."""
 
-    order: Tensor  # int32 item rows, by value
+    order: Tensor  # int32 item rows, by value (the unlinked ones first, before any value's start)
     starts: Tensor  # int64, one per value row plus one
 
 
@@ -196,8 +197,8 @@ class Memberships:
 
     def members(self, side: str, values: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """The items among the first ``rows`` now linked to one of ``values`` in ``side``, ascending,
-        and the value of each. Costs those items, not every item's membership: new items gather
-        their peers this way every round and every cold-start look."""
+        and the value of each. Costs those items and the links since the index was made, not every
+        item's membership: new items gather their peers this way every round and every cold-start look."""
         index = self._indexed(side)
         values = torch.unique(values[values >= 0])
         known = values[values < len(index.starts) - 1]
@@ -206,26 +207,32 @@ class Memberships:
         # Each value's stretch of ``order``: its start plus 0, 1, ... its count.
         firsts = torch.cumsum(counts, 0) - counts
         at = torch.repeat_interleave(lo - firsts, counts) + torch.arange(int(counts.sum()))
-        parts = [index.order[at].long(), *self._unindexed[side]]
-        items = torch.unique(torch.cat(parts))
+        lookup = self.lookup(side, rows)
+        since = self._since(side)
+        since = since[since < rows]
+        since = since[torch.isin(lookup[since], values)]
+        items = torch.unique(torch.cat([index.order[at].long(), since]))
         items = items[items < rows]
-        current = self.lookup(side, rows)[items]  # an item relinked since the index was made has moved
+        current = lookup[items]  # an item relinked since the index was made has moved
         linked = torch.isin(current, values)
         return items[linked], current[linked]
 
+    def _since(self, side: str) -> Tensor:
+        """The items linked in ``side`` since its index was made (in one piece, kept so)."""
+        parts = self._unindexed[side]
+        if len(parts) > 1:
+            parts[:] = [torch.cat(parts)]
+        return parts[0] if parts else torch.empty(0, dtype=torch.long)
+
     def _indexed(self, side: str) -> _MemberIndex:
         """The side view's index, made afresh once the items linked since outnumber an eighth of
-        those in it (amortised O(1) per link: a sort of every linked item)."""
+        those in it (amortised O(1) per link: a sort of every item)."""
         index = self._index.get(side)
-        since = sum(len(part) for part in self._unindexed[side])
-        if index is None or since > max(4096, len(index.order) // 8):
+        if index is None or len(self._since(side)) > max(4096, len(index.order) // 8):
             values = self._values[side]
-            linked = torch.nonzero(values >= 0).flatten()
-            by_value = torch.argsort(values[linked], stable=True)
-            counts = torch.bincount(values[linked], minlength=1)
-            starts = torch.zeros(len(counts) + 1, dtype=torch.long)
-            torch.cumsum(counts, 0, out=starts[1:])
-            index = self._index[side] = _MemberIndex(linked[by_value].to(torch.int32), starts)
+            order, starts = rows_by_value(values.numpy(), int(values.max()) + 1)
+            index = self._index[side] = _MemberIndex(torch.from_numpy(order).to(torch.int32),
+                                                     torch.from_numpy(starts).long())
             self._unindexed[side].clear()
         return index
 

@@ -54,33 +54,27 @@ def _pairable(left: Tensor, right: Tensor) -> Tensor:
 
 
 class NegativeSampler:
-    """Draws rows with probability ∝ (count + ``every_row``)^0.75 (word2vec's unigram^0.75), where
-    ``counts`` are how often the ``nodes`` occur in the round's walks and every other of the ``rows``
-    counts 0. Held as a share common to every row plus the walked nodes' excess over it, so that
-    an incremental round's sampler costs its walks, not the table: a cumulative sum over every row
-    was an O(rows) step of each round. O(log nodes) per draw."""
+    """Draws rows with probability ∝ (count + 1)^0.75 (word2vec's unigram^0.75, plus one so that
+    every row can be drawn), where ``counts`` are how often the ``nodes`` occur in the round's walks
+    and every other of the ``rows`` counts 0. Held as a share common to every row plus the walked
+    nodes' excess over it, so that an incremental round's sampler costs its walks, not the table: a
+    cumulative sum over every row was an O(rows) step of each round. O(log nodes) per draw."""
 
-    def __init__(self, rows: int, nodes: Tensor, counts: Tensor, *, every_row: float = 1.0,
-                 power: float = 0.75) -> None:
+    def __init__(self, rows: int, nodes: Tensor, counts: Tensor, *, power: float = 0.75) -> None:
+        if rows <= 0:
+            raise ValueError("cannot sample negatives from an empty table")
         self.rows = rows
         self.nodes = nodes.long()
-        self.base = float(every_row) ** power if every_row > 0 else 0.0
-        excess = (counts.double() + every_row).clamp(min=0) ** power - self.base
-        self.cdf = torch.cumsum(excess, 0)
-        self.base_total = self.base * rows
-        self.total = self.base_total + (float(self.cdf[-1]) if len(self.cdf) else 0.0)
-        if self.total <= 0:
-            raise ValueError("cannot sample negatives from an empty distribution")
+        self.cdf = torch.cumsum((counts.double() + 1) ** power - 1, 0)  # each row's share is 1^power
+        self.total = rows + (float(self.cdf[-1]) if len(self.cdf) else 0.0)
 
     def draw(self, k: int, generator: torch.Generator | None = None) -> Tensor:
         at = torch.rand(k, generator=generator, dtype=torch.float64) * self.total
-        common = at < self.base_total
-        rows = torch.empty(k, dtype=torch.long)
-        rows[common] = (at[common] / self.base).long().clamp(max=self.rows - 1) if self.base else 0
-        walked = ~common
+        rows = at.long().clamp(max=self.rows - 1)  # below ``rows``: the common share, row by row
+        walked = at >= self.rows
         if walked.any():
             # Rounding may put a draw a hair past the last node: it lands on that node.
-            found = torch.searchsorted(self.cdf, at[walked] - self.base_total, right=True)
+            found = torch.searchsorted(self.cdf, at[walked] - self.rows, right=True)
             rows[walked] = self.nodes[found.clamp(max=len(self.nodes) - 1)]
         return rows
 

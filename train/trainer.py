@@ -32,7 +32,7 @@ from m2grl.graphstore.reads import ViewRead, read_view
 from m2grl.settings import Settings
 from m2grl.train.allocator import release_freed_memory, retain_freed_memory
 from m2grl.train.coldstart import ColdStartLane, cover_items_without_walks, start_from_side_views
-from m2grl.train.kernel import sgns_kernel
+from m2grl.train.kernel import adjacency_kernel, sgns_kernel
 from m2grl.train.mirror import IdMap, Mirrors, News, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
 from m2grl.train.pace import Pace
@@ -93,6 +93,7 @@ class Trainer:
         ``cold_start``: publish brand-new items between rounds and between a round's steps."""
         retain_freed_memory()
         sgns_kernel()  # compiled or loaded now, at start-up, rather than inside the first round
+        adjacency_kernel()
         import torch._dynamo  # torch.optim imports it on first use (1 s): also at start-up
         self.settings = settings
         self.architecture = architecture

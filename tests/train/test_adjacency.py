@@ -33,7 +33,7 @@ def test_edges_added_and_reweighted_over_many_batches_are_all_there() -> None:
     assert graph.layouts > 1  # nodes ran out of room along the way
     src, dst, weight = graph.listed()
     assert dict(zip(zip(src.tolist(), dst.tolist()), weight.tolist())) == expected
-    assert len(src) == graph.edges == len(expected) and graph.nodes == nodes
+    assert len(src) == graph.edge_count == len(expected) and graph.nodes == nodes
     degrees = torch.bincount(src, minlength=nodes)
     assert torch.equal(graph.degrees(), degrees)
     sums = torch.zeros(nodes).index_add_(0, src, weight)

@@ -32,13 +32,13 @@ def test_deltas_update_weights_in_place_and_append_new_nodes() -> None:
     assert weights(view) == {("a", "b"): 5.0, ("b", "c"): 2.0, ("c", "d"): 1.0}
     assert view.ids.listed() == ["a", "b", "c", "d"] and view.nodes == 4
     assert sorted(touched.tolist()) == [0, 1, 2, 3]
-    assert view.out.edges == view.into.edges == 3
+    assert view.out.edge_count == view.into.edge_count == 3
 
 
 def test_an_empty_delta_changes_nothing() -> None:
     view = ViewGraph("item", IdMap(["x"]))
     assert view.apply(ViewRead("item", 3)).nodes.numel() == 0
-    assert view.nodes == 1 and view.out.edges == view.into.edges == 0
+    assert view.nodes == 1 and view.out.edge_count == view.into.edge_count == 0
     assert weights(view) == {}
 
 
