@@ -363,6 +363,17 @@ class RpcSettings(_Section):
         "block that stays in the CPU cache, rather than a second copy of the matrix).",
     )
     grace_s: float = Field(10.0, ge=0, description="On shutdown, how long in-flight calls may take to finish.")
+    max_connection_age_s: float = Field(
+        300.0, gt=0,
+        description="`m2grl serve` closes each client connection after this long (calls in flight get grace_s to "
+        "finish; clients reconnect at once), so that long-lived clients spread over replicas started since.",
+    )
+    replicas: tuple[str, ...] = Field(
+        (),
+        description="Servers a client (`m2grl query`, the demo) balances over, round-robin, retrying UNAVAILABLE on "
+        "the next: host:port each, or one name whose DNS records list them all. Empty: host:port above. "
+        'Environment: M2GRL_RPC_REPLICAS=\'["10.0.0.1:50051","10.0.0.2:50051"]\'.',
+    )
     diversity_view: str = Field(
         "category",
         description="Side view whose neighbourhood Recommend's diversity route explores.",

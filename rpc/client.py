@@ -1,14 +1,24 @@
 """A typed Python client of the EmbeddingService: numpy arrays in and out, m2grl's RpcError out of
 every failed call (gRPC's own errors are translated here, nowhere else).
 
-    with EmbeddingClient("127.0.0.1:50051", token="...") as client:
+    with EmbeddingClient(["10.0.0.1:50051", "10.0.0.2:50051"], token="...", monotonic=True) as client:
         found, vectors = client.embeddings("item", ["42", "7"])
         for n in client.similar("item", id="42", k=10).neighbours: ...
+
+Replicas are gRPC's own business: one channel over every replica's address with the round_robin
+policy, and a retry policy that sends a call that got UNAVAILABLE (a replica stopping, or behind the
+call's min_version) to the next replica, within the call's deadline. A monotonic client asks each
+call for at least the highest version it has seen, so its answers never go back in version.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
+import socket
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +33,8 @@ from m2grl.protos import embedding_pb2_grpc as pb_grpc
 from m2grl.settings import Settings
 
 ROUTE_NAMES = {pb.ROUTE_ITEM_NEIGHBOUR: "item-neighbour", pb.ROUTE_NEARBY_CATEGORY: "nearby-category"}
+SERVICE = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+ATTEMPTS = 4  # per call, the first included; gRPC allows at most 5
 
 
 @dataclass(frozen=True)
@@ -89,12 +101,55 @@ def _translated() -> Iterator[None]:
         raise RpcError(code.name if code else "UNKNOWN", detail if detail is not None else str(exc)) from None
 
 
+def _service_config() -> str:
+    retry = {"maxAttempts": ATTEMPTS, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
+             "retryableStatusCodes": ["UNAVAILABLE"]}
+    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
+                       "methodConfig": [{"name": [{"service": SERVICE}], "retryPolicy": retry}]})
+
+
+def _addresses(replica: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    host, _, port = replica.rpartition(":")
+    if not host or not port.isdigit() or "://" in replica:
+        raise ConfigError(f"replica {replica!r} is not host:port (one dns:/// name goes alone, not in a list)")
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"cannot resolve replica {replica!r}: {exc}") from None
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in found))
+
+
+def channel_target(replicas: Sequence[str]) -> str:
+    """One gRPC target for ``replicas``: a single one as it is (host:port, whose DNS records gRPC
+    balances over and reads again on reconnection, or any gRPC target URI), several as one
+    ipv4:/ipv6: address list, their names resolved now."""
+    if not replicas:
+        raise ConfigError("no server to call: give a host:port (rpc.host and rpc.port, or rpc.replicas)")
+    if len(replicas) == 1:
+        return replicas[0]
+    ports = [replica.rpartition(":")[2] for replica in replicas]
+    found = [(address, port) for replica, port in zip(replicas, ports) for address in _addresses(replica)]
+    versions = {address.version for address, _ in found}
+    if len(versions) > 1:
+        raise ConfigError(f"replicas {', '.join(replicas)} mix IPv4 and IPv6 addresses; gRPC balances over one family")
+    if versions == {4}:
+        return "ipv4:" + ",".join(f"{address}:{port}" for address, port in found)
+    return "ipv6:" + ",".join(f"[{address}]:{port}" for address, port in found)
+
+
 class EmbeddingClient:
-    def __init__(self, target: str, *, token: str | None = None, tls_ca: Path | None = None,
-                 timeout: float = 10.0) -> None:
-        """``target``: host:port. ``tls_ca``: PEM of the certificates to trust (the server's own
-        for a self-signed one); without it the connection is plaintext."""
-        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    def __init__(self, replicas: str | Sequence[str], *, token: str | None = None, tls_ca: Path | None = None,
+                 timeout: float = 10.0, monotonic: bool = False) -> None:
+        """``replicas``: host:port, or several (see ``channel_target``). ``tls_ca``: PEM of the
+        certificates to trust (the server's own for a self-signed one); without it the connection
+        is plaintext; with several replicas, each must present a certificate for the first one's
+        host name. ``monotonic``: every call asks for at least the highest version seen so far."""
+        replicas = [replicas] if isinstance(replicas, str) else list(replicas)
+        target = channel_target(replicas)
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                   ("grpc.enable_retries", 1), ("grpc.service_config", _service_config())]
+        if len(replicas) > 1:
+            options.append(("grpc.default_authority", replicas[0]))
         if tls_ca is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -106,14 +161,20 @@ class EmbeddingClient:
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
+        self.monotonic = monotonic
+        self.highest_version = 0  # of every answer so far
+        self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, target: str | None = None, timeout: float = 10.0) -> EmbeddingClient:
-        """A client of the server these settings describe (address, token, TLS)."""
+    def from_settings(cls, settings: Settings, replicas: Sequence[str] | None = None,
+                      timeout: float = 10.0) -> EmbeddingClient:
+        """A client of the servers these settings describe (replicas or address, token, TLS), or of
+        ``replicas`` with the settings' token and TLS."""
         cfg = settings.rpc
         host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-        return cls(target or f"{host}:{cfg.port}", token=cfg.token.get_secret_value() if cfg.token else None,
-                   tls_ca=cfg.tls_ca or cfg.tls_cert, timeout=timeout)
+        return cls(replicas or cfg.replicas or [f"{host}:{cfg.port}"],
+                   token=cfg.token.get_secret_value() if cfg.token else None, tls_ca=cfg.tls_ca or cfg.tls_cert,
+                   timeout=timeout)
 
     def __enter__(self) -> EmbeddingClient:
         return self
@@ -124,58 +185,84 @@ class EmbeddingClient:
     def close(self) -> None:
         self._channel.close()
 
-    def embeddings(self, view: str, ids: Sequence[str]) -> Embeddings:
+    def _at_least(self, min_version: int) -> int:
+        return max(min_version, self.highest_version) if self.monotonic else min_version
+
+    def _saw(self, version: int) -> int:
+        with self._lock:
+            self.highest_version = max(self.highest_version, version)
+        return version
+
+    def embeddings(self, view: str, ids: Sequence[str], *, min_version: int = 0) -> Embeddings:
+        """Every method's ``min_version``: answer from that snapshot version or a later one."""
+        request = pb.GetEmbeddingsRequest(view=view, ids=ids, min_version=self._at_least(min_version))
         with _translated():
-            response = self._stub.GetEmbeddings(pb.GetEmbeddingsRequest(view=view, ids=ids),
-                                                timeout=self.timeout, metadata=self._metadata)
+            response = self._stub.GetEmbeddings(request, timeout=self.timeout, metadata=self._metadata)
         found = np.array(response.found, dtype=bool)
         vectors = np.zeros((len(found), response.dimension), dtype=np.float32)
         vectors[found] = np.frombuffer(response.vectors, "<f4").reshape(-1, response.dimension)
-        return Embeddings(response.snapshot_version, list(ids), found, vectors)
+        return Embeddings(self._saw(response.snapshot_version), list(ids), found, vectors)
 
     def similar(self, view: str, *, k: int, id: str | None = None, vector: Sequence[float] | None = None,
-                exclude: Sequence[str] = ()) -> Neighbours:
+                exclude: Sequence[str] = (), min_version: int = 0) -> Neighbours:
         """Neighbours of an id of ``view`` or of a vector (give exactly one)."""
         if (id is None) == (vector is None):
             raise ConfigError("give exactly one of id and vector")
-        request = pb.SimilarItemsRequest(view=view, k=k, exclude=exclude)
+        request = pb.SimilarItemsRequest(view=view, k=k, exclude=exclude, min_version=self._at_least(min_version))
         if id is not None:
             request.id = id
         else:
             request.vector.values.extend(np.asarray(vector, dtype=np.float32).tolist())
         with _translated():
             response = self._stub.SimilarItems(request, timeout=self.timeout, metadata=self._metadata)
-        return Neighbours(response.snapshot_version, list(response.ids), np.array(response.scores, dtype=np.float32))
+        return Neighbours(self._saw(response.snapshot_version), list(response.ids),
+                          np.array(response.scores, dtype=np.float32))
 
-    def recommend(self, recent_item_ids: Sequence[str], *, k: int, diversity: float = 0.0) -> Recommendations:
+    def recommend(self, recent_item_ids: Sequence[str], *, k: int, diversity: float = 0.0,
+                  min_version: int = 0) -> Recommendations:
+        request = pb.RecommendRequest(recent_item_ids=recent_item_ids, k=k, diversity=diversity,
+                                      min_version=self._at_least(min_version))
         with _translated():
-            response = self._stub.Recommend(
-                pb.RecommendRequest(recent_item_ids=recent_item_ids, k=k, diversity=diversity),
-                timeout=self.timeout, metadata=self._metadata)
+            response = self._stub.Recommend(request, timeout=self.timeout, metadata=self._metadata)
         return Recommendations(
-            response.snapshot_version,
+            self._saw(response.snapshot_version),
             [Recommendation(r.item_id, r.score, ROUTE_NAMES.get(r.route, "unspecified"), r.via)
              for r in response.results],
             list(response.unknown_recent_ids))
 
-    def info(self) -> ModelInfo:
+    def info(self, *, min_version: int = 0) -> ModelInfo:
+        request = pb.GetModelInfoRequest(min_version=self._at_least(min_version))
         with _translated():
-            response = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata)
-        return ModelInfo(response.snapshot_version, response.created_ms,
+            response = self._stub.GetModelInfo(request, timeout=self.timeout, metadata=self._metadata)
+        return ModelInfo(self._saw(response.snapshot_version), response.created_ms,
                          [ViewInfo(v.name, v.dimension, v.count) for v in response.views],
                          dict(response.watermark_ms), dict(response.sigma2))
 
     def watch(self, timeout: float | None = None) -> Iterator[SnapshotEvent]:
         """Each snapshot version as it goes live, the current one first; ends after ``timeout``
-        seconds (None: when the server ends the stream)."""
-        stream = self._stub.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=timeout, metadata=self._metadata)
-        try:
-            with _translated():
-                for event in stream:
-                    yield SnapshotEvent(event.snapshot_version, event.created_ms, dict(event.ids_added),
-                                        dict(event.rows_changed))
-        except RpcError as exc:
-            if exc.code != "DEADLINE_EXCEEDED":
-                raise
-        finally:
-            stream.cancel()
+        seconds (None: when the server ends the stream). A stream cut off (its connection reached
+        the server's max_connection_age_s, or its replica stopped) is opened again, on whichever
+        replica the channel picks, and goes on after the last version it gave."""
+        ends = None if timeout is None else time.monotonic() + timeout
+        last = 0
+        while ends is None or time.monotonic() < ends:
+            remaining = None if ends is None else ends - time.monotonic()
+            stream = self._stub.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=remaining, metadata=self._metadata)
+            heard = False
+            try:
+                with _translated():
+                    for event in stream:
+                        heard = True
+                        if event.snapshot_version <= last:
+                            continue  # a replica that is behind, or the one before, repeating its current version
+                        last = self._saw(event.snapshot_version)
+                        yield SnapshotEvent(event.snapshot_version, event.created_ms, dict(event.ids_added),
+                                            dict(event.rows_changed))
+                return
+            except RpcError as exc:
+                if exc.code == "DEADLINE_EXCEEDED":
+                    return
+                if exc.code != "UNAVAILABLE" or not heard:  # not a stream that was working and got cut off
+                    raise
+            finally:
+                stream.cancel()

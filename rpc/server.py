@@ -55,7 +55,9 @@ class EmbeddingServer:
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", 4 * cfg.max_request_bytes),
                      ("grpc.max_send_message_length", -1),
-                     ("grpc.so_reuseport", 0)])
+                     ("grpc.so_reuseport", 0),
+                     ("grpc.max_connection_age_ms", round(cfg.max_connection_age_s * 1000)),
+                     ("grpc.max_connection_age_grace_ms", round(cfg.grace_s * 1000))])
         pb_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.live, cfg, self._stopping), self._server)
         for add in also_serve:
             add(self._server)

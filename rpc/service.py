@@ -60,24 +60,29 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self.cfg = cfg
         self.stopping = stopping
 
-    def _served(self) -> ServedVersion:
+    def _served(self, min_version: int) -> ServedVersion:
         served = self.live.current
         if served is None:
             raise NotServing(f"no snapshot is being served yet: none published under {self.live.root}, "
                              "or none passed its checks")
+        if served.version < min_version:
+            # UNAVAILABLE, not FAILED_PRECONDITION: the state passes (this replica catches up), and a
+            # client's retry policy takes the call to another replica, which may be ahead.
+            raise NotServing(f"this replica serves snapshot version {served.version}; the call asked for at least "
+                             f"version {min_version} (min_version)")
         return served
 
     @_answer
     def GetEmbeddings(self, request: pb.GetEmbeddingsRequest,
                       context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
-        served = self._served()
+        served = self._served(request.min_version)
         found, vectors = queries.embeddings(served, request.view, request.ids, self.cfg)
         return pb.GetEmbeddingsResponse(snapshot_version=served.version, dimension=served.views[request.view].dim,
                                         found=found, vectors=vectors)
 
     @_answer
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
-        served = self._served()
+        served = self._served(request.min_version)
         query = request.WhichOneof("query")
         neighbours = queries.similar(
             served, request.view, k=request.k, cfg=self.cfg, exclude=request.exclude,
@@ -86,7 +91,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     @_answer
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
-        served = self._served()
+        served = self._served(request.min_version)
         answer = queries.recommend(served, request.recent_item_ids, k=request.k, diversity=request.diversity,
                                    cfg=self.cfg)
         return pb.RecommendResponse(
@@ -96,7 +101,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     @_answer
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
-        served = self._served()
+        served = self._served(request.min_version)
         manifest = served.manifest
         return pb.ModelInfo(
             snapshot_version=served.version, created_ms=manifest.created_ms,

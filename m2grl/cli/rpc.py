@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace, settings: Settings) -> EmbeddingClient:
     from m2grl.rpc.client import EmbeddingClient
 
-    return EmbeddingClient.from_settings(settings, target=args.target, timeout=args.timeout)
+    return EmbeddingClient.from_settings(settings, replicas=args.target, timeout=args.timeout)
 
 
 def _query_embed(args: argparse.Namespace, settings: Settings) -> int:
@@ -131,7 +131,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     query = commands.add_parser(
         "query", help="ask a running server: embed, similar, recommend, info, watch",
         description="A client of `m2grl serve`; address, token and TLS come from the rpc settings.")
-    query.add_argument("--target", help="host:port of the server (default: rpc.host:rpc.port)")
+    query.add_argument("--target", type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+                       help="host:port of the server, or several separated by commas (replicas, balanced "
+                       "round-robin); default: rpc.replicas, else rpc.host:rpc.port")
     query.add_argument("--timeout", type=above_zero, default=10.0, help="seconds per call (default 10)")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     actions = query.add_subparsers(dest="action", required=True, metavar="ACTION")
