@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 import neo4j
 
 from m2grl.errors import GraphStoreError
-from m2grl.graphstore.errors import translated_errors
+from m2grl.graphstore.errors import DatabaseNotFound, translated_errors
 from m2grl.settings import Neo4jSettings
 
 T = TypeVar("T")
@@ -43,13 +44,35 @@ class GraphStore:
     def close(self) -> None:
         self._driver.close()
 
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Driver errors as m2grl's, a missing database explained by the server's edition."""
+        try:
+            with translated_errors(self.target):
+                yield
+        except DatabaseNotFound as exc:
+            raise DatabaseNotFound(f"{exc}. {self._why_missing()}") from exc
+
+    def _why_missing(self) -> str:
+        with translated_errors(self.target):
+            records, _, _ = self._driver.execute_query(
+                "CALL dbms.components() YIELD edition RETURN edition", database_="system",
+                routing_=neo4j.RoutingControl.READ)
+        edition = str(records[0]["edition"]) if records else "unknown"
+        if edition.lower() == "community":
+            return ("This server is Neo4j Community edition, which holds one standard database ('neo4j'): a view "
+                    "cannot have a database of its own there. Give it a Neo4j server of its own instead "
+                    "(views.stores.<view>.uri, without .database), or use Enterprise edition")
+        return (f"This server is Neo4j {edition} edition: create the database first (CREATE DATABASE "
+                f"`{self.settings.database}` on the system database), or name an existing one in views.stores")
+
     def verify_connectivity(self) -> None:
         with translated_errors(self.target):
             self._driver.verify_connectivity()
 
     def read(self, cypher: str, **params: Any) -> list[dict[str, Any]]:
         """Run a read query in a managed transaction and return its records as dicts."""
-        with translated_errors(self.target):
+        with self._errors():
             records, _, _ = self._driver.execute_query(
                 cypher, params, database_=self.settings.database, routing_=neo4j.RoutingControl.READ
             )
@@ -57,13 +80,13 @@ class GraphStore:
 
     def write(self, cypher: str, **params: Any) -> list[dict[str, Any]]:
         """Run a write query in a managed (retried) transaction and return its records as dicts."""
-        with translated_errors(self.target):
+        with self._errors():
             records, _, _ = self._driver.execute_query(cypher, params, database_=self.settings.database)
         return [record.data() for record in records]
 
     def write_autocommit(self, cypher: str, **params: Any) -> None:
         """Run a query that manages its own transactions (``CALL {...} IN TRANSACTIONS``)."""
-        with translated_errors(self.target), self._driver.session(database=self.settings.database) as session:
+        with self._errors(), self._driver.session(database=self.settings.database) as session:
             session.run(cypher, params).consume()
 
     def write_transaction(self, work: Callable[[neo4j.ManagedTransaction], T]) -> T:
@@ -72,7 +95,7 @@ class GraphStore:
         The driver retries ``work`` on transient failures (deadlocks, leader changes), so it must
         only run queries; exceptions it raises itself abort the transaction without a retry.
         """
-        with translated_errors(self.target), self._driver.session(database=self.settings.database) as session:
+        with self._errors(), self._driver.session(database=self.settings.database) as session:
             return session.execute_write(work)
 
 

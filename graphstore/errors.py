@@ -16,6 +16,10 @@ _TRANSIENT = (
 )
 
 
+class DatabaseNotFound(GraphStoreError):
+    """The configured database does not exist on the server (GraphStore says why, by edition)."""
+
+
 @contextmanager
 def translated_errors(target: str) -> Iterator[None]:
     """Re-raise driver errors as GraphStoreError / GraphStoreUnavailable naming ``target``."""
@@ -29,6 +33,8 @@ def translated_errors(target: str) -> Iterator[None]:
     except _TRANSIENT as exc:
         raise GraphStoreUnavailable(f"Neo4j at {target} is unavailable: {exc}") from exc
     except (neo4j_errors.Neo4jError, neo4j_errors.DriverError) as exc:
+        if isinstance(exc, neo4j_errors.Neo4jError) and exc.code == "Neo.ClientError.Database.DatabaseNotFound":
+            raise DatabaseNotFound(f"Neo4j at {target}: {exc.message or exc}") from exc
         raise GraphStoreError(f"Neo4j at {target} failed the request: {exc}") from exc
     except OSError as exc:
         raise GraphStoreUnavailable(f"Neo4j at {target} cannot be reached: {exc}") from exc

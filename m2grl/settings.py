@@ -110,7 +110,11 @@ class ServicesSettings(_Section):
 
 class ViewStore(_Section):
     uri: str | None = Field(None, description="Bolt URI of this view's Neo4j; unset -> neo4j.uri or the local server.")
-    database: str | None = Field(None, description="Database of this view's graph; unset -> neo4j.database.")
+    database: str | None = Field(
+        None,
+        description="Database of this view's graph; unset -> neo4j.database. Needs Neo4j Enterprise (Community "
+        "holds one standard database per server: give the view its own uri instead); refused with that reason.",
+    )
 
 
 class ViewsSettings(_Section):
