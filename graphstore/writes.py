@@ -110,7 +110,7 @@ def _session_rows(sessions: Mapping[str, SessionState]) -> list[dict[str, Any]]:
     return rows
 
 
-def _mark_key(topic: str, partition: int) -> str:
+def mark_key(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
 
@@ -179,7 +179,7 @@ class BehaviorGraphWriter:
     def write(self, pending: PendingWrite, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:
         """Apply ``pending`` and advance ``marks`` in one transaction, if the stored offsets still equal
         ``expected``; otherwise raise StaleOffsetsError and change nothing."""
-        mark_rows = [{"key": _mark_key(self.topic, p), "topic": self.topic, "partition": p,
+        mark_rows = [{"key": mark_key(self.topic, p), "topic": self.topic, "partition": p,
                       "offset": mark.offset, "dead_letter_offset": mark.dead_letter_offset}
                      for p, mark in sorted(marks.items())]
 

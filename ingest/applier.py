@@ -120,8 +120,7 @@ class BatchApplier:
         self.topic = ingest.topic
         self.gap_ms = int(ingest.session_gap_s * 1000)
         self.backoff_max_s = ingest.retry_backoff_max_s
-        self.rules = EventRules(behaviors=frozenset(ingest.behaviors), max_bytes=ingest.max_event_bytes,
-                                min_time_ms=ingest.min_event_time_ms, max_future_ms=int(ingest.max_future_s * 1000))
+        self.rules = EventRules.of(ingest)
         self.dead_letters = dead_letters
         self.stop = stop
         self.clock_ms = clock_ms

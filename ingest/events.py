@@ -15,6 +15,7 @@ from google.protobuf import json_format, unknown_fields
 from google.protobuf.message import DecodeError
 
 from m2grl.protos import events_pb2
+from m2grl.settings import IngestSettings
 
 
 class Reason(str, enum.Enum):  # noqa: UP042 - StrEnum would change str()/format() from Reason.X to the value
@@ -62,6 +63,11 @@ class EventRules:
     max_bytes: int
     min_time_ms: int
     max_future_ms: int
+
+    @classmethod
+    def of(cls, ingest: IngestSettings) -> EventRules:
+        return cls(behaviors=frozenset(ingest.behaviors), max_bytes=ingest.max_event_bytes,
+                   min_time_ms=ingest.min_event_time_ms, max_future_ms=int(ingest.max_future_s * 1000))
 
 
 def _parse(raw: bytes) -> events_pb2.BehaviorEvent | Rejection:

@@ -1,13 +1,19 @@
-"""`m2grl graph stats`: per view, how big the graph is and when it last changed."""
+"""`m2grl graph stats`: per view, how big the graph is and when it last changed; `m2grl graph
+backfill`: the local Neo4j filled from the whole behaviour topic by neo4j-admin's bulk import."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+import time
+from pathlib import Path
 
 from m2grl.console import format_utc, print_json
+from m2grl.errors import ConfigError
 from m2grl.graphstore.connection import GraphStore
 from m2grl.graphstore.stats import ViewStats, view_stats
 from m2grl.settings import Settings
+from m2grl.views import View
 
 
 def collect_stats(settings: Settings) -> list[ViewStats]:
@@ -30,6 +36,58 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _default_store_views(settings: Settings) -> tuple[View, ...]:
+    home = (settings.neo4j.bolt_uri, settings.neo4j.database)
+    views = tuple(view for view in settings.views.viewset.all
+                  if (settings.neo4j_for(view).bolt_uri, settings.neo4j_for(view).database) == home)
+    if not views:
+        raise ConfigError("every view lives in a Neo4j of its own (views.stores): run backfill with settings whose "
+                          "neo4j section names the store to fill")
+    return views
+
+
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from m2grl.graphstore.bulk import write_import_files
+    from m2grl.graphstore.maintenance import holds_data
+    from m2grl.graphstore.schema import ensure_schema
+    from m2grl.ingest.backfill import read_log
+    from m2grl.services import launcher
+
+    views = _default_store_views(settings)
+    local = settings.neo4j.managed
+    if not local and args.files is None:
+        raise ConfigError(f"neo4j.uri names a server m2grl does not run ({settings.neo4j.bolt_uri}); neo4j-admin "
+                          "imports beside the database: give --files DIR, copy DIR there and run the printed command")
+    if local:
+        launcher.start(launcher.service_named(settings, "neo4j"), report=print)
+        with GraphStore(settings.neo4j) as store:
+            if holds_data(store) and not args.replace:
+                raise ConfigError(f"database {settings.neo4j.database!r} holds a graph already; backfill builds a "
+                                  "store from nothing (stop ingest, then pass --replace to overwrite it)")
+    print(f"backfill of {', '.join(view.name for view in views)} from topic {settings.ingest.topic!r}")
+    log = read_log(settings, views, progress=True)
+    graph = log.graph
+    print(f"read {graph.events:,} events in {log.seconds:.1f} s; {log.rejected:,} rejected "
+          f"({log.dead_lettered:,} sent to {settings.ingest.dead_letter_topic!r}, the rest were there already)")
+    for view in views:
+        print(f"  {view.name}: {len(graph.nodes[view.name]):,} nodes, {len(graph.transitions[view.name]):,} "
+              f"transitions" + ("" if view.is_item else f", {len(graph.memberships[view.name]):,} memberships"))
+    with tempfile.TemporaryDirectory(prefix="m2grl-backfill-") as scratch:
+        folder = args.files or Path(scratch)
+        files = write_import_files(folder, graph, topic=settings.ingest.topic, offsets=log.offsets,
+                                   now_ms=int(time.time() * 1000))
+        if not local:
+            print(f"import files in {folder}; on the Neo4j server, with it stopped and the files copied there:\n"
+                  f"  neo4j-admin database import full {settings.neo4j.database} --overwrite-destination=true "
+                  f"{' '.join(files.arguments())}\nthen start it; `m2grl ingest` creates the indexes and streams on")
+            return 0
+        launcher.import_neo4j_database(settings, files.arguments(), report=print)
+    with GraphStore(settings.neo4j) as store:
+        ensure_schema(store, views)
+    print(f"done: streaming resumes after offsets {log.offsets} of {settings.ingest.topic!r}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     graph = commands.add_parser("graph", help="inspect the per-view graphs in Neo4j")
     actions = graph.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -39,3 +97,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         "their counts; members counts item->value links of side views.")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     stats.set_defaults(handler=_stats)
+    backfill = actions.add_parser(
+        "backfill", help="fill the local Neo4j from the whole behaviour topic in bulk (neo4j-admin import)",
+        description="Reads the behaviour topic from its first offset to its end now, applies the consumer's rules "
+        "(rejections go to the dead-letter topic once), and writes the graphs of the views that live in the "
+        "neo4j store, their open sessions and the offsets they reach with `neo4j-admin database import full`: the "
+        "server is stopped for the import and started again. `m2grl ingest` then streams on from those offsets, "
+        "every later event applied exactly once. Stop ingest first. The read holds the graph in memory.")
+    backfill.add_argument("--replace", action="store_true",
+                          help="overwrite a database that holds a graph already (refused otherwise)")
+    backfill.add_argument("--files", type=Path, metavar="DIR",
+                          help="keep the import files in DIR; with a Neo4j m2grl does not run (neo4j.uri), only "
+                          "write them and print the neo4j-admin command to run beside it")
+    backfill.set_defaults(handler=_backfill)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from m2grl.errors import M2grlError, PortBusyError, StartupError
+from m2grl.errors import ConfigError, M2grlError, PortBusyError, StartupError
 from m2grl.services import process
 from m2grl.services.base import LocalService
 from m2grl.services.jars import require_tool, resolve_jars
@@ -98,6 +98,23 @@ def start(service: LocalService, report: Report) -> None:
     started = time.monotonic()
     _wait_healthy(service, record, settings.services.start_timeout_s)
     report(f"{service.name}: ready in {time.monotonic() - started:.1f} s ({_describe(service)})")
+
+
+def import_neo4j_database(settings: Settings, arguments: list[str], report: Report) -> None:
+    """Stop the local Neo4j, replace its database with neo4j-admin's import of the files that
+    ``arguments`` name, and start it again."""
+    service = service_named(settings, "neo4j")
+    if not isinstance(service, Neo4jService) or not service.managed:
+        raise ConfigError("neo4j-admin runs beside the database it imports into: this Neo4j (neo4j.uri) is not "
+                          "the local one m2grl runs; write the files with --files and run the printed command there")
+    jars = resolve_jars(service.name, cache_root=settings.services.jar_cache, mvn=settings.services.mvn,
+                        progress=report)
+    stop(service, report)
+    service.home.mkdir(parents=True, exist_ok=True)
+    service.prepare(jars)
+    report("neo4j: importing (neo4j-admin database import full)")
+    service.import_full(jars, arguments)
+    start(service, report)
 
 
 def _describe(service: LocalService) -> str:

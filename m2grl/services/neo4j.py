@@ -71,6 +71,14 @@ class Neo4jService(LocalService):
             )
             (self.home / _PASSWORD_SET_MARKER).touch()
 
+    def import_full(self, jars: Path, arguments: list[str]) -> None:
+        """Replace the database (the server stopped) with ``neo4j-admin database import full``."""
+        self.run_tool(
+            [self.settings.services.java, *_OPENS, "-cp", f"{jars / 'libs'}/*", "org.neo4j.cli.AdminTool",
+             # The database first: --nodes and --relationships take every word after them as a file.
+             "database", "import", "full", self.settings.neo4j.database, "--overwrite-destination=true", *arguments],
+            what="neo4j-admin database import full", env=self._env())
+
     def command(self, jars: Path) -> list[str]:
         return [self.settings.services.java, *java_options(self.settings.neo4j.heap), *_OPENS,
                 "-cp", f"{jars / 'libs'}/*", "org.neo4j.server.CommunityEntryPoint",

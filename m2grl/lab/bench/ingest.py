@@ -50,8 +50,7 @@ def _run_consumer(settings: Settings) -> dict[str, Any]:
 def _direct_writes(settings: Settings, encoded: list[bytes]) -> float:
     """Seconds to write the pre-aggregated batches straight into the (wiped) database."""
     ingest = settings.ingest
-    rules = EventRules(frozenset(ingest.behaviors), ingest.max_event_bytes, ingest.min_event_time_ms,
-                       int(ingest.max_future_s * 1000))
+    rules = EventRules.of(ingest)
     now = int(time.time() * 1000)
     events = [e for e in (decode(raw, rules, now_ms=now) for raw in encoded) if isinstance(e, Event)]
     views = settings.views.viewset.all
