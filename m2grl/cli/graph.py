@@ -53,38 +53,53 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     from m2grl.ingest.backfill import read_log
     from m2grl.services import launcher
 
+    say = (lambda _: None) if args.json else print
     views = _default_store_views(settings)
     local = settings.neo4j.managed
     if not local and args.files is None:
         raise ConfigError(f"neo4j.uri names a server m2grl does not run ({settings.neo4j.bolt_uri}); neo4j-admin "
                           "imports beside the database: give --files DIR, copy DIR there and run the printed command")
+    started = time.perf_counter()
     if local:
-        launcher.start(launcher.service_named(settings, "neo4j"), report=print)
+        launcher.start(launcher.service_named(settings, "neo4j"), report=say)
         with GraphStore(settings.neo4j) as store:
             if holds_data(store) and not args.replace:
                 raise ConfigError(f"database {settings.neo4j.database!r} holds a graph already; backfill builds a "
                                   "store from nothing (stop ingest, then pass --replace to overwrite it)")
-    print(f"backfill of {', '.join(view.name for view in views)} from topic {settings.ingest.topic!r}")
-    log = read_log(settings, views, progress=True)
+    say(f"backfill of {', '.join(view.name for view in views)} from topic {settings.ingest.topic!r}")
+    log = read_log(settings, views, progress=not args.json)
     graph = log.graph
-    print(f"read {graph.events:,} events in {log.seconds:.1f} s; {log.rejected:,} rejected "
-          f"({log.dead_lettered:,} sent to {settings.ingest.dead_letter_topic!r}, the rest were there already)")
-    for view in views:
-        print(f"  {view.name}: {len(graph.nodes[view.name]):,} nodes, {len(graph.transitions[view.name]):,} "
-              f"transitions" + ("" if view.is_item else f", {len(graph.memberships[view.name]):,} memberships"))
+    counts = {view.name: {"nodes": len(graph.nodes[view.name]), "transitions": len(graph.transitions[view.name]),
+                          "memberships": len(graph.memberships.get(view.name, {}))} for view in views}
+    report: dict[str, object] = {
+        "topic": settings.ingest.topic, "events": graph.events, "rejected": log.rejected,
+        "dead_lettered": log.dead_lettered, "read_s": round(log.seconds, 2), "offsets": log.offsets, "views": counts}
+    say(f"read {graph.events:,} events in {log.seconds:.1f} s; {log.rejected:,} rejected "
+        f"({log.dead_lettered:,} sent to {settings.ingest.dead_letter_topic!r}, the rest were there already)")
+    for name, count in counts.items():
+        say(f"  {name}: {count['nodes']:,} nodes, {count['transitions']:,} transitions, "
+            f"{count['memberships']:,} memberships")
     with tempfile.TemporaryDirectory(prefix="m2grl-backfill-") as scratch:
         folder = args.files or Path(scratch)
         files = write_import_files(folder, graph, topic=settings.ingest.topic, offsets=log.offsets,
                                    now_ms=int(time.time() * 1000))
+        del graph, log
+        command = (f"neo4j-admin database import full {settings.neo4j.database} --overwrite-destination=true "
+                   f"{' '.join(files.arguments())}")
         if not local:
-            print(f"import files in {folder}; on the Neo4j server, with it stopped and the files copied there:\n"
-                  f"  neo4j-admin database import full {settings.neo4j.database} --overwrite-destination=true "
-                  f"{' '.join(files.arguments())}\nthen start it; `m2grl ingest` creates the indexes and streams on")
-            return 0
-        launcher.import_neo4j_database(settings, files.arguments(), report=print)
-    with GraphStore(settings.neo4j) as store:
-        ensure_schema(store, views)
-    print(f"done: streaming resumes after offsets {log.offsets} of {settings.ingest.topic!r}")
+            report["command"] = command
+            say(f"import files in {folder}; on the Neo4j server, with it stopped and the files copied there:\n"
+                f"  {command}\nthen start it; `m2grl ingest` creates the indexes and streams on")
+        else:
+            imported = time.perf_counter()
+            launcher.import_neo4j_database(settings, files.arguments(), report=say)
+            with GraphStore(settings.neo4j) as store:
+                ensure_schema(store, views)
+            report["import_s"] = round(time.perf_counter() - imported, 2)
+            say(f"done: streaming resumes after offsets {report['offsets']} of {settings.ingest.topic!r}")
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    if args.json:
+        print_json(report)
     return 0
 
 
@@ -109,4 +124,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     backfill.add_argument("--files", type=Path, metavar="DIR",
                           help="keep the import files in DIR; with a Neo4j m2grl does not run (neo4j.uri), only "
                           "write them and print the neo4j-admin command to run beside it")
+    backfill.add_argument("--json", action="store_true", help="print a JSON report instead of progress")
     backfill.set_defaults(handler=_backfill)

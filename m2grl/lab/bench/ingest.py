@@ -134,6 +134,51 @@ def run_ingest_bench(settings: Settings, *, dataset: str | None, reuse_services:
     }
 
 
+# -- a new store from the whole log: neo4j-admin's bulk import against streaming --------------------
+
+def _backfill(settings: Settings) -> dict[str, Any]:
+    env = {**os.environ, **settings_env(settings)}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "m2grl", "graph", "backfill", "--replace", "--json"],
+                            env=env, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise M2grlError(f"the backfill process failed: {result.stderr.strip()[-2000:]}")
+    return {**json.loads(result.stdout), "wall_s": time.perf_counter() - started}
+
+
+def run_backfill_bench(settings: Settings, *, dataset: str | None, reuse_services: bool) -> dict[str, Any]:
+    """The same log into an empty store twice: streamed by `m2grl ingest --until-idle`, and by
+    `m2grl graph backfill` (read, import files, Neo4j stopped, imported, started, indexes made).
+    Events/s of both, their ratio, and whether the graphs are identical."""
+    name, events, side = _bench_log(settings, dataset)
+    topic = f"bench-backfill-{int(time.time())}"
+    with _bench_services(settings, reuse_services) as settings:
+        settings = settings.model_copy(update={
+            "views": settings.views.model_copy(update={"side": tuple(side)}),
+            "ingest": settings.ingest.model_copy(update={
+                "topic": topic, "dead_letter_topic": f"{topic}.dlq", "group_id": f"{topic}-group"}),
+        })
+        _direct_writes(settings, [e.encode() for e in events])  # warms Neo4j up, as in run_ingest_bench
+        create_topics(settings)
+        replay(settings, events, progress=False)
+        with GraphStore(settings.neo4j) as store:
+            wipe_graph(store)
+        streamed = _run_consumer(settings)
+        streamed_graph = _graph_of(settings)
+        backfilled = _backfill(settings)
+        same = _graph_of(settings) == streamed_graph
+    streaming_rate, backfill_rate = streamed["records"] / streamed["seconds"], len(events) / backfilled["wall_s"]
+    return {
+        "benchmark": "backfill", "dataset": name, "events": len(events), "views": ["item", *side],
+        "streaming": {"seconds": round(streamed["seconds"], 2), "events_per_s": round(streaming_rate),
+                      "peak_rss_mb": streamed["peak_rss_mb"]},
+        "backfill": {"seconds": round(backfilled["wall_s"], 2), "events_per_s": round(backfill_rate),
+                     "read_s": backfilled["read_s"], "import_s": backfilled["import_s"]},
+        "ratio": round(backfill_rate / streaming_rate, 2),
+        "same_graph": same,
+    }
+
+
 # -- scaling out: several consumers in one group ------------------------------------------------
 
 def _consumers(settings: Settings, count: int) -> tuple[float, list[dict[str, Any]]]:
