@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+from collections.abc import Callable
 
 from m2grl.console import above_zero, at_least_one, print_json, stop_on_signals
 from m2grl.lab import datasets
@@ -145,41 +146,39 @@ def _bench_backfill(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register_bench(benches: argparse._SubParsersAction) -> None:
-    bench = benches.add_parser(
-        "ingest", help="end-to-end ingest events/s vs direct Neo4j writes of the same batches",
-        description="Starts a throwaway Kafka and Neo4j (unless --use-configured-services), replays the log, "
-        "times `m2grl ingest --until-idle` in a separate process, then times the same aggregated batches "
-        "written straight to a wiped Neo4j. Default data: the Taobao time slice when the shared data folder "
-        "is present, otherwise MovieLens-100K.")
+def _log_bench(benches: argparse._SubParsersAction, name: str, help: str, description: str,
+               handler: Callable[[argparse.Namespace, Settings], int]) -> argparse.ArgumentParser:
+    """A benchmark over a replayed log: --dataset, --use-configured-services, --json."""
+    bench = benches.add_parser(name, help=help, description=description)
     bench.add_argument("--dataset", help="data set name or path (see `m2grl replay --help`)")
     bench.add_argument("--use-configured-services", action="store_true",
                        help="run against the configured Kafka/Neo4j (WIPES the Neo4j database)")
     bench.add_argument("--json", action="store_true")
-    bench.set_defaults(handler=_bench)
+    bench.set_defaults(handler=handler)
+    return bench
 
-    scaling = benches.add_parser(
-        "ingest-scaling", help="one consumer vs several in one group on a multi-partition topic: events/s, same graph",
-        description="Replays the log into a topic with --partitions partitions, then ingests it twice into a wiped "
-        "graph: with one `m2grl ingest` process, and with --consumers processes in one consumer group. Reports "
-        "each one's events/s (wall time until the last process ends), the speed-up, and whether both graphs are "
-        "identical (every edge weight, node count and membership).")
-    scaling.add_argument("--dataset", help="data set name or path (see `m2grl replay --help`)")
+
+def register_bench(benches: argparse._SubParsersAction) -> None:
+    _log_bench(
+        benches, "ingest", "end-to-end ingest events/s vs direct Neo4j writes of the same batches",
+        "Starts a throwaway Kafka and Neo4j (unless --use-configured-services), replays the log, times `m2grl "
+        "ingest --until-idle` in a separate process, then times the same aggregated batches written straight to "
+        "a wiped Neo4j. Default data: the Taobao time slice when the shared data folder is present, otherwise "
+        "MovieLens-100K.", _bench)
+    scaling = _log_bench(
+        benches, "ingest-scaling", "one consumer vs several in one group on a multi-partition topic: events/s, "
+        "same graph",
+        "Replays the log into a topic with --partitions partitions, then ingests it twice into a wiped graph: with "
+        "one `m2grl ingest` process, and with --consumers processes in one consumer group. Reports each one's "
+        "events/s (wall time until the last process ends), the speed-up, and whether both graphs are identical "
+        "(every edge weight, node count and membership).", _bench_scaling)
     scaling.add_argument("--consumers", type=at_least_one, default=3, help="processes in the group (default 3)")
     scaling.add_argument("--partitions", type=at_least_one, default=6, help="partitions of the topic (default 6)")
-    scaling.add_argument("--use-configured-services", action="store_true",
-                         help="run against the configured Kafka/Neo4j (WIPES the Neo4j database)")
-    scaling.add_argument("--json", action="store_true")
-    scaling.set_defaults(handler=_bench_scaling)
-
-    backfill = benches.add_parser(
-        "backfill", help="a new store from the whole log: `m2grl graph backfill` vs streaming, events/s, same graph",
-        description="Replays the log into a topic, streams it into an empty Neo4j with `m2grl ingest --until-idle`, "
-        "then builds the same store with `m2grl graph backfill --replace` (the whole log read and folded, written "
-        "for neo4j-admin, Neo4j stopped, imported and started, indexes made). Reports the events/s of both, "
-        "their ratio, and whether the graphs are identical (every edge weight, node count and membership).")
-    backfill.add_argument("--dataset", help="data set name or path (see `m2grl replay --help`)")
-    backfill.add_argument("--use-configured-services", action="store_true",
-                          help="run against the configured Kafka and a local Neo4j (REPLACES its database)")
-    backfill.add_argument("--json", action="store_true")
-    backfill.set_defaults(handler=_bench_backfill)
+    _log_bench(
+        benches, "backfill", "a new store from the whole log: `m2grl graph backfill` vs streaming, events/s, same "
+        "graph",
+        "Replays the log into a topic, streams it into an empty Neo4j with `m2grl ingest --until-idle`, then "
+        "builds the same store with `m2grl graph backfill --replace` (the whole log read and folded, written for "
+        "neo4j-admin, Neo4j stopped, imported and started, indexes made). Reports the events/s of both, their "
+        "ratio, and whether the graphs are identical (every edge weight, node count and membership).",
+        _bench_backfill)

@@ -93,15 +93,19 @@ def _bench_services(settings: Settings, reuse: bool) -> Iterator[Settings]:
         yield throwaway
 
 
+def _on_topic(settings: Settings, side: list[str], topic: str, **ingest: object) -> Settings:
+    """``settings`` with these side views, on ``topic`` with a dead-letter topic and group of its own."""
+    return settings.model_copy(update={
+        "views": settings.views.model_copy(update={"side": tuple(side)}),
+        "ingest": settings.ingest.model_copy(update={
+            "topic": topic, "dead_letter_topic": f"{topic}.dlq", "group_id": f"{topic}-group", **ingest}),
+    })
+
+
 def run_ingest_bench(settings: Settings, *, dataset: str | None, reuse_services: bool) -> dict[str, Any]:
     name, events, side = _bench_log(settings, dataset)
-    topic = f"bench-ingest-{int(time.time())}"
     with _bench_services(settings, reuse_services) as settings:
-        settings = settings.model_copy(update={
-            "views": settings.views.model_copy(update={"side": tuple(side)}),
-            "ingest": settings.ingest.model_copy(update={
-                "topic": topic, "dead_letter_topic": f"{topic}.dlq", "group_id": f"{topic}-group"}),
-        })
+        settings = _on_topic(settings, side, f"bench-ingest-{int(time.time())}")
         encoded = [e.encode() for e in events]
         _direct_writes(settings, encoded)  # the warm-up
         create_topics(settings)
@@ -151,13 +155,8 @@ def run_backfill_bench(settings: Settings, *, dataset: str | None, reuse_service
     `m2grl graph backfill` (read, import files, Neo4j stopped, imported, started, indexes made).
     Events/s of both, their ratio, and whether the graphs are identical."""
     name, events, side = _bench_log(settings, dataset)
-    topic = f"bench-backfill-{int(time.time())}"
     with _bench_services(settings, reuse_services) as settings:
-        settings = settings.model_copy(update={
-            "views": settings.views.model_copy(update={"side": tuple(side)}),
-            "ingest": settings.ingest.model_copy(update={
-                "topic": topic, "dead_letter_topic": f"{topic}.dlq", "group_id": f"{topic}-group"}),
-        })
+        settings = _on_topic(settings, side, f"bench-backfill-{int(time.time())}")
         _direct_writes(settings, [e.encode() for e in events])  # warms Neo4j up, as in run_ingest_bench
         create_topics(settings)
         replay(settings, events, progress=False)
@@ -216,11 +215,7 @@ def run_ingest_scaling_bench(settings: Settings, *, dataset: str | None, consume
     runs: dict[int, dict[str, Any]] = {}
     graphs = {}
     with _bench_services(settings, reuse_services) as settings:
-        settings = settings.model_copy(update={
-            "views": settings.views.model_copy(update={"side": tuple(side)}),
-            "ingest": settings.ingest.model_copy(update={"topic": topic, "dead_letter_topic": f"{topic}.dlq",
-                                                         "partitions": partitions}),
-        })
+        settings = _on_topic(settings, side, topic, partitions=partitions)
         create_topics(settings)
         replay(settings, events, progress=False)
         _direct_writes(settings, [e.encode() for e in events])  # warms Neo4j up, as in run_ingest_bench
