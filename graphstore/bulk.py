@@ -27,10 +27,14 @@ class ImportFiles:
     nodes: list[tuple[str, Path]]  # (label, file)
     relationships: list[tuple[str, Path]]  # (type, file)
 
-    def arguments(self) -> list[str]:
-        """neo4j-admin's --nodes and --relationships arguments, after IMPORT_OPTIONS."""
-        return [*IMPORT_OPTIONS, *(f"--nodes={label}={path}" for label, path in self.nodes),
-                *(f"--relationships={kind}={path}" for kind, path in self.relationships)]
+    def arguments(self, relative_to: Path | None = None) -> list[str]:
+        """neo4j-admin's --nodes and --relationships arguments, after IMPORT_OPTIONS; the files
+        named from ``relative_to`` when given (for a command run in a copy of that folder)."""
+        def name(path: Path) -> Path:
+            return path.relative_to(relative_to) if relative_to is not None else path
+
+        return [*IMPORT_OPTIONS, *(f"--nodes={label}={name(path)}" for label, path in self.nodes),
+                *(f"--relationships={kind}={name(path)}" for kind, path in self.relationships)]
 
 
 def _cell(value: str | int | None) -> str:

@@ -84,12 +84,12 @@ def _backfill(args: argparse.Namespace, settings: Settings) -> int:
         files = write_import_files(folder, graph, topic=settings.ingest.topic, offsets=log.offsets,
                                    now_ms=int(time.time() * 1000))
         del graph, log
-        command = (f"neo4j-admin database import full {settings.neo4j.database} --overwrite-destination=true "
-                   f"{' '.join(files.arguments())}")
         if not local:
-            report["command"] = command
-            say(f"import files in {folder}; on the Neo4j server, with it stopped and the files copied there:\n"
-                f"  {command}\nthen start it; `m2grl ingest` creates the indexes and streams on")
+            report["command"] = (f"neo4j-admin database import full {settings.neo4j.database} "
+                                 f"--overwrite-destination=true {' '.join(files.arguments(relative_to=folder))}")
+            say(f"import files in {folder}; copy the folder to the Neo4j server and, with the server stopped, run "
+                f"there in the copy:\n  {report['command']}\nthen start it; `m2grl ingest` creates the indexes and "
+                "streams on")
         else:
             imported = time.perf_counter()
             launcher.import_neo4j_database(settings, files.arguments(), report=say)

@@ -81,6 +81,7 @@ def test_for_a_server_elsewhere_backfill_writes_the_files_and_the_command(
     written = backfill(settings, "--files", str(tmp_path / "import"))
     assert written.returncode == 0, written.stderr[-2000:]
     assert f"neo4j-admin database import full {settings.neo4j.database} --overwrite-destination=true" in written.stdout
+    assert "--nodes=Item=item-nodes.csv" in written.stdout  # names from the folder, to run in its copy
     offsets = (tmp_path / "import" / "offsets.csv").read_text().splitlines()
     assert offsets[0].startswith("key:ID(IngestOffset)") and 2 <= len(offsets) <= 5, offsets  # 4 partitions
     assert '"item ""a"",\nb"' in (tmp_path / "import" / "item-nodes.csv").read_text()
