@@ -75,7 +75,6 @@ def read_log(settings: Settings, views: tuple[View, ...], *, progress: bool = Fa
     started = time.perf_counter()
     ingest, servers = settings.ingest, settings.kafka.bootstrap_servers
     rules, gap_ms = EventRules.of(ingest), int(ingest.session_gap_s * 1000)
-    create_topics(settings)  # the dead-letter topic, where the rejections go
     graph = GraphDelta(views=views)
     letters: list[DeadLetter] = []
     with translated_errors(servers):
@@ -117,6 +116,7 @@ def read_log(settings: Settings, views: tuple[View, ...], *, progress: bool = Fa
 def _dead_letter_once(settings: Settings, letters: list[DeadLetter]) -> int:
     if not letters:
         return 0
+    create_topics(settings)  # the dead-letter topic, if no consumer made it yet
     queue = DeadLetterQueue(settings, client_id="m2grl-backfill")
     try:
         partitions = {letter.partition for letter in letters}

@@ -127,14 +127,16 @@ def channel_target(replicas: Sequence[str]) -> str:
         raise ConfigError("no server to call: give a host:port (rpc.host and rpc.port, or rpc.replicas)")
     if len(replicas) == 1:
         return replicas[0]
-    ports = [replica.rpartition(":")[2] for replica in replicas]
-    found = [(address, port) for replica, port in zip(replicas, ports) for address in _addresses(replica)]
-    versions = {address.version for address, _ in found}
-    if len(versions) > 1:
-        raise ConfigError(f"replicas {', '.join(replicas)} mix IPv4 and IPv6 addresses; gRPC balances over one family")
-    if versions == {4}:
-        return "ipv4:" + ",".join(f"{address}:{port}" for address, port in found)
-    return "ipv6:" + ",".join(f"[{address}]:{port}" for address, port in found)
+    found = {replica: _addresses(replica) for replica in replicas}
+    # One address family for all (gRPC's address lists hold one): IPv4 where every replica has one,
+    # as a name like localhost often resolves to both.
+    for family, scheme, form in ((4, "ipv4:", "{}:{}"), (6, "ipv6:", "[{}]:{}")):
+        if all(any(address.version == family for address in addresses) for addresses in found.values()):
+            return scheme + ",".join(form.format(address, replica.rpartition(":")[2])
+                                     for replica, addresses in found.items()
+                                     for address in addresses if address.version == family)
+    raise ConfigError(f"replicas {', '.join(replicas)} have no address family in common (IPv4 or IPv6); gRPC "
+                      "balances over one")
 
 
 class EmbeddingClient:

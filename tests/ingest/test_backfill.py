@@ -85,3 +85,7 @@ def test_for_a_server_elsewhere_backfill_writes_the_files_and_the_command(
     offsets = (tmp_path / "import" / "offsets.csv").read_text().splitlines()
     assert offsets[0].startswith("key:ID(IngestOffset)") and 2 <= len(offsets) <= 5, offsets  # 4 partitions
     assert '"item ""a"",\nb"' in (tmp_path / "import" / "item-nodes.csv").read_text()
+
+    absent = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"topic": "no-such-topic"})})
+    refused = backfill(absent, "--files", str(tmp_path / "none"))
+    assert refused.returncode == 1 and "'no-such-topic' does not exist" in refused.stderr, refused.stderr[-2000:]

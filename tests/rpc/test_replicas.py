@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,13 +43,19 @@ def _serve(root: Path, into: list[EmbeddingServer], **overrides: object) -> str:
     return f"127.0.0.1:{server.port}"
 
 
-def test_several_replicas_make_one_address_list() -> None:
+def test_several_replicas_make_one_address_list(monkeypatch: pytest.MonkeyPatch) -> None:
     assert channel_target(["127.0.0.1:1", "127.0.0.1:2"]) == "ipv4:127.0.0.1:1,127.0.0.1:2"
     assert channel_target(["[::1]:1", "::1:2"]) == "ipv6:[::1]:1,[::1]:2"
     assert channel_target(["dns:///embeddings.internal:50051"]) == "dns:///embeddings.internal:50051"
     for bad in (["127.0.0.1", "127.0.0.1:2"], ["127.0.0.1:1", "dns:///x:2"], ["127.0.0.1:1", "[::1]:2"]):
         with pytest.raises(ConfigError, match="replica"):
             channel_target(bad)
+
+    both = {"a.internal": ["10.0.0.1", "fd00::1"], "b.internal": ["fd00::2", "10.0.0.2"]}
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **_: [
+        (None, None, None, "", (address, port)) for address in both.get(host, [host])])
+    assert channel_target(["a.internal:1", "b.internal:2"]) == "ipv4:10.0.0.1:1,10.0.0.2:2"
+    assert channel_target(["a.internal:1", "[fd00::9]:2"]) == "ipv6:[fd00::1]:1,[fd00::9]:2"
 
 
 def test_calls_are_spread_over_replicas_and_min_version_skips_the_one_behind(
