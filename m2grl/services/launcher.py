@@ -113,8 +113,10 @@ def import_neo4j_database(settings: Settings, arguments: list[str], report: Repo
     service.home.mkdir(parents=True, exist_ok=True)
     service.prepare(jars)
     report("neo4j: importing (neo4j-admin database import full)")
-    service.import_full(jars, arguments)
-    start(service, report)
+    try:
+        service.import_full(jars, arguments)
+    finally:
+        start(service, report)  # a failed import does not leave the server down
 
 
 def _describe(service: LocalService) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from m2grl.errors import StartupError
+from m2grl.graphstore import ping
 from m2grl.ingest.events import Event
 from m2grl.services import launcher
 from m2grl.services.launcher import free_port
@@ -89,3 +91,9 @@ def test_for_a_server_elsewhere_backfill_writes_the_files_and_the_command(
     absent = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"topic": "no-such-topic"})})
     refused = backfill(absent, "--files", str(tmp_path / "none"))
     assert refused.returncode == 1 and "'no-such-topic' does not exist" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_a_failed_import_leaves_the_server_running(own_neo4j: Settings, tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match="import full failed"):
+        launcher.import_neo4j_database(own_neo4j, [f"--nodes=Item={tmp_path / 'missing.csv'}"], report=lambda _: None)
+    ping(own_neo4j.neo4j, timeout_s=10)
