@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
-from m2grl.errors import StreamError
+from m2grl.errors import StreamError, StreamUnavailable
 from m2grl.graphstore.model import NO_OFFSET, GraphDelta, Tally
 from m2grl.ingest.consumer import create_topics
 from m2grl.ingest.deadletter import DeadLetter, DeadLetterQueue
@@ -25,6 +25,7 @@ from m2grl.settings import Settings
 from m2grl.views import View
 
 FOLD_EVERY = 50_000  # events decoded before they are folded into the graph (bounds the events held)
+STALL_S = 120.0  # a read that gets no message for this long, with messages left to read, gives up
 
 
 @dataclass
@@ -87,9 +88,17 @@ def read_log(settings: Settings, views: tuple[View, ...], *, progress: bool = Fa
             left = {tp for tp in partitions if ends[tp] > 0}
             events: list[Event] = []
             with tqdm(total=sum(ends.values()), unit="msg", desc="reading the log", disable=not progress) as bar:
+                heard = time.monotonic()
                 while left:
                     now_ms = int(time.time() * 1000)
-                    for tp, records in reader.poll(timeout_ms=1000, max_records=10_000).items():
+                    batch = reader.poll(timeout_ms=1000, max_records=10_000)
+                    if batch:
+                        heard = time.monotonic()
+                    elif time.monotonic() - heard > STALL_S:
+                        raise StreamUnavailable(f"no message from topic {ingest.topic!r} for {STALL_S:.0f} s with "
+                                                f"partitions {sorted(tp.partition for tp in left)} not read to their "
+                                                "end: is Kafka up? Nothing was imported; run backfill again")
+                    for tp, records in batch.items():
                         for record in records:
                             if record.offset >= ends[tp]:
                                 break  # after the end this read began with: the consumer's to apply
