@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from m2grl.views import View
 
 NO_OFFSET = -1
+Key = TypeVar("Key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +62,23 @@ class GraphDelta:
             self.transitions.setdefault(view.name, {})
             if not view.is_item:
                 self.memberships.setdefault(view.name, {})
+
+    def then(self, later: GraphDelta) -> None:
+        """Take in ``later`` (a delta of the same views extracted after this one, from its
+        sessions): counts add up, last-seen times and sessions are the later ones. Its tallies
+        become this delta's own."""
+        for view in self.views:
+            _absorb(self.nodes[view.name], later.nodes[view.name])
+            _absorb(self.transitions[view.name], later.transitions[view.name])
+            if not view.is_item:
+                _absorb(self.memberships[view.name], later.memberships[view.name])
+        self.sessions.update(later.sessions)
+        self.events += later.events
+
+
+def _absorb(into: dict[Key, Tally], table: dict[Key, Tally]) -> None:
+    for key, tally in table.items():
+        held = into.setdefault(key, tally)
+        if held is not tally:
+            held.count += tally.count
+            held.last_seen_ms = max(held.last_seen_ms, tally.last_seen_ms)

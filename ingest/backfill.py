@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from m2grl.errors import StreamError, StreamUnavailable
-from m2grl.graphstore.model import NO_OFFSET, GraphDelta, Tally
+from m2grl.graphstore.model import NO_OFFSET, GraphDelta
 from m2grl.ingest.consumer import create_topics
 from m2grl.ingest.deadletter import DeadLetter, DeadLetterQueue
 from m2grl.ingest.errors import translated_errors
@@ -37,25 +37,8 @@ class LogRead:
     seconds: float
 
 
-def _add(into: dict, table: dict) -> None:
-    for key, tally in table.items():
-        held: Tally | None = into.get(key)
-        if held is None:
-            into[key] = tally
-        else:
-            held.count += tally.count
-            held.last_seen_ms = max(held.last_seen_ms, tally.last_seen_ms)
-
-
 def _fold(graph: GraphDelta, events: list[Event], views: tuple[View, ...], gap_ms: int) -> None:
-    delta = extract(events, graph.sessions, views, gap_ms)
-    for view in views:
-        _add(graph.nodes[view.name], delta.nodes[view.name])
-        _add(graph.transitions[view.name], delta.transitions[view.name])
-        if not view.is_item:
-            _add(graph.memberships[view.name], delta.memberships[view.name])
-    graph.sessions.update(delta.sessions)
-    graph.events += delta.events
+    graph.then(extract(events, graph.sessions, views, gap_ms))
 
 
 def _partitions(reader: KafkaConsumer, topic: str) -> tuple[list[TopicPartition], dict[TopicPartition, int]]:

@@ -37,9 +37,11 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _default_store_views(settings: Settings) -> tuple[View, ...]:
+    from m2grl.ingest.applier import group_views_by_store
+
     home = (settings.neo4j.bolt_uri, settings.neo4j.database)
-    views = tuple(view for view in settings.views.viewset.all
-                  if (settings.neo4j_for(view).bolt_uri, settings.neo4j_for(view).database) == home)
+    views = next((views for target, views in group_views_by_store(settings)
+                  if (target.bolt_uri, target.database) == home), ())
     if not views:
         raise ConfigError("every view lives in a Neo4j of its own (views.stores): run backfill with settings whose "
                           "neo4j section names the store to fill")
