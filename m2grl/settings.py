@@ -391,20 +391,30 @@ class RpcSettings(_Section):
     metrics_host: str = Field("127.0.0.1", description="Address the server's metrics endpoint binds to.")
     exact_below: int = Field(
         50_000, ge=1,
-        description="Views with fewer vectors are searched exactly; larger ones through an IVF index.",
+        description="Views with fewer vectors are searched exactly; larger ones through an HNSW graph.",
     )
-    ivf_lists: int = Field(0, ge=0, description="Inverted lists (clusters) of the IVF index; 0: 4·√rows.")
-    ivf_probe: int = Field(512, ge=1, description="Lists searched per query (recall and latency grow with it).")
-    ivf_train_per_list: int = Field(40, ge=10, description="Vectors sampled per list to train the IVF centroids.")
-    ivf_retrain_share: float = Field(
+    hnsw_m: int = Field(16, ge=2, description="Links per node of the HNSW graph (memory, recall and build time grow "
+                        "with it).")
+    hnsw_ef_construction: int = Field(
+        100, ge=1, description="Candidates kept while linking a node into the HNSW graph (build time and recall grow "
+        "with it).")
+    hnsw_ef_search: int = Field(
+        300, ge=1, description="Candidates kept while searching the HNSW graph (latency and recall grow with it; "
+        "widened in proportion to the masked positions).")
+    read_whole_share: float = Field(
         0.5, gt=0, le=1,
-        description="A new version with more than this share of rows changed or new is indexed from scratch, "
-        "centroids retrained; fewer are searched exactly beside the IVF index (rpc/index.py).",
+        description="A new version with more than this share of rows changed or new is read whole and its graph "
+        "built afresh; fewer are searched exactly beside the graph (rpc/index.py).",
+    )
+    index_rebuild_share: float = Field(
+        0.2, gt=0, le=1,
+        description="Positions of a view's graph that no longer hold their row's vector, as a share of its rows, "
+        "past which a merge builds the graph afresh instead of adding the changed rows to a copy (rpc/index.py).",
     )
     index_merge_rows: int = Field(
         50_000, ge=0,
-        description="Rows changed or appended since a view's IVF index was built that a server searches exactly "
-        "before it folds them into a copy of that index, in the background (rpc/index.py). Each query scans them "
+        description="Rows changed or appended since a view's graph was built that a server searches exactly "
+        "before it adds them to a copy of that graph, in the background (rpc/index.py). Each query scans them "
         "all: 50,000 rows of 64 floats take about 0.3 ms.",
     )
 

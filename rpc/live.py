@@ -18,8 +18,8 @@ moves, at any number of rows.
 
 Each version's nearest-neighbour index is the served one's plus the rows that changed
 (rpc/index.py); once those pass ``rpc.index_merge_rows``, a background thread folds them into a
-copy of the IVF index, and the next refresh rebases the served version's index on it. A view read
-whole is searched exhaustively, in its store, until the same thread has built its IVF index."""
+copy of the HNSW graph, and the next refresh rebases the served version's index on it. A view read
+whole is searched exhaustively, in its store, until the same thread has built its graph."""
 
 from __future__ import annotations
 
@@ -558,7 +558,7 @@ class LiveSnapshots:
             return
         with self._merged_lock:
             self._merged[name] = merged
-        what = "built the IVF index of" if index.exact else "merged into the IVF index"
+        what = "built the graph of" if index.exact else "merged into the graph"
         log.info("%s: %s %d rows in %.1f s", name, what, len(index) if index.exact else len(index.fresh),
                  time.perf_counter() - started)
 
@@ -661,14 +661,14 @@ class LiveSnapshots:
                 overlay, (changed, vectors) = found
                 unit = vectors / np.maximum(_norms(vectors), 1e-12)[:, None]
                 index = before.index.moved(rows, changed, unit, self.cfg)
-                if index is None:  # too much change for its IVF centroids: built afresh in the background
+                if index is None:  # too much change at once: its graph is built afresh in the background
                     index = VectorIndex.searched_exactly(store.vectors, store.norms, store.rows).moved(
                         rows, overlay.rows, overlay.vectors / np.maximum(overlay.norms, 1e-12)[:, None], self.cfg)
                 assert index is not None
                 return store.serve(name, manifest.version, rows, overlay, index), int((changed < before.rows).sum())
         store = VectorStore.read(name, column, self._blocks(manifest, infos, name), rows, manifest.dim,
                                  manifest.version)
-        index = VectorIndex.searched_exactly(store.vectors, store.norms, rows)  # IVF part: _start_merges
+        index = VectorIndex.searched_exactly(store.vectors, store.norms, rows)  # graph part: _start_merges
         return (store.serve(name, manifest.version, rows, Overlay.empty(manifest.dim), index),
                 before.rows if before is not None else 0)
 
@@ -683,8 +683,8 @@ class LiveSnapshots:
             _check_finite(f"version {manifest.version}", change[1])
             return before.overlay.then(change), change
         rows = manifest.rows[name]
-        # Past the share where the IVF centroids are retrained, the version is read whole anyway.
-        limit = rows if rows < self.cfg.exact_below else int(self.cfg.ivf_retrain_share * rows)
+        # Past the share where a version is read whole and indexed afresh, it is read whole anyway.
+        limit = rows if rows < self.cfg.exact_below else int(self.cfg.read_whole_share * rows)
         differ = store.differences(name, self._blocks(manifest, infos, name), limit)
         if differ is None:
             return None

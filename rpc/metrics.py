@@ -11,7 +11,8 @@ REQUESTS = Counter("m2grl_rpc_requests_total", "Calls answered, by method and gR
 LATENCY = Histogram("m2grl_rpc_latency_seconds", "Time to answer a call (streams: until they end), by method",
                     ["method"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 INDEX_EXACT_ROWS = Gauge("m2grl_rpc_index_exact_rows",
-                         "Rows of the served version searched exhaustively: changed since its IVF index was built, "
-                         "or all of a view without one (small, or its IVF index still building), by view", ["view"])
+                         "Rows of the served version searched exhaustively: changed since its graph was built, "
+                         "or all of a view without one (small, or its graph still building), by view", ["view"])
 INDEX_MERGES = Counter("m2grl_rpc_index_merges_total",
-                       "Changed rows folded into a view's IVF index in the background, by view", ["view"])
+                       "Changed rows added to a copy of a view's graph, or the graph built afresh, in the background, "
+                       "by view", ["view"])

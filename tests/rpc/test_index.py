@@ -1,5 +1,6 @@
-"""The ANN index: exact below the threshold, IVF above it with recall checked against exact search,
-and patched in place (in a copy here) when a new version changes a few rows."""
+"""The ANN index: exact below the threshold, an HNSW graph above it with recall checked against
+exact search; a new version's changed rows searched exactly beside it, then added to a copy of the
+graph, or the graph built afresh once too many of its positions are stale."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_exact_search_ranks_by_cosine_and_honours_exclusions() -> None:
 
 
 @pytest.mark.slow
-def test_ivf_recall_at_100_against_exact_search_at_100k_rows() -> None:
+def test_graph_recall_at_100_against_exact_search_at_100k_rows() -> None:
     unit = unit_rows(clustered(100_000, 64))
     approximate = VectorIndex.build(unit, RpcSettings(exact_below=50_000))
     exact = VectorIndex.build(unit, RpcSettings(exact_below=10_000_000))
@@ -60,20 +61,22 @@ def test_a_moved_index_finds_moved_and_new_rows_and_the_one_before_is_left_alone
     assert new.approximate is old.approximate  # shared, not copied
     for row in [*moved[:20].tolist(), *range(20_000, 20_020)]:
         assert new.search(after[row], 1)[0][0] == row  # each moved or new row is found where it now is
-    for row in moved[:20].tolist():  # ... and no longer where it was: its IVF entry is masked out
+    for row in moved[:20].tolist():  # ... and no longer where it was: its graph entry is masked out
         found, scores = new.search(before[row], 1)
         assert not (found[0] == row and scores[0] > 0.99)
     assert old.search(before[moved[0]], 1)[0][0] == moved[0]  # the one before still answers as before
     exact = VectorIndex.build(after, RpcSettings(exact_below=10_000_000))
     assert recall_at(50, new, exact, after, rng.choice(len(after), 100, replace=False)) >= 0.95
-    # Most rows changed at once: not moved; the caller builds afresh (new centroids).
+    # Most rows changed at once: not moved; the caller reads the version whole and builds afresh.
     assert old.moved(len(before), np.arange(15_000), before[:15_000], cfg) is None
 
-    # Past index_merge_rows, the changed rows fold into a copy of the IVF index; a version moved
-    # meanwhile keeps its own later change in its exact part when rebased on the merge.
+    # Past index_merge_rows, the changed rows are added to a copy of the graph at new positions, their
+    # old ones masked; a version moved meanwhile keeps its own later change in its exact part when
+    # rebased on the merge.
     assert new.merge_due(cfg)
     merged = new.merged(cfg)
     assert len(merged.fresh) == 0 and merged.approximate is not new.approximate and len(merged) == 20_300
+    assert merged.approximate.positions == 20_000 + 800 and merged.approximate.stale == 500
     later = after.copy()
     again = np.array([moved[0], 20_299])
     later[again] = unit_rows(clustered(2, 32, seed=5))
@@ -89,8 +92,19 @@ def test_a_moved_index_finds_moved_and_new_rows_and_the_one_before_is_left_alone
                          rng.choice(len(vectors), 100, replace=False)) >= 0.95
     assert old.rebased(merged) is None  # a merge made after it does not fit an older index
 
+    # Once stale positions would pass index_rebuild_share of the rows, a merge builds the graph afresh
+    # from the vectors it holds and the exact part: a position per row again.
+    strict = cfg.model_copy(update={"index_rebuild_share": 0.02})
+    rebuilt = newer.rebased(merged).merged(strict)
+    assert rebuilt.approximate.positions == rebuilt.approximate.rows == 20_300
+    assert rebuilt.approximate.live.bits is None and len(rebuilt.fresh) == 0
+    for row in [*moved[1:20].tolist(), *again.tolist(), 20_100]:
+        assert rebuilt.search(later[row], 1)[0][0] == row
+    assert recall_at(50, rebuilt, VectorIndex.build(later, RpcSettings(exact_below=10_000_000)), later,
+                     rng.choice(len(later), 100, replace=False)) >= 0.95
 
-def test_an_exact_index_moves_by_its_rows_and_grows_into_an_ivf_one() -> None:
+
+def test_an_exact_index_moves_by_its_rows_and_grows_into_a_graph() -> None:
     cfg = RpcSettings(exact_below=100)
     vectors = unit_rows(clustered(60, 8, centres=10))
     index = VectorIndex.build(vectors, cfg)
@@ -107,7 +121,7 @@ def test_an_exact_index_moves_by_its_rows_and_grows_into_an_ivf_one() -> None:
     refolded = moved.folded(later, np.linalg.norm(later, axis=1), cfg)
     assert refolded.exact and len(refolded.fresh) == 0 and len(refolded) == 65
     assert refolded.search(later[7], 1)[0] == [7]
-    # Past exact_below it is searched exactly until merged builds its IVF part; a version moved
+    # Past exact_below it is searched exactly until merged builds its graph; a version moved
     # meanwhile keeps its change exact when rebased on it.
     grown = np.vstack([later, unit_rows(clustered(100, 8, seed=2, centres=10))])
     past = moved.moved(len(grown), np.arange(65, 165), grown[65:], cfg)

@@ -220,7 +220,7 @@ def test_a_refused_version_leaves_the_store_sound(tmp_path: Path) -> None:
     assert np.array_equal(served_matrix(live.current.views["item"]), v5)
 
 
-def served_with_ivf(root: Path, cfg: RpcSettings, rng: np.random.Generator) -> tuple[LiveSnapshots, np.ndarray]:
+def served_with_graph(root: Path, cfg: RpcSettings, rng: np.random.Generator) -> tuple[LiveSnapshots, np.ndarray]:
     """A first version of 3,000 rows, served (by exhaustive search at once) and then indexed."""
     vectors = rng.normal(size=(3_000, 8)).astype(np.float32)
     publish_vectors(root, 1, vectors)
@@ -231,10 +231,9 @@ def served_with_ivf(root: Path, cfg: RpcSettings, rng: np.random.Generator) -> t
     return live, vectors
 
 
-def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: Path) -> None:
+def test_a_graph_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    live, v1 = served_with_ivf(tmp_path, RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16,
-                                                     swap_block_rows=500), rng)
+    live, v1 = served_with_graph(tmp_path, RpcSettings(exact_below=1_000, hnsw_m=8, swap_block_rows=500), rng)
     v2 = moved(v1, rng.choice(3_000, 30, replace=False).tolist(), appended=10)
     publish_vectors(tmp_path, 2, v2)
     live.refresh()
@@ -245,21 +244,20 @@ def test_an_ivf_view_is_patched_then_read_whole_when_most_rows_change(tmp_path: 
     live.refresh()
     rebuilt = live.current.views["item"]
     assert rebuilt.store is not patched.store and len(rebuilt.index) == 3_020
-    assert rebuilt.index.exact and live.wait_for_merges(timeout=60)  # new centroids, in the background
+    assert rebuilt.index.exact and live.wait_for_merges(timeout=60)  # a new graph, in the background
     assert not live.current.views["item"].index.exact
     for view, vectors in ((patched, v2), (rebuilt, v3)):
         assert np.array_equal(served_matrix(view), vectors)
-        for row in (0, 2_999, len(vectors) - 1):  # among the nearest (8-bit codes of 8 dimensions blur ties)
-            assert row in view.index.search(view.unit(row), 5)[0]
+        for row in (0, 2_999, len(vectors) - 1):
+            assert view.index.search(view.unit(row), 1)[0] == [row]
 
 
-def test_rows_changed_since_the_ivf_index_was_built_fold_into_it_in_the_background(tmp_path: Path) -> None:
-    """Each swap searches the changed rows exactly beside the shared IVF index; past
+def test_rows_changed_since_the_graph_was_built_fold_into_it_in_the_background(tmp_path: Path) -> None:
+    """Each swap searches the changed rows exactly beside the shared graph; past
     index_merge_rows a merge runs in a thread, and the next refresh rebases the served version on
     it, keeping what changed after the merge began exact."""
     rng = np.random.default_rng(6)
-    live, vectors = served_with_ivf(tmp_path, RpcSettings(exact_below=1_000, ivf_lists=16, ivf_probe=16,
-                                                          index_merge_rows=50), rng)
+    live, vectors = served_with_graph(tmp_path, RpcSettings(exact_below=1_000, hnsw_m=8, index_merge_rows=50), rng)
     built = live.current.views["item"].index
     for version in (2, 3):
         vectors = moved(vectors, rng.choice(3_000, 30, replace=False).tolist(), appended=5)
@@ -273,5 +271,5 @@ def test_rows_changed_since_the_ivf_index_was_built_fold_into_it_in_the_backgrou
     assert live.current.version == 3 and merged.index.approximate is not built.approximate
     assert len(merged.index.fresh) == 0 and merged.store is view.store
     for row in (0, 1_500, 3_009):
-        assert row in merged.index.search(merged.unit(row), 5)[0]
+        assert merged.index.search(merged.unit(row), 1)[0] == [row]
     assert np.array_equal(served_matrix(merged), vectors)

@@ -93,7 +93,7 @@ def _serve(root: Path, port: int) -> None:
                                                  "tls_cert": None, "tls_key": None})
     server = EmbeddingServer(root, cfg, also_serve=[
         lambda grpc_server: baseline_grpc.add_BaselineServicer_to_server(_EmptyBaseline(), grpc_server)])
-    # Calls are measured against the IVF index: the server takes them once it is built, not while
+    # Calls are measured against the graph index: the server takes them once it is built, not while
     # the first version is searched exhaustively.
     server.live.refresh()
     server.live.wait_for_merges()

@@ -377,8 +377,8 @@ def _train(settings: Settings, root: Path, items: int, rounds: int) -> None:
 
 
 def _index_bytes(live: Any) -> int | None:
-    """An estimate of the live version's ANN indexes in memory (IVF codes, ids and centroids, the
-    rows searched exactly); None where the served version does not show them."""
+    """An estimate of the live version's ANN indexes in memory (graph vectors and links, position
+    maps, the rows searched exactly); None where the served version does not show them."""
     try:
         return sum(view.index.nbytes() for view in live.current.views.values())
     except AttributeError:
@@ -398,7 +398,7 @@ def _serve(settings: Settings, root: Path) -> None:
         started = time.perf_counter()
         went_live = live.refresh()
         seconds = time.perf_counter() - started
-        # The IVF index builds (first version) or merges in the background while the version is
+        # The graph builds (first version) or merges in the background while the version is
         # served; waited for here, so that it does not run beside the trainer's next round.
         live.wait_for_merges()
         current = live.current
@@ -583,10 +583,10 @@ def _size_report(items: int, generated: dict[str, Any], published: list[dict[str
                                                          / items),
                     "after_generation_rss_mb": _mb(generated["rss_bytes"]),
                     "rows_published": trained["rows"]},
-        # Serving starts once the first version is read (searched exhaustively); the IVF index
+        # Serving starts once the first version is read (searched exhaustively); the graph
         # follows from a background thread.
         "server": {"serving_within_s": round(refreshed[0]["seconds"], 3),
-                   "ivf_index_within_s": round(refreshed[0]["indexed_s"], 3),
+                   "index_within_s": round(refreshed[0]["indexed_s"], 3),
                    "versions": [r["version"] for r in refreshed],
                    "went_live": [r["went_live"] for r in refreshed],
                    "move_s": [round(s, 4) for s in moves],
@@ -671,8 +671,9 @@ def _settings_used(settings: Settings) -> dict[str, Any]:
                           "incremental_batch_size", "incremental_walks_per_node", "incremental_walk_length",
                           "incremental_alignment_repeats", "new_node_reverse_walks", "changed_edge_repeats",
                           "changed_edge_max_share", "replay_share", "keep_snapshots", "seed")}},
-            "rpc": {key: getattr(rpc, key) for key in ("exact_below", "ivf_lists", "ivf_train_per_list",
-                                                       "ivf_retrain_share", "swap_block_rows")}}
+            "rpc": {key: getattr(rpc, key) for key in ("exact_below", "hnsw_m", "hnsw_ef_construction",
+                                                       "hnsw_ef_search", "read_whole_share",
+                                                       "index_rebuild_share", "index_merge_rows", "swap_block_rows")}}
 
 
 def run_scale_bench(settings: Settings, *, items: Sequence[int] = DEFAULT_ITEMS, rounds: int = DEFAULT_ROUNDS,
