@@ -1,5 +1,7 @@
 """Rows of tables sharded over the ranks of a torch.distributed group, and their exchange: the
-base of the sharded trainer (issue 22), which is built on it step by step.
+base of the sharded trainer (issue 22), which is built on it step by step. The optimiser loop
+(train/steps.py) and the tables (train/model.py) go through it; with one rank every call returns
+at once what the single-process trainer computed, in the same order.
 
 Global row r lives on rank r mod N, at local row r div N, so a table that grows by appended rows
 stays balanced. In a step every rank names the rows it needs (``RowExchange.plan``); each
@@ -25,19 +27,20 @@ class Exchange:
     """One step's rows and who owns them, agreed by every rank of the group."""
 
     rows: Tensor  # int64, the global rows this rank asked for, in the order ``gather`` answers
-    by_owner: Tensor  # positions of ``rows`` sorted by owner: what is sent where
+    by_owner: Tensor  # positions of ``rows`` sorted by owner: what is sent where (one rank: unused)
     sent: list[int]  # per rank, how many of ``rows`` it owns
     asked: Tensor  # int64 local rows the other ranks asked this one for, rank by rank
     received: list[int]  # per rank, how many of ``asked`` came from it
 
 
 class RowExchange:
-    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
-        """The ranks of ``group`` (default: the whole world); without torch.distributed running,
-        one rank."""
+    def __init__(self, group: dist.ProcessGroup | None = None, *, alone: bool = False) -> None:
+        """The ranks of ``group`` (default: the whole world); without torch.distributed running, or
+        ``alone``, one rank."""
+        shared = dist.is_initialized() and not alone
         self.group = group
-        self.world = dist.get_world_size(group) if dist.is_initialized() else 1
-        self.rank = dist.get_rank(group) if dist.is_initialized() else 0
+        self.world = dist.get_world_size(group) if shared else 1
+        self.rank = dist.get_rank(group) if shared else 0
 
     def owner(self, rows: Tensor) -> Tensor:
         return rows % self.world
@@ -53,11 +56,11 @@ class RowExchange:
     def plan(self, rows: Tensor) -> Exchange:
         """Agree with the other ranks on this step's rows (every rank calls it, with its own)."""
         rows = rows.to(torch.int64)
+        if self.world == 1:
+            return Exchange(rows, rows[:0], [len(rows)], rows, [len(rows)])
         owners = self.owner(rows)
         by_owner = torch.argsort(owners, stable=True)
         sent = torch.bincount(owners, minlength=self.world)
-        if self.world == 1:
-            return Exchange(rows, by_owner, [len(rows)], self.local(rows), [len(rows)])
         received = torch.empty_like(sent)
         dist.all_to_all_single(received, sent, group=self.group)
         asked = torch.empty(int(received.sum()), dtype=torch.int64, device=rows.device)
@@ -75,13 +78,49 @@ class RowExchange:
         values[exchange.by_owner] = arrived
         return values
 
+    def send_home(self, exchange: Exchange, values: Tensor) -> Tensor:
+        """``values`` (one per row of ``exchange.rows``) delivered to the rows' owners: on each
+        rank, one per row of ``exchange.asked``, in that order (every rank calls it)."""
+        if self.world == 1:
+            return values
+        coming = values.new_empty((len(exchange.asked), *values.shape[1:]))
+        dist.all_to_all_single(coming, values[exchange.by_owner].contiguous(), exchange.received, exchange.sent,
+                               group=self.group)
+        return coming
+
     def add_back(self, exchange: Exchange, shard: Tensor, changes: Tensor) -> None:
         """Add ``changes`` (one per row of ``exchange.rows``) to those rows of the table, on their
         owners: every rank calls it, and each shard takes what all of them sent it."""
+        shard.index_add_(0, exchange.asked, self.send_home(exchange, changes))
+
+    def largest(self, value: int) -> int:
+        """The largest of the ranks' ``value``s (every rank calls it)."""
         if self.world == 1:
-            shard.index_add_(0, exchange.asked, changes)
+            return value
+        most = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX, group=self.group)
+        return int(most)
+
+    def present(self, names: list[str], known: tuple[str, ...]) -> list[str]:
+        """Of ``known``, those in any rank's ``names``, in ``known``'s order; with one rank,
+        ``names`` as given (every rank calls it)."""
+        if self.world == 1:
+            return names
+        flags = torch.tensor([name in names for name in known], dtype=torch.int64)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
+        return [name for name, flag in zip(known, flags.tolist()) if flag]
+
+    def mean_gradients(self, parameters: list[torch.nn.Parameter], took_part: bool) -> None:
+        """Replace each of ``parameters``' gradients by their mean over the ranks that ``took_part``
+        in the step (had pairs): parameters every rank holds whole, kept equal on all of them. One
+        all-reduce of every gradient and the count together (every rank calls it)."""
+        if self.world == 1:
             return
-        coming = changes.new_empty((len(exchange.asked), *changes.shape[1:]))
-        dist.all_to_all_single(coming, changes[exchange.by_owner].contiguous(), exchange.received, exchange.sent,
-                               group=self.group)
-        shard.index_add_(0, exchange.asked, coming)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([*(g.reshape(-1) for g in grads), torch.tensor([float(took_part)], device=grads[0].device)])
+        dist.all_reduce(flat, group=self.group)
+        ranks = max(float(flat[-1]), 1.0)
+        at = 0
+        for parameter, grad in zip(parameters, grads):
+            parameter.grad = flat[at:at + grad.numel()].view_as(grad) / ranks
+            at += grad.numel()

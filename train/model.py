@@ -22,12 +22,15 @@ parameters (projections, uncertainties) use Adam.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from m2grl.train.exchange import Exchange, RowExchange
 from m2grl.train.kernel import sgns_kernel
 
 SIGMA2_FLOOR = 0.05
@@ -105,6 +108,27 @@ class Table(nn.Module):
     def __len__(self) -> int:
         return self.weight.shape[0]
 
+    @contextlib.contextmanager
+    def rows_for_step(self, exchange: RowExchange, *indices: Tensor) -> Iterator[tuple[Tensor, Tensor, list[Tensor]]]:
+        """The rows ``indices`` name, for a step to write in place: the weights, the accumulators and
+        the indices into them. With one rank, the table itself and the indices as given; with more,
+        a copy of the distinct rows, gathered from their owners (this table is the local shard), and
+        the indices numbered into it; what the step changed in it goes home, added, when the block
+        ends. Either way the rows are marked written. Every rank enters the block, rows or none."""
+        if exchange.world == 1:
+            yield self.weight.data, self.square, list(indices)
+            for index in indices:
+                self.mark(index)
+            return
+        distinct, renumbered = torch.unique(torch.cat([index.long() for index in indices]), return_inverse=True)
+        plan = exchange.plan(distinct)
+        weight, square = exchange.gather(plan, self.weight.data), exchange.gather(plan, self.square)
+        gathered = weight.clone(), square.clone()
+        yield weight, square, list(renumbered.split([len(index) for index in indices]))
+        exchange.add_back(plan, self.weight.data, weight.sub_(gathered[0]))
+        exchange.add_back(plan, self.square, square.sub_(gathered[1]))
+        self.mark(plan.asked)
+
     @torch.no_grad()
     def grow(self, rows: int) -> None:
         """Extend to ``rows`` rows in place: existing rows and accumulators exact, new rows freshly
@@ -138,30 +162,40 @@ class RowBatch:
     the row's accumulated mean squared gradient, as PyTorch-BigGraph does. Plain SGD diverged at
     useful rates: a shared negative row takes hundreds of pairs' pushes in one step, which word2vec
     applies one at a time, each correcting the last. Repeated indices accumulate (index_add_).
-    ``lr``: the step's learning rate, known before the step so that fused tasks can apply it at once."""
+    ``lr``: the step's learning rate, known before the step so that fused tasks can apply it at once.
+    ``exchange``: where the rows live; with several ranks, rows are gathered from their owners and
+    the gradients sent home, where the owner applies every rank's at once, as repeated indices."""
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, lr: float, exchange: RowExchange | None = None) -> None:
         self.lr = lr
-        self._taken: list[tuple[Table, Tensor, Tensor, int]] = []
+        self.exchange = exchange if exchange is not None else RowExchange(alone=True)
+        self._taken: list[tuple[Table, Exchange, Tensor, int]] = []
 
     def take(self, table: Table, index: Tensor, pairs: int) -> Tensor:
-        table.mark(index)
-        rows = table.weight.index_select(0, index).requires_grad_()
-        self._taken.append((table, index, rows, pairs))
+        plan = self.exchange.plan(index)
+        rows = self.exchange.gather(plan, table.weight.data).requires_grad_()
+        self._taken.append((table, plan, rows, pairs))
         return rows
 
     @torch.no_grad()
     def apply(self) -> None:
-        lr = self.lr
-        for table, index, rows, pairs in self._taken:
-            if rows.grad is None:
-                continue
+        lr, exchange = self.lr, self.exchange
+        for table, plan, rows, pairs in self._taken:
+            table.mark(plan.asked)
             grad = rows.grad  # the batch mean; × pairs is folded into the per-row factors below
+            if grad is None:
+                if exchange.world == 1:
+                    continue
+                grad = torch.zeros_like(rows)  # every rank sends, rows or none
             mean_square = torch.linalg.vector_norm(grad, dim=-1).square_().mul_(pairs * pairs / grad.shape[1])
-            table.square.index_add_(0, index, mean_square)
-            factor = table.square.index_select(0, index).sqrt_().add_(1e-9).reciprocal_().mul_(-lr * pairs)
+            # Each rank's pair count goes with its rows: the owner scales each by its sender's.
+            scale: float | Tensor = -lr * pairs if exchange.world == 1 else \
+                exchange.send_home(plan, torch.full((len(rows),), -lr * pairs))
+            grad, mean_square = exchange.send_home(plan, grad), exchange.send_home(plan, mean_square)
+            table.square.index_add_(0, plan.asked, mean_square)
+            factor = table.square.index_select(0, plan.asked).sqrt_().add_(1e-9).reciprocal_().mul_(scale)
             # Out of place on purpose: an in-place broadcasting mul_ is 4× slower, index_add_'s alpha= 5×.
-            table.weight.index_add_(0, index, grad * factor.unsqueeze(-1))
+            table.weight.index_add_(0, plan.asked, grad * factor.unsqueeze(-1))
 
 
 # pairs whose loss is evaluated for the reports (sgns_loss: the negative term; the compiled step: both)
@@ -251,27 +285,34 @@ class M2GRL(nn.Module):
         return torch.tanh(self.projections[side_view](vectors))
 
     def intra_loss(self, view: str, centers: Tensor, contexts: Tensor, pool: Tensor, rows: RowBatch,
-                   negatives: float) -> Tensor:
+                   negatives: float) -> Tensor | None:
         """The task's loss, with its rows already moved: the compiled step applies the gradient of
         this task's term in ``weighted_total``, L / (2 σ²), at ``rows.lr``. The returned loss carries
-        no graph; through ``weighted_total`` it still trains the task's uncertainty."""
-        inputs, contexts_table = self.inputs[view], self.contexts[view]
+        no graph; through ``weighted_total`` it still trains the task's uncertainty. None: no pairs
+        (a rank of several whose share of the step is empty)."""
         weight = float(task_weight(self.sigma2(f"intra:{view}")))
-        loss = sgns_kernel().sgns_step(inputs.weight.data, inputs.square, contexts_table.weight.data,
-                                       contexts_table.square, centers, contexts, pool, negatives / len(pool), weight,
-                                       rows.lr, LOSS_SAMPLE)
-        inputs.mark(centers)  # after the step, which refuses rows outside the table
-        contexts_table.mark(contexts)
-        contexts_table.mark(pool)
+        # Marked after the step, which refuses rows outside the table.
+        with self.inputs[view].rows_for_step(rows.exchange, centers) as (inputs, input_squares, (centers,)), \
+                self.contexts[view].rows_for_step(rows.exchange, contexts, pool) as (
+                    context_rows, context_squares, (contexts, pool)):
+            if not len(centers):
+                return None
+            loss = sgns_kernel().sgns_step(inputs, input_squares, context_rows, context_squares, centers, contexts,
+                                           pool, negatives / len(pool), weight, rows.lr, LOSS_SAMPLE)
         return torch.tensor(loss)
 
     def inter_loss(self, side_view: str, items: Tensor, values: Tensor, pool: Tensor, rows: RowBatch,
-                   negatives: float) -> Tensor:
+                   negatives: float) -> Tensor | None:
+        """None: no pairs (as ``intra_loss``)."""
         pairs = len(items)
         item_view = self.shape.views[0]
-        return sgns_loss(self.project(side_view, rows.take(self.inputs[item_view], items, pairs)),
-                         self.project(side_view, rows.take(self.contexts[side_view], values, pairs)),
-                         self.project(side_view, rows.take(self.contexts[side_view], pool, pairs)), negatives)
+        item_rows = rows.take(self.inputs[item_view], items, pairs)
+        value_rows = rows.take(self.contexts[side_view], values, pairs)
+        pool_rows = rows.take(self.contexts[side_view], pool, pairs)
+        if not pairs:
+            return None
+        return sgns_loss(self.project(side_view, item_rows), self.project(side_view, value_rows),
+                         self.project(side_view, pool_rows), negatives)
 
     def sigma2(self, task: str) -> Tensor:
         return self.log_vars[self._key(task)].exp().clamp(min=SIGMA2_FLOOR)

@@ -3,6 +3,11 @@
 Table rows take row-wise Adagrad updates (``RowBatch``; the compiled step for the intra-view tasks)
 at a rate that decays linearly over the round; the dense parameters (the alignment projections and
 the task uncertainties) take Adam's.
+
+With several ranks (train/exchange.py), each trains its own pairs on the rows it gathers, and a
+step is one batch of every rank: they agree on the tasks and the number of steps, draw the same
+negative pools (the same generator state and samplers on every rank), and average the dense
+gradients, so that the dense parameters stay equal everywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from m2grl.settings import TrainSettings
+from m2grl.train.exchange import RowExchange
 from m2grl.train.kernel import sgns_kernel
 from m2grl.train.model import M2GRL, RowBatch
 from m2grl.train.pace import Pace
@@ -35,25 +41,32 @@ class Trained:
 
 def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, NegativeSampler], pace: Pace,
                 cfg: TrainSettings, *, generator: torch.Generator, memberships: dict[str, Tensor],
-                progress: str | None, between_steps: Callable[[], None]) -> Trained:
+                progress: str | None, between_steps: Callable[[], None],
+                exchange: RowExchange | None = None) -> Trained:
     """Shuffles ``pairs`` in place, then trains on every task's pairs once per epoch, spread evenly
     over the steps the biggest task needs at the batch size: a small task is not cycled (and
-    overfitted) while the item view catches up, ``pace.batch_size`` pairs of it per step.
+    overfitted) while the item view catches up, ``pace.batch_size`` pairs of it per step (split
+    among the ranks of ``exchange``; default: this process alone).
     ``memberships``: each side view's value row per item, for the model to attach; ``progress``: the
     label of a progress bar, None: none; ``between_steps``: called after every step."""
-    batch_size, lr = pace.batch_size, pace.lr
+    exchange = exchange if exchange is not None else RowExchange(alone=True)
+    batch_size, lr = -(-pace.batch_size // exchange.world), pace.lr
     dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.dense_lr)
+    empty = torch.empty(0, dtype=torch.int32)
+    tasks = exchange.present([task for task, (left, _) in pairs.items() if len(left)], model.tasks)
     shuffled = {}
-    for task, (left, right) in pairs.items():
+    for task in tasks:
+        left, right = pairs.get(task, (empty, empty))
+        # In place (the pairs are the round's own): randperm and two gathers took 2 s of a
+        # 20 s round over 25M pairs. A seed for every task, so that ranks keep one generator state.
+        left, right = left.contiguous(), right.contiguous()
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
         if len(left):
-            # In place (the pairs are the round's own): randperm and two gathers took 2 s of a
-            # 20 s round over 25M pairs.
-            left, right = left.contiguous(), right.contiguous()
-            sgns_kernel().shuffle_pairs(left, right, int(torch.randint(0, 2**62, (), generator=generator)))
-            shuffled[task] = (left, right)
+            sgns_kernel().shuffle_pairs(left, right, seed)
+        shuffled[task] = (left, right)
     if not shuffled:
         return Trained({}, 0, [])
-    per_epoch = max(math.ceil(len(left) / batch_size) for left, _ in shuffled.values())
+    per_epoch = exchange.largest(max(math.ceil(len(left) / batch_size) for left, _ in shuffled.values()))
     steps = per_epoch * cfg.epochs
     model.attach_memberships(memberships)
     smoothed: dict[str, float] = {}
@@ -63,21 +76,25 @@ def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, Ne
     order = sorted(shuffled, key=lambda task: task.startswith("intra:"))
     for step in tqdm(range(steps), desc=progress, unit="step", disable=progress is None):
         losses: dict[str, Tensor] = {}
-        rows = RowBatch(lr * max(1.0 - step / steps, 1e-4))  # word2vec's linear decay
+        rows = RowBatch(lr * max(1.0 - step / steps, 1e-4), exchange)  # word2vec's linear decay
         at = step % per_epoch
         for task in order:
             left, right = shuffled[task]
             lo, hi = at * len(left) // per_epoch, (at + 1) * len(left) // per_epoch
-            if hi == lo:
+            if hi == lo and exchange.world == 1:  # with more ranks, this one still takes part
                 continue
             kind, view = task.split(":", 1)
             loss = model.intra_loss if kind == "intra" else model.inter_loss
             pool = samplers[view].draw(cfg.negative_pool, generator)
             # Pairs are kept as int32 where the nodes fit (sampling.skipgram_pairs); a batch's rows index as int64.
-            losses[task] = loss(view, left[lo:hi].long(), right[lo:hi].long(), pool, rows, cfg.negatives)
+            value = loss(view, left[lo:hi].long(), right[lo:hi].long(), pool, rows, cfg.negatives)
+            if value is not None:
+                losses[task] = value
         total = model.weighted_total(losses)
         dense.zero_grad()
-        total.backward()
+        if losses:
+            total.backward()
+        exchange.mean_gradients(model.dense_parameters(), took_part=bool(losses))
         torch.nn.utils.clip_grad_norm_(model.dense_parameters(), cfg.grad_clip)
         rows.apply()
         dense.step()

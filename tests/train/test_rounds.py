@@ -14,6 +14,7 @@ from m2grl.lab import datasets
 from m2grl.lab.eges import EGES
 from m2grl.lab.evaluation import evaluate
 from m2grl.settings import Settings, load_settings
+from m2grl.train.exchange import RowExchange
 from m2grl.train.model import M2GRL, RowBatch
 from m2grl.train.pace import Pace
 from m2grl.train.sampling import NO_NODE
@@ -148,9 +149,9 @@ def test_incremental_rounds_step_at_their_own_rate_and_batch_size(tmp_path: Path
     batches: list[int] = []
     new_batch, intra_loss = RowBatch.__init__, M2GRL.intra_loss
 
-    def record_rate(self: RowBatch, lr: float) -> None:
+    def record_rate(self: RowBatch, lr: float, exchange: RowExchange | None = None) -> None:
         rates.append(lr)
-        new_batch(self, lr)
+        new_batch(self, lr, exchange)
 
     def record_batch(self: M2GRL, view: str, centers: torch.Tensor, *args: object) -> torch.Tensor:
         if view == "item":
