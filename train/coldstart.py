@@ -57,24 +57,34 @@ PeerMeans = dict[str, PeerMean]
 PeerTest = Callable[[Tensor], Tensor]
 
 
+def _rows(model: M2GRL, view: str) -> int:
+    """The rows of ``view``'s tables, all ranks' together."""
+    return model.shape.rows[model.shape.views.index(view)]
+
+
 @torch.no_grad()
 def peer_means(model: M2GRL, mirrors: Mirrors, wanted: Mapping[str, Tensor], is_peer: PeerTest) -> PeerMeans:
     """Per side view, for each of the ``wanted`` values (value rows, -1: none), the mean input vector
     of the items linked to it that pass ``is_peer``, and their number. Gathers those items only
     (``Memberships.members``): a round's hundred new items, or a cold-start look's, cost their
-    values' items, not a pass over every item."""
+    values' items, not a pass over every item. With several ranks (``model.exchange``), every rank
+    gets the means of every rank's values, each rank summing the peers it owns."""
+    exchange = model.exchange
     table = model.inputs[mirrors.item].weight
     means: PeerMeans = {}
     for side in mirrors.memberships.sides:
         values = wanted[side]
-        values = torch.unique(values[(values >= 0) & (values < len(model.contexts[side].weight))])
+        values = torch.unique(values[(values >= 0) & (values < _rows(model, side))])
+        if exchange.world > 1:
+            values = exchange.counted(values, torch.ones_like(values))[0]
         items, of = mirrors.memberships.members(side, values, model.shape.rows[0])
-        peers = is_peer(items)
-        items, at = items[peers], torch.searchsorted(values, of[peers])
+        peers = is_peer(items) & (exchange.owner(items) == exchange.rank)
+        items, at = exchange.local(items[peers]), torch.searchsorted(values, of[peers])
         sums = torch.zeros(len(values), table.shape[1])
         for start in range(0, len(items), BLOCK_ROWS):
             sums.index_add_(0, at[start:start + BLOCK_ROWS], table[items[start:start + BLOCK_ROWS]])
         counts = torch.zeros(len(values)).index_add_(0, at, torch.ones(len(items)))
+        sums, counts = exchange.total(sums), exchange.total(counts)
         means[side] = PeerMean(values, sums / counts.clamp(min=1).unsqueeze(-1), counts)
     return means
 
@@ -85,17 +95,17 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
     none), and which items got one. Per side value: the mean input vector of its peers (``means``),
     or, where the value has no peers yet, the value's context vector (which the alignment
     projection maps to the same point, so the item scores highest against its own value);
-    averaged over the side views."""
+    averaged over the side views. With several ranks every rank calls it, items or none."""
+    exchange = model.exchange
     count = len(next(iter(values.values()))) if values else 0
     guesses = torch.zeros(count, model.shape.dim)
     sources = torch.zeros(count)
     for side, value in values.items():
-        contexts = model.contexts[side].weight
-        has_value = (value >= 0) & (value < len(contexts))
+        has_value = (value >= 0) & (value < _rows(model, side))
         value = torch.where(has_value, value, 0)
         has_peers, mean = means[side].of(value)
         from_peers = has_value & has_peers
-        context = contexts[value]
+        context = exchange.gather(exchange.plan(value), model.contexts[side].weight)
         from_context = has_value & ~from_peers & (context.abs().sum(-1) > 0)
         guess = torch.where(from_peers.unsqueeze(-1), mean, context)
         usable = from_peers | from_context
@@ -106,19 +116,21 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
     return guesses, covered
 
 
-@torch.no_grad()
 def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, is_peer: PeerTest) -> None:
     """Give each item in ``rows`` a vector from its side views (see ``side_view_vectors``), from
-    the items that pass ``is_peer``."""
-    if len(rows) == 0:
+    the items that pass ``is_peer``. With several ranks, each writes the rows it owns (every rank
+    calls it with the same ``rows``)."""
+    exchange = model.exchange
+    rows = exchange.mine(rows)
+    if exchange.largest(len(rows)) == 0:
         return
     lookups = {side: mirrors.memberships.lookup(side, model.shape.rows[0]) for side in mirrors.memberships.sides}
     means = peer_means(model, mirrors, {side: lookup[rows] for side, lookup in lookups.items()}, is_peer)
     table = model.inputs[mirrors.item]
-    for start in range(0, len(rows), BLOCK_ROWS):
+    for start in range(0, exchange.largest(len(rows)), BLOCK_ROWS):
         block = rows[start:start + BLOCK_ROWS]
         guesses, covered = side_view_vectors(model, means, {side: lookup[block] for side, lookup in lookups.items()})
-        block, guesses = block[covered], guesses[covered]
+        block, guesses = exchange.local(block[covered]), guesses[covered]
         # Only rows whose vector moves count as changed: items without walks are recomputed every round.
         moved = (table.weight[block] != guesses).any(-1)
         table.weight[block[moved]] = guesses[moved]

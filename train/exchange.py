@@ -124,3 +124,52 @@ class RowExchange:
         for parameter, grad in zip(parameters, grads):
             parameter.grad = flat[at:at + grad.numel()].view_as(grad) / ranks
             at += grad.numel()
+
+    def same_everywhere(self, tensors: list[torch.nn.Parameter]) -> None:
+        """Give every rank rank 0's values of ``tensors`` (every rank calls it)."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            for tensor in tensors:
+                dist.broadcast(tensor.data, 0, group=self.group)
+
+    def total(self, values: Tensor) -> Tensor:
+        """``values`` summed over the ranks, in place (every rank calls it, with the same shape)."""
+        if self.world > 1:
+            dist.all_reduce(values, group=self.group)
+        return values
+
+    def mine(self, rows: Tensor) -> Tensor:
+        """Those of ``rows`` (global) that this rank owns."""
+        return rows if self.world == 1 else rows[self.owner(rows) == self.rank]
+
+    def whole(self, shard: Tensor, total: int) -> Tensor:
+        """A table of ``total`` rows put together from every rank's ``shard`` of it (every rank
+        calls it and gets it): for evaluation and tests, not for the round."""
+        if self.world == 1:
+            return shard
+        most = -(-total // self.world)
+        padded = shard.new_zeros((most, *shard.shape[1:]))
+        padded[:len(shard)] = shard
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded, group=self.group)
+        out = shard.new_empty((total, *shard.shape[1:]))
+        for rank, part in enumerate(parts):
+            out[rank::self.world] = part[:len(range(rank, total, self.world))]
+        return out
+
+    def counted(self, nodes: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's ``nodes`` (ascending, distinct) with their ``counts`` summed where ranks
+        share a node: ascending and distinct again (every rank calls it and gets the same)."""
+        if self.world == 1:
+            return nodes, counts
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([len(nodes)], dtype=torch.int64), group=self.group)
+        most = max(int(size) for size in sizes)
+        pairs = torch.full((2, most), -1, dtype=torch.int64)
+        pairs[0, :len(nodes)], pairs[1, :len(nodes)] = nodes, counts
+        parts = [torch.empty_like(pairs) for _ in range(self.world)]
+        dist.all_gather(parts, pairs, group=self.group)
+        every = torch.cat([part[:, :int(size)] for part, size in zip(parts, sizes)], dim=1)
+        distinct, at = torch.unique(every[0], return_inverse=True)
+        return distinct, torch.zeros(len(distinct), dtype=torch.int64).index_add_(0, at, every[1])

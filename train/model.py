@@ -248,17 +248,23 @@ class M2GRL(nn.Module):
     # Whether ``vectors`` are the input tables' rows, so that the rows written are the rows changed.
     vectors_are_inputs = True
 
-    def __init__(self, shape: ModelShape, *, fill: bool = True) -> None:
-        """``fill``: initialise the tables (off: a checkpoint's rows are adopted next)."""
+    def __init__(self, shape: ModelShape, *, fill: bool = True, exchange: RowExchange | None = None) -> None:
+        """``fill``: initialise the tables (off: a checkpoint's rows are adopted next). ``exchange``:
+        the ranks the tables are sharded over (train/exchange.py); each holds its own rows of every
+        table, whose ``shape`` stays the whole one. Default: this process alone, whole tables."""
         super().__init__()
         self.shape = shape
+        self.exchange = exchange if exchange is not None else RowExchange(alone=True)
+        rows = [self.exchange.shard_rows(n) for n in shape.rows]
         self.inputs = nn.ModuleDict({v: Table(n, shape.dim, init="uniform", fill=fill)
-                                     for v, n in zip(shape.views, shape.rows)})
+                                     for v, n in zip(shape.views, rows)})
         self.contexts = nn.ModuleDict({v: Table(n, shape.dim, init="zeros", fill=fill)
-                                       for v, n in zip(shape.views, shape.rows)})
+                                       for v, n in zip(shape.views, rows)})
         self.projections = nn.ModuleDict({v: nn.Linear(shape.dim, shape.dim, bias=False) for v in shape.side_views})
         # s_k = log σ_k²; 0 means every task starts with weight 1/2, as in the paper's formulation.
         self.log_vars = nn.ParameterDict({self._key(t): nn.Parameter(torch.zeros(())) for t in shape.tasks})
+        # Each rank drew its own rows from the generator before the projections: rank 0's for all.
+        self.exchange.same_everywhere(self.dense_parameters())
 
     @staticmethod
     def _key(task: str) -> str:
@@ -277,7 +283,7 @@ class M2GRL(nn.Module):
         """Item → side value lookups (-1: none). M2GRL gets them through the alignment losses."""
 
     def vectors(self, view: str) -> Tensor:
-        """What serving uses for ``view``: its input vectors."""
+        """What serving uses for ``view``: its input vectors (this rank's rows of them)."""
         return self.inputs[view].weight.detach()
 
     def project(self, side_view: str, vectors: Tensor) -> Tensor:
@@ -335,8 +341,8 @@ class M2GRL(nn.Module):
             raise ValueError(f"{view}: cannot shrink a table from {old} to {rows} rows")
         if rows == old:
             return
-        self.inputs[view].grow(rows)
-        self.contexts[view].grow(rows)
+        self.inputs[view].grow(self.exchange.shard_rows(rows))
+        self.contexts[view].grow(self.exchange.shard_rows(rows))
         new_rows = list(self.shape.rows)
         new_rows[index] = rows
         self.shape = ModelShape(self.shape.views, tuple(new_rows), self.shape.dim)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from m2grl.settings import TrainSettings
+from m2grl.train.exchange import RowExchange
 from m2grl.train.mirror import Memberships, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
 from m2grl.train.pace import Pace
@@ -29,9 +30,11 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
     nodes (plus a replay share of the rest) along the transitions and from the ``new_rows``
     last rows of each view against them. Only views the ``model`` trains on are walked; ``seed``
     is the round's. ``shares``: per view, the share of each touched node's weight that changed,
-    which scales its walks (``walks_by_change``); None: every touched node walks the pace's number."""
+    which scales its walks (``walks_by_change``); None: every touched node walks the pace's number.
+    With the tables sharded over ranks (``model.exchange``), each rank walks from the nodes it owns."""
     # Seeded per round: reruns reproduce, and methods compared on one graph walk it identically.
     dgl.seed(seed)
+    mine = model.exchange.mine
     length = pace.walk_length
     table_rows = dict(zip(model.shape.views, model.shape.rows))
     walks = {}
@@ -40,7 +43,7 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
         if n == 0 or f"intra:{view}" not in model.tasks:
             continue
         if pace.everything:
-            starts = torch.arange(n)
+            starts = mine(torch.arange(n))
             walks_from = starts.repeat(pace.walks_per_node)
         else:
             starts = touched.get(view, torch.empty(0, dtype=torch.long))
@@ -50,6 +53,9 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
             if replay:
                 starts = torch.cat([starts, torch.randint(0, n, (replay,), generator=generator)])
                 counts = torch.cat([counts, torch.full((replay,), pace.walks_per_node)])
+            if model.exchange.world > 1:
+                own = model.exchange.owner(starts) == model.exchange.rank
+                starts, counts = starts[own], counts[own]
             # Round by round (a, b, c, a, b, ...) as repeat() tiles them, not node by node.
             walks_from = torch.cat([starts[counts > r] for r in range(pace.walks_per_node)])
         parts = []
@@ -57,7 +63,7 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
             parts.append(graph.walks(walks_from, length, p=cfg.node2vec_p, q=cfg.node2vec_q))
         if not pace.everything and cfg.new_node_reverse_walks and new_rows.get(view):
             rows = table_rows[view]
-            new = torch.arange(rows - new_rows[view], min(n, rows))
+            new = mine(torch.arange(rows - new_rows[view], min(n, rows)))
             if len(new):
                 parts.append(graph.reverse_walks(new.repeat(cfg.new_node_reverse_walks), length))
         if parts:
@@ -100,12 +106,19 @@ def with_changed_transitions(centers: Tensor, contexts: Tensor, changed: list[Pa
     return torch.cat([centers, src, dst]), torch.cat([contexts, dst, src])
 
 
-def negative_samplers(walks: Mapping[str, Tensor], shape: ModelShape) -> dict[str, NegativeSampler]:
+def negative_samplers(walks: Mapping[str, Tensor], shape: ModelShape,
+                      exchange: RowExchange | None = None) -> dict[str, NegativeSampler]:
     """Per walked view, negatives by how often each row occurs in the round's walks, plus one, so
-    every row of the table can be drawn."""
+    every row of the table can be drawn. With several ranks, from every rank's walks: the same
+    sampler everywhere (each rank walked its own nodes; a view one rank did not walk has walks of
+    no row there)."""
+    exchange = exchange if exchange is not None else RowExchange(alone=True)
     # Sized by the tables, not the id maps: the cold-start lane may append ids during the round.
     rows = dict(zip(shape.views, shape.rows))
-    return {view: NegativeSampler(rows[view], *node_counts(w, rows[view])) for view, w in walks.items()}
+    views = exchange.present(list(walks), shape.views)
+    none = torch.empty(0, 1, dtype=torch.long)
+    return {view: NegativeSampler(rows[view], *exchange.counted(*node_counts(walks.get(view, none), rows[view])))
+            for view in views}
 
 
 def items_in_round(item: str, item_rows: int, touched: Mapping[str, Tensor], walks: Mapping[str, Tensor]) -> Tensor:
@@ -117,17 +130,19 @@ def items_in_round(item: str, item_rows: int, touched: Mapping[str, Tensor], wal
 
 
 def alignment_pairs(memberships: Memberships, item_rows: int, in_round: Tensor | None,
-                    samplers: Mapping[str, NegativeSampler], pace: Pace) -> dict[str, Pairs]:
+                    samplers: Mapping[str, NegativeSampler], pace: Pace,
+                    exchange: RowExchange | None = None) -> dict[str, Pairs]:
     """(item, its side value) for every linked item of this round among the first ``item_rows``,
     the ``pace``'s alignment repeats times: all items in a full round (``in_round`` None); in an
     incremental one, those ``in_round`` (``items_in_round``). Per item rather than per walk
     occurrence, so a rarely seen item gets as much pull towards its side values as a popular one
     (for which it is a negligible share of its updates). A side view without negatives (not
-    walked) gets none."""
+    walked) gets none. With several ranks, each takes the items it owns."""
+    mine = exchange.mine if exchange is not None else (lambda rows: rows)
     out = {}
     for side in memberships.sides:
         lookup = memberships.lookup(side, item_rows)
-        items = torch.nonzero(lookup >= 0).flatten() if in_round is None else in_round[lookup[in_round] >= 0]
+        items = mine(torch.nonzero(lookup >= 0).flatten() if in_round is None else in_round[lookup[in_round] >= 0])
         if len(items) and side in samplers:
             # int32 where the rows fit, as the skip-gram pairs: a full round repeats every item
             # (``alignment_repeats``, 20), and these were its biggest tensors.

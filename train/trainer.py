@@ -25,18 +25,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from m2grl.errors import M2grlError
+from m2grl.errors import ConfigError, M2grlError
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.connection import GraphStores
 from m2grl.graphstore.reads import ViewRead, read_view
 from m2grl.settings import Settings
 from m2grl.train.allocator import release_freed_memory, retain_freed_memory
 from m2grl.train.coldstart import ColdStartLane, cover_items_without_walks, start_from_side_views
+from m2grl.train.exchange import RowExchange
 from m2grl.train.kernel import adjacency_kernel, sgns_kernel
 from m2grl.train.mirror import IdMap, Mirrors, News, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
 from m2grl.train.pace import Pace
 from m2grl.train.pairs import (
+    Pairs,
     alignment_pairs,
     intra_view_pairs,
     items_in_round,
@@ -88,9 +90,14 @@ class _Clock:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, architecture: type[M2GRL] = M2GRL, *, cold_start: bool = False) -> None:
+    def __init__(self, settings: Settings, architecture: type[M2GRL] = M2GRL, *, cold_start: bool = False,
+                 exchange: RowExchange | None = None) -> None:
         """``architecture``: M2GRL, or a baseline sharing its tables and updates (m2grl/lab/eges.py).
-        ``cold_start``: publish brand-new items between rounds and between a round's steps."""
+        ``cold_start``: publish brand-new items between rounds and between a round's steps.
+        ``exchange``: the ranks this trainer's tables are sharded over, each running this same
+        trainer on the same reads (train/exchange.py; default: this process alone). Sharded so far:
+        rounds over reads given directly, unpublished; reading Neo4j, publishing, checkpoints and
+        the cold-start lane still take one process."""
         retain_freed_memory()
         sgns_kernel()  # compiled or loaded now, at start-up, rather than inside the first round
         adjacency_kernel()
@@ -98,6 +105,9 @@ class Trainer:
         self.settings = settings
         self.architecture = architecture
         self.cfg = settings.train
+        self.exchange = exchange if exchange is not None else RowExchange(alone=True)
+        if self.exchange.world > 1 and (architecture is not M2GRL or cold_start):
+            raise ConfigError("a trainer over several ranks trains M2GRL without the cold-start lane")
         self.views = settings.views.viewset.all
         self.item = self.views[0].name
         self.stores = GraphStores()
@@ -112,7 +122,8 @@ class Trainer:
         self.publisher = Publisher(self.cfg)
         self.lane = ColdStartLane(self.cfg, self.mirrors, self._store,
                                   every_s=self.cfg.cold_start_interval_s if cold_start else 0.0)
-        self._restore()
+        if self.exchange.world == 1:  # checkpoints of sharded tables: not built yet
+            self._restore()
 
     @property
     def graphs(self) -> dict[str, ViewGraph]:
@@ -155,6 +166,8 @@ class Trainer:
         phases: dict[str, float] = {}
         clock = _Clock(phases)
         full = full or self.model is None
+        if self.exchange.world > 1 and (reads is None or publish):
+            raise ConfigError("a trainer over several ranks trains on reads given to it, without publishing, so far")
         news = self._read_changes() if reads is None else self.mirrors.merge_reads(reads)
         touched = news.touched_nodes()
         shares = self.mirrors.changed_shares(news, touched) if self.cfg.walks_by_change and not full else None
@@ -177,9 +190,9 @@ class Trainer:
         item_task = f"intra:{self.item}"
         if not pace.everything and item_task in pairs:
             pairs[item_task] = with_changed_transitions(
-                *pairs[item_task], news.changed_item_transitions,
+                *pairs[item_task], self._own_transitions(news.changed_item_transitions),
                 repeats=self.cfg.changed_edge_repeats, max_share=self.cfg.changed_edge_max_share)
-        samplers = negative_samplers(walks, model.shape)
+        samplers = negative_samplers(walks, model.shape, self.exchange)
         in_round = None if pace.everything else items_in_round(self.item, model.shape.rows[0], touched, walks)
         # In the pairs and samplers now. Dropped before the alignment pairs are made: a full round's
         # peak is its pairs, and its walks were alive beside all of them.
@@ -187,14 +200,15 @@ class Trainer:
         if pace.everything:
             release_freed_memory()
         if model.aligns:
-            pairs.update(alignment_pairs(self.mirrors.memberships, model.shape.rows[0], in_round, samplers, pace))
+            pairs.update(alignment_pairs(self.mirrors.memberships, model.shape.rows[0], in_round, samplers, pace,
+                                         self.exchange))
 
         clock.lap("pairs")
         train_started = time.perf_counter()
         bar = None if not progress else progress if isinstance(progress, str) else f"round {self.version + 1}"
         trained = train_steps(model, pairs, samplers, pace, self.cfg, generator=self.generator,
                               memberships=self.mirrors.memberships.lookups(model.shape.rows[0]),
-                              progress=bar, between_steps=self._cold_start_tick)
+                              progress=bar, between_steps=self._cold_start_tick, exchange=self.exchange)
         train_seconds = time.perf_counter() - train_started
         trained_pairs = int(sum(len(c) for c, _ in pairs.values()) * self.cfg.epochs)
         del pairs, samplers  # a full round's pairs are a third of its memory: not beside publishing's
@@ -248,7 +262,9 @@ class Trainer:
         rows = tuple(max(len(self.graphs[v.name].ids), 1) for v in self.views)
         self.lane.pending.clear()  # every row has a table row again; the one below is recomputed
         if fresh or self.model is None:
-            self.model = self.architecture(ModelShape(tuple(v.name for v in self.views), rows, self.cfg.dim))
+            shape = ModelShape(tuple(v.name for v in self.views), rows, self.cfg.dim)
+            self.model = self.architecture(shape) if self.exchange.world == 1 else \
+                self.architecture(shape, exchange=self.exchange)
             return {v.name: r for v, r in zip(self.views, rows)}
         model = self.model
         before = dict(zip(model.shape.views, model.shape.rows))
@@ -258,6 +274,16 @@ class Trainer:
         start_from_side_views(model, self.mirrors, torch.arange(first_new, model.shape.rows[0]),
                               is_peer=lambda rows: rows < first_new)
         return {view: model.shape.rows[i] - before[view] for i, view in enumerate(model.shape.views)}
+
+    def _own_transitions(self, changed: list[Pairs]) -> list[Pairs]:
+        """The changed item transitions this rank trains: those out of the items it owns."""
+        if self.exchange.world == 1:
+            return changed
+        owned = []
+        for src, dst in changed:
+            mine = self.exchange.owner(src) == self.exchange.rank
+            owned.append((src[mine], dst[mine]))
+        return owned
 
     def _walk(self, touched: Mapping[str, Tensor], new_rows: Mapping[str, int], pace: Pace,
               shares: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -279,9 +305,14 @@ class Trainer:
         return [[ids[node] for node in walk if node >= 0] for walk in item_walks.tolist()]
 
     def vectors(self, view: str) -> tuple[list[str], np.ndarray]:
-        """The ids of ``view`` and their input vectors, as the snapshot would hold them."""
+        """The ids of ``view`` and their input vectors, as the snapshot would hold them. With several
+        ranks, put together from every rank's rows (every rank calls it)."""
         assert self.model is not None, "no model before the first round"
-        return view_vectors(self.model, self.graphs[view])
+        if self.exchange.world == 1:
+            return view_vectors(self.model, self.graphs[view])
+        ids = self.graphs[view].ids.listed()
+        rows = self.model.shape.rows[self.model.shape.views.index(view)]
+        return ids, self.exchange.whole(self.model.vectors(view), rows).numpy()[:len(ids)]
 
     # -- brand-new items between rounds ------------------------------------------------------------
 
