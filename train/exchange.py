@@ -53,30 +53,37 @@ class RowExchange:
         """How many of a table's ``total`` rows this rank holds."""
         return max(0, (total - self.rank + self.world - 1) // self.world)
 
-    def plan(self, rows: Tensor) -> Exchange:
-        """Agree with the other ranks on this step's rows (every rank calls it, with its own)."""
+    def plan(self, rows: Tensor, kinds: Tensor | None = None, of_kinds: int = 1) -> Exchange:
+        """Agree with the other ranks on this step's rows (every rank calls it, with its own). Rows
+        of several tables go in one plan with their table's number in ``kinds`` (below
+        ``of_kinds``): each owner then finds ``local row × of_kinds + kind`` in ``asked``."""
         rows = rows.to(torch.int64)
+        keys = self.local(rows) if kinds is None else self.local(rows) * of_kinds + kinds
         if self.world == 1:
-            return Exchange(rows, rows[:0], [len(rows)], rows, [len(rows)])
+            return Exchange(rows, rows[:0], [len(rows)], keys, [len(rows)])
         owners = self.owner(rows)
         by_owner = torch.argsort(owners, stable=True)
         sent = torch.bincount(owners, minlength=self.world)
         received = torch.empty_like(sent)
         dist.all_to_all_single(received, sent, group=self.group)
         asked = torch.empty(int(received.sum()), dtype=torch.int64, device=rows.device)
-        dist.all_to_all_single(asked, self.local(rows[by_owner]), received.tolist(), sent.tolist(), group=self.group)
+        dist.all_to_all_single(asked, keys[by_owner], received.tolist(), sent.tolist(), group=self.group)
         return Exchange(rows, by_owner, sent.tolist(), asked, received.tolist())
 
     def gather(self, exchange: Exchange, shard: Tensor) -> Tensor:
         """The values of ``exchange.rows`` in this table, whose local part is ``shard``."""
+        return self.answer(exchange, shard.index_select(0, exchange.asked))
+
+    def answer(self, exchange: Exchange, values: Tensor) -> Tensor:
+        """Send each rank the ``values`` (one per row of ``exchange.asked``) of the rows it asked
+        for; returns this rank's, one per row of ``exchange.rows``, in that order."""
         if self.world == 1:
-            return shard.index_select(0, exchange.asked)
-        answer = shard.index_select(0, exchange.asked)
-        arrived = shard.new_empty((len(exchange.rows), *shard.shape[1:]))
-        dist.all_to_all_single(arrived, answer, exchange.sent, exchange.received, group=self.group)
-        values = torch.empty_like(arrived)
-        values[exchange.by_owner] = arrived
-        return values
+            return values
+        arrived = values.new_empty((len(exchange.rows), *values.shape[1:]))
+        dist.all_to_all_single(arrived, values, exchange.sent, exchange.received, group=self.group)
+        out = torch.empty_like(arrived)
+        out[exchange.by_owner] = arrived
+        return out
 
     def send_home(self, exchange: Exchange, values: Tensor) -> Tensor:
         """``values`` (one per row of ``exchange.rows``) delivered to the rows' owners: on each

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from m2grl.settings import TrainSettings
 from m2grl.train.exchange import RowExchange
 from m2grl.train.kernel import sgns_kernel
-from m2grl.train.model import M2GRL, RowBatch
+from m2grl.train.model import M2GRL, RowBatch, StepRows
 from m2grl.train.pace import Pace
 from m2grl.train.pairs import Pairs
 from m2grl.train.sampling import NegativeSampler
@@ -76,18 +76,25 @@ def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, Ne
     order = sorted(shuffled, key=lambda task: task.startswith("intra:"))
     for step in tqdm(range(steps), desc=progress, unit="step", disable=progress is None):
         losses: dict[str, Tensor] = {}
-        rows = RowBatch(lr * max(1.0 - step / steps, 1e-4), exchange)  # word2vec's linear decay
+        step_rows = StepRows(exchange)
+        rows = RowBatch(lr * max(1.0 - step / steps, 1e-4), step_rows)  # word2vec's linear decay
         at = step % per_epoch
+        batches = []
         for task in order:
             left, right = shuffled[task]
             lo, hi = at * len(left) // per_epoch, (at + 1) * len(left) // per_epoch
             if hi == lo and exchange.world == 1:  # with more ranks, this one still takes part
                 continue
+            pool = samplers[task.split(":", 1)[1]].draw(cfg.negative_pool, generator)
+            # Pairs are kept as int32 where the nodes fit (sampling.skipgram_pairs); a batch's rows index as int64.
+            batch = (task, left[lo:hi].long(), right[lo:hi].long(), pool)
+            model.want_rows(*batch, step_rows)
+            batches.append(batch)
+        step_rows.gather()
+        for task, left_rows, right_rows, pool in batches:
             kind, view = task.split(":", 1)
             loss = model.intra_loss if kind == "intra" else model.inter_loss
-            pool = samplers[view].draw(cfg.negative_pool, generator)
-            # Pairs are kept as int32 where the nodes fit (sampling.skipgram_pairs); a batch's rows index as int64.
-            value = loss(view, left[lo:hi].long(), right[lo:hi].long(), pool, rows, cfg.negatives)
+            value = loss(view, left_rows, right_rows, pool, rows, cfg.negatives)
             if value is not None:
                 losses[task] = value
         total = model.weighted_total(losses)
@@ -97,6 +104,7 @@ def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, Ne
         exchange.mean_gradients(model.dense_parameters(), took_part=bool(losses))
         torch.nn.utils.clip_grad_norm_(model.dense_parameters(), cfg.grad_clip)
         rows.apply()
+        step_rows.finish()
         dense.step()
         for task, loss_value in losses.items():
             smoothed[task] = 0.9 * smoothed.get(task, float(loss_value)) + 0.1 * float(loss_value)

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from m2grl.services.launcher import free_port
 from m2grl.train.exchange import RowExchange
+from tests.train.ranks import gloo_rank
 
 TOTAL, DIM = 37, 3
 # Per step, the rows each rank asks for: repeats, rows of both owners, and a rank asking nothing.
@@ -34,8 +35,7 @@ def expected_after(table: torch.Tensor, steps: int = len(ASKED)) -> torch.Tensor
 
 
 def _rank(rank: int, world: int, port: int, folder: Path) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, port):
         exchange = RowExchange()
         shard = full_table()[rank::world].clone()
         assert len(shard) == exchange.shard_rows(TOTAL)
@@ -46,8 +46,6 @@ def _rank(rank: int, world: int, port: int, folder: Path) -> None:
             exchange.add_back(plan, shard, torch.full((len(rows), DIM), rank + 1.0))
             dist.barrier()
         torch.save(shard, folder / f"shard-{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_ranks_gather_the_full_tables_rows_and_send_changes_to_their_owners(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from m2grl.services.launcher import free_port
@@ -19,6 +18,7 @@ from m2grl.train.pace import Pace
 from m2grl.train.pairs import Pairs
 from m2grl.train.sampling import NegativeSampler
 from m2grl.train.steps import train_steps
+from tests.train.ranks import gloo_rank
 
 SHAPE = ModelShape(("item", "category"), (301, 23), 8)
 PACE = Pace(False, 1, 5, 1, 128, 0.05)  # 64 pairs of each rank per step with two ranks
@@ -84,14 +84,11 @@ def table_state(model: M2GRL) -> dict[str, torch.Tensor]:
 
 
 def _rank(rank: int, world: int, port: int, folder: Path, both_train: bool) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, port):
         model = sharded(start_model(), rank, world)
         pairs = split_pairs(rank) if both_train else rank_pairs(10) if rank == 0 else {}
         losses = train(model, pairs, PACE, RowExchange())
         torch.save((table_state(model), model.dense_state(), losses), folder / f"rank-{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def whole(folder: Path, world: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
