@@ -17,7 +17,9 @@ optimiser state per row: SparseAdam's coalescing made a step 3.5× slower. The i
 as one compiled step each (train/csrc/sgns_step.cpp: loss, gradients and update fused, no autograd
 graph), which writes its rows at once; the alignment tasks go through autograd (the projections
 need it), their rows gathered into a RowBatch and written back after the backward pass. The dense
-parameters (projections, uncertainties) use Adam.
+parameters (projections, uncertainties) use Adam. With the tables sharded over the ranks of a
+torch.distributed group (train/exchange.py), each holds its own rows and a step's rows come and go
+through ``StepRows``; with one rank that is the tables themselves.
 """
 
 from __future__ import annotations
