@@ -188,9 +188,11 @@ class Trainer:
 
         pairs = intra_view_pairs(walks, self.cfg.window)
         item_task = f"intra:{self.item}"
-        if not pace.everything and item_task in pairs:
+        # A rank whose own nodes took no item walks still trains the changed transitions out of them.
+        if not pace.everything and (item_task in pairs or (self.exchange.world > 1 and item_task in model.tasks)):
+            none = torch.empty(0, dtype=torch.int32 if model.shape.rows[0] < 2**31 else torch.long)
             pairs[item_task] = with_changed_transitions(
-                *pairs[item_task], self._own_transitions(news.changed_item_transitions),
+                *pairs.get(item_task, (none, none)), self._own_transitions(news.changed_item_transitions),
                 repeats=self.cfg.changed_edge_repeats, max_share=self.cfg.changed_edge_max_share)
         samplers = negative_samplers(walks, model.shape, self.exchange)
         in_round = None if pace.everything else items_in_round(self.item, model.shape.rows[0], touched, walks)
