@@ -124,7 +124,9 @@ class _Approximate:
         index = self.index
         links = index.hnsw.neighbors.size() * 4 + self.positions * 12  # type: ignore[attr-defined]
         masked = 0 if self.live.bits is None else self.live.bits.nbytes
-        return self.positions * index.d * 4 + links + self.row_of.nbytes + self.position.nbytes + masked
+        # A graph built afresh holds one array for both maps.
+        maps = self.row_of.nbytes + (0 if self.position is self.row_of else self.position.nbytes)
+        return self.positions * index.d * 4 + links + maps + masked
 
 
 def _approximate(index: faiss.IndexHNSWFlat, rows: int, cfg: RpcSettings) -> _Approximate:

@@ -57,11 +57,6 @@ PeerMeans = dict[str, PeerMean]
 PeerTest = Callable[[Tensor], Tensor]
 
 
-def _rows(model: M2GRL, view: str) -> int:
-    """The rows of ``view``'s tables, all ranks' together."""
-    return model.shape.rows[model.shape.views.index(view)]
-
-
 @torch.no_grad()
 def peer_means(model: M2GRL, mirrors: Mirrors, wanted: Mapping[str, Tensor], is_peer: PeerTest) -> PeerMeans:
     """Per side view, for each of the ``wanted`` values (value rows, -1: none), the mean input vector
@@ -74,11 +69,13 @@ def peer_means(model: M2GRL, mirrors: Mirrors, wanted: Mapping[str, Tensor], is_
     means: PeerMeans = {}
     for side in mirrors.memberships.sides:
         values = wanted[side]
-        values = torch.unique(values[(values >= 0) & (values < _rows(model, side))])
+        values = torch.unique(values[(values >= 0) & (values < model.shape.rows_of(side))])
         if exchange.world > 1:
             values = exchange.counted(values, torch.ones_like(values))[0]
         items, of = mirrors.memberships.members(side, values, model.shape.rows[0])
-        peers = is_peer(items) & (exchange.owner(items) == exchange.rank)
+        peers = is_peer(items)
+        if exchange.world > 1:
+            peers &= exchange.owns(items)
         items, at = exchange.local(items[peers]), torch.searchsorted(values, of[peers])
         sums = torch.zeros(len(values), table.shape[1])
         for start in range(0, len(items), BLOCK_ROWS):
@@ -101,7 +98,7 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
     guesses = torch.zeros(count, model.shape.dim)
     sources = torch.zeros(count)
     for side, value in values.items():
-        has_value = (value >= 0) & (value < _rows(model, side))
+        has_value = (value >= 0) & (value < model.shape.rows_of(side))
         value = torch.where(has_value, value, 0)
         has_peers, mean = means[side].of(value)
         from_peers = has_value & has_peers
@@ -116,18 +113,20 @@ def side_view_vectors(model: M2GRL, means: PeerMeans, values: Mapping[str, Tenso
     return guesses, covered
 
 
+@torch.no_grad()
 def start_from_side_views(model: M2GRL, mirrors: Mirrors, rows: Tensor, is_peer: PeerTest) -> None:
     """Give each item in ``rows`` a vector from its side views (see ``side_view_vectors``), from
     the items that pass ``is_peer``. With several ranks, each writes the rows it owns (every rank
     calls it with the same ``rows``)."""
     exchange = model.exchange
     rows = exchange.mine(rows)
-    if exchange.largest(len(rows)) == 0:
+    most = exchange.largest(len(rows))  # every rank takes as many blocks: each one is a collective
+    if most == 0:
         return
     lookups = {side: mirrors.memberships.lookup(side, model.shape.rows[0]) for side in mirrors.memberships.sides}
     means = peer_means(model, mirrors, {side: lookup[rows] for side, lookup in lookups.items()}, is_peer)
     table = model.inputs[mirrors.item]
-    for start in range(0, exchange.largest(len(rows)), BLOCK_ROWS):
+    for start in range(0, most, BLOCK_ROWS):
         block = rows[start:start + BLOCK_ROWS]
         guesses, covered = side_view_vectors(model, means, {side: lookup[block] for side, lookup in lookups.items()})
         block, guesses = exchange.local(block[covered]), guesses[covered]

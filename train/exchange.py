@@ -5,8 +5,8 @@ at once what the single-process trainer computed, in the same order.
 
 Global row r lives on rank r mod N, at local row r div N, so a table that grows by appended rows
 stays balanced. In a step every rank names the rows it needs (``RowExchange.plan``); each
-``gather`` then fetches their values from their owners and ``add_back`` sends changes for them
-home, where they are added (two ranks changing one row both count, as repeated rows do in one
+``gather`` then fetches their values from their owners and ``send_home`` sends changes for them
+home, where the owner adds them (two ranks changing one row both count, as repeated rows do in one
 step). Both travel as one ``all_to_all_single`` with variable splits, which gloo supports on CPU
 in torch 2.2 (its list form ``all_to_all`` does not); tensors stay on the device of the rows and
 shards given, as NCCL needs (not run here: no GPU). With one rank nothing travels: the same calls
@@ -47,7 +47,11 @@ class RowExchange:
 
     def local(self, rows: Tensor) -> Tensor:
         """The local rows, on their owner, of global ``rows``."""
-        return rows // self.world
+        return rows if self.world == 1 else rows // self.world
+
+    def owns(self, rows: Tensor) -> Tensor:
+        """Which of ``rows`` (global) this rank owns."""
+        return self.owner(rows) == self.rank
 
     def shard_rows(self, total: int) -> int:
         """How many of a table's ``total`` rows this rank holds."""
@@ -94,11 +98,6 @@ class RowExchange:
         dist.all_to_all_single(coming, values[exchange.by_owner].contiguous(), exchange.received, exchange.sent,
                                group=self.group)
         return coming
-
-    def add_back(self, exchange: Exchange, shard: Tensor, changes: Tensor) -> None:
-        """Add ``changes`` (one per row of ``exchange.rows``) to those rows of the table, on their
-        owners: every rank calls it, and each shard takes what all of them sent it."""
-        shard.index_add_(0, exchange.asked, self.send_home(exchange, changes))
 
     def largest(self, value: int) -> int:
         """The largest of the ranks' ``value``s (every rank calls it)."""
@@ -148,7 +147,7 @@ class RowExchange:
 
     def mine(self, rows: Tensor) -> Tensor:
         """Those of ``rows`` (global) that this rank owns."""
-        return rows if self.world == 1 else rows[self.owner(rows) == self.rank]
+        return rows if self.world == 1 else rows[self.owns(rows)]
 
     def whole(self, shard: Tensor, total: int) -> Tensor:
         """A table of ``total`` rows put together from every rank's ``shard`` of it (every rank

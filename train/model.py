@@ -44,6 +44,9 @@ class ModelShape:
     rows: tuple[int, ...]  # table rows per view, same order
     dim: int = 64
 
+    def rows_of(self, view: str) -> int:
+        return self.rows[self.views.index(view)]
+
     @property
     def side_views(self) -> tuple[str, ...]:
         return self.views[1:]

@@ -54,7 +54,7 @@ def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[s
                 starts = torch.cat([starts, torch.randint(0, n, (replay,), generator=generator)])
                 counts = torch.cat([counts, torch.full((replay,), pace.walks_per_node)])
             if model.exchange.world > 1:
-                own = model.exchange.owner(starts) == model.exchange.rank
+                own = model.exchange.owns(starts)
                 starts, counts = starts[own], counts[own]
             # Round by round (a, b, c, a, b, ...) as repeat() tiles them, not node by node.
             walks_from = torch.cat([starts[counts > r] for r in range(pace.walks_per_node)])
@@ -138,11 +138,12 @@ def alignment_pairs(memberships: Memberships, item_rows: int, in_round: Tensor |
     occurrence, so a rarely seen item gets as much pull towards its side values as a popular one
     (for which it is a negligible share of its updates). A side view without negatives (not
     walked) gets none. With several ranks, each takes the items it owns."""
-    mine = exchange.mine if exchange is not None else (lambda rows: rows)
+    exchange = exchange if exchange is not None else RowExchange(alone=True)
     out = {}
     for side in memberships.sides:
         lookup = memberships.lookup(side, item_rows)
-        items = mine(torch.nonzero(lookup >= 0).flatten() if in_round is None else in_round[lookup[in_round] >= 0])
+        linked = torch.nonzero(lookup >= 0).flatten() if in_round is None else in_round[lookup[in_round] >= 0]
+        items = exchange.mine(linked)
         if len(items) and side in samplers:
             # int32 where the rows fit, as the skip-gram pairs: a full round repeats every item
             # (``alignment_repeats``, 20), and these were its biggest tensors.

@@ -283,7 +283,7 @@ class Trainer:
             return changed
         owned = []
         for src, dst in changed:
-            mine = self.exchange.owner(src) == self.exchange.rank
+            mine = self.exchange.owns(src)
             owned.append((src[mine], dst[mine]))
         return owned
 
@@ -313,8 +313,7 @@ class Trainer:
         if self.exchange.world == 1:
             return view_vectors(self.model, self.graphs[view])
         ids = self.graphs[view].ids.listed()
-        rows = self.model.shape.rows[self.model.shape.views.index(view)]
-        return ids, self.exchange.whole(self.model.vectors(view), rows).numpy()[:len(ids)]
+        return ids, self.exchange.whole(self.model.vectors(view), self.model.shape.rows_of(view)).numpy()[:len(ids)]
 
     # -- brand-new items between rounds ------------------------------------------------------------
 

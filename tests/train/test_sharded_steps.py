@@ -60,15 +60,15 @@ def train(model: M2GRL, pairs: dict[str, Pairs], pace: Pace, exchange: RowExchan
                        between_steps=lambda: None, exchange=exchange).losses
 
 
-def sharded(full: M2GRL, rank: int, world: int) -> M2GRL:
-    """The rows of ``full``'s tables that ``rank`` owns (row r on rank r mod world), and its dense parameters."""
-    local = M2GRL(ModelShape(SHAPE.views, tuple(len(range(rank, rows, world)) for rows in SHAPE.rows), SHAPE.dim),
-                  fill=False)
+def sharded(full: M2GRL, exchange: RowExchange) -> M2GRL:
+    """A model sharded over ``exchange``'s ranks holding ``full``'s rows (row r on rank r mod
+    world) and its dense parameters."""
+    local = M2GRL(SHAPE, fill=False, exchange=exchange)
     with torch.no_grad():
         for view in SHAPE.views:
             for mine, whole in zip(local.tables(view), full.tables(view)):
-                mine.weight.copy_(whole.weight[rank::world])
-                mine.square.copy_(whole.square[rank::world])
+                mine.weight.copy_(whole.weight[exchange.rank::exchange.world])
+                mine.square.copy_(whole.square[exchange.rank::exchange.world])
     local.load_state_dict(full.dense_state(), strict=False)
     return local
 
@@ -85,9 +85,10 @@ def table_state(model: M2GRL) -> dict[str, torch.Tensor]:
 
 def _rank(rank: int, world: int, port: int, folder: Path, both_train: bool) -> None:
     with gloo_rank(rank, world, port):
-        model = sharded(start_model(), rank, world)
+        exchange = RowExchange()
+        model = sharded(start_model(), exchange)
         pairs = split_pairs(rank) if both_train else rank_pairs(10) if rank == 0 else {}
-        losses = train(model, pairs, PACE, RowExchange())
+        losses = train(model, pairs, PACE, exchange)
         torch.save((table_state(model), model.dense_state(), losses), folder / f"rank-{rank}.pt")
 
 
