@@ -23,6 +23,7 @@ single line and exits non-zero.
      │    ├── NotServing           no snapshot has been published yet          → UNAVAILABLE
      │    └── CannotAnswer         the snapshot lacks what the query needs     → FAILED_PRECONDITION
      ├── RpcError                  a gRPC call failed (client side): status code name and detail
+     ├── RanksDisagree             the ranks of a sharded trainer hold different id maps: restart the job
      └── KernelBuildError          a compiled helper (train/csrc/, m2grl/csrc/) could not be built
 """
 
@@ -63,6 +64,11 @@ class PortBusyError(ServiceError):
 
 class StartupError(ServiceError):
     """A service process exited early or did not become healthy in time."""
+
+
+class RanksDisagree(M2grlError):
+    """The ranks of a sharded trainer hold different state where they must agree (their id maps);
+    the job restarts from its last checkpoint."""
 
 
 class GraphStoreError(M2grlError):

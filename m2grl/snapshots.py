@@ -707,10 +707,21 @@ def read_members(root: Path, manifest: Manifest, side: str,
     return out
 
 
-def _gather(blocks: Iterator[tuple[int, NDArray[np.float32]]], shape: tuple[int, int]) -> NDArray[np.float32]:
-    out = np.empty(shape, dtype=np.float32)
+def _gather(blocks: Iterator[tuple[int, NDArray[np.float32]]], shape: tuple[int, int], *, rank: int = 0,
+            ranks: int = 1) -> NDArray[np.float32]:
+    """The rows of ``blocks`` (``shape`` in all), or with several ``ranks`` only those r with
+    r mod ranks = rank, in order: one rank's shard of a sharded trainer's table."""
+    if ranks == 1:
+        out = np.empty(shape, dtype=np.float32)
+        for start, block in blocks:
+            out[start:start + len(block)] = block
+        return out
+    out = np.empty((max(0, (shape[0] - rank + ranks - 1) // ranks), shape[1]), dtype=np.float32)
     for start, block in blocks:
-        out[start:start + len(block)] = block
+        first = start + (rank - start) % ranks  # this rank's first row in the block
+        kept = block[first - start::ranks]
+        at = (first - rank) // ranks
+        out[at:at + len(kept)] = kept
     return out
 
 
@@ -742,9 +753,11 @@ class Checkpoint:
     squares: dict[str, NDArray[np.float32]]
 
 
-def load_checkpoint(root: Path) -> Checkpoint | None:
+def load_checkpoint(root: Path, *, rank: int = 0, ranks: int = 1) -> Checkpoint | None:
     """The current version's checkpoint, or None before a first publish (or where no version of
-    the chain carries a model)."""
+    the chain carries a model). With several ``ranks``, its tables hold only ``rank``'s shard of
+    rows (global row r on rank r mod ranks): a checkpoint is written in global rows, whatever
+    number of ranks wrote it, so any number can read it."""
     import torch
 
     manifest = read_current(root)
@@ -758,8 +771,10 @@ def load_checkpoint(root: Path) -> Checkpoint | None:
     dim = manifest.dim
     inputs, contexts, squares = {}, {}, {}
     for view, rows in carrier.table_rows.items():
-        inputs[view] = _gather(fold_blocks(root, infos, view, "vectors", rows, dim), (rows, dim))
-        contexts[view] = _gather(fold_blocks(root, infos, view, "contexts", rows, dim), (rows, dim))
-        squares[view] = _gather(fold_blocks(root, infos, view, "squares", rows, 2), (rows, 2))
+        inputs[view] = _gather(fold_blocks(root, infos, view, "vectors", rows, dim), (rows, dim),
+                               rank=rank, ranks=ranks)
+        contexts[view] = _gather(fold_blocks(root, infos, view, "contexts", rows, dim), (rows, dim),
+                                 rank=rank, ranks=ranks)
+        squares[view] = _gather(fold_blocks(root, infos, view, "squares", rows, 2), (rows, 2), rank=rank, ranks=ranks)
     model = torch.load(segment_dir(root, carrier.name) / "model.pt", weights_only=False)
     return Checkpoint(manifest, ids, model, inputs, contexts, squares)

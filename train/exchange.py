@@ -15,12 +15,20 @@ index the one shard, which is the whole table.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from m2grl.errors import RanksDisagree
+
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Exchange:
@@ -33,6 +41,25 @@ class Exchange:
     received: list[int]  # per rank, how many of ``asked`` came from it
 
 
+def join_ranks() -> RowExchange:
+    """This process as one rank of the group torchrun started (its environment names the group:
+    WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT), over gloo: the tables live in CPU memory."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return RowExchange()
+
+
+def leave_ranks() -> NoReturn:
+    """End this rank's process once every rank of the group is done with it: a barrier, then an
+    exit that skips tearing the gloo group down, whose teardown aborted (SIGABRT) or hung a rank
+    whose peer had gone first (``destroy_process_group`` too, in a clean-clone run)."""
+    dist.barrier()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class RowExchange:
     def __init__(self, group: dist.ProcessGroup | None = None, *, alone: bool = False) -> None:
         """The ranks of ``group`` (default: the whole world); without torch.distributed running, or
@@ -42,12 +69,21 @@ class RowExchange:
         self.world = dist.get_world_size(group) if shared else 1
         self.rank = dist.get_rank(group) if shared else 0
 
+    @property
+    def leader(self) -> bool:
+        """Whether this rank is the one that reads Neo4j and writes snapshots for the group."""
+        return self.rank == 0
+
     def owner(self, rows: Tensor) -> Tensor:
         return rows % self.world
 
     def local(self, rows: Tensor) -> Tensor:
         """The local rows, on their owner, of global ``rows``."""
         return rows if self.world == 1 else rows // self.world
+
+    def global_rows(self, local: Tensor) -> Tensor:
+        """The global rows of this rank's ``local`` rows."""
+        return local if self.world == 1 else local * self.world + self.rank
 
     def owns(self, rows: Tensor) -> Tensor:
         """Which of ``rows`` (global) this rank owns."""
@@ -179,3 +215,59 @@ class RowExchange:
         every = torch.cat([part[:, :int(size)] for part, size in zip(parts, sizes)], dim=1)
         distinct, at = torch.unique(every[0], return_inverse=True)
         return distinct, torch.zeros(len(distinct), dtype=torch.int64).index_add_(0, at, every[1])
+
+    def union(self, rows: Tensor) -> Tensor:
+        """Every rank's ``rows`` (ascending, distinct) together, ascending and distinct (every rank
+        calls it and gets the same); with one rank, ``rows`` as given."""
+        if self.world == 1:
+            return rows
+        return self.counted(rows.to(torch.int64), torch.zeros(len(rows), dtype=torch.int64))[0]
+
+    def collect(self, parts: list[Tensor], rows: Tensor) -> list[Tensor]:
+        """On the leader, each of ``parts`` (this rank's shards of tables with the same rows) at the
+        global ``rows``, which every rank gives alike, fetched from their owners in one gather; on
+        the other ranks, empty tensors (every rank calls it)."""
+        if self.world == 1:
+            return [part[rows] for part in parts]
+        widths = [math.prod(part.shape[1:]) for part in parts]
+        owners = self.owner(rows)
+        mine = self.local(rows[owners == self.rank])
+        flat = torch.cat([part[mine].reshape(len(mine), width).to(torch.float32)
+                          for part, width in zip(parts, widths)], dim=1)
+        most = int(torch.bincount(owners, minlength=self.world).max()) if len(rows) else 0
+        padded = flat.new_zeros((most, sum(widths)))
+        padded[:len(flat)] = flat
+        arrived = [torch.empty_like(padded) for _ in range(self.world)] if self.leader else None
+        dist.gather(padded, arrived, dst=0, group=self.group)
+        if arrived is None:
+            return [part.new_empty((0, *part.shape[1:])) for part in parts]
+        whole = padded.new_empty((len(rows), sum(widths)))
+        for rank, part in enumerate(arrived):
+            at = owners == rank
+            whole[at] = part[:int(at.sum())]
+        out, start = [], 0
+        for part, width in zip(parts, widths):
+            out.append(whole[:, start:start + width].reshape(len(rows), *part.shape[1:]).to(part.dtype))
+            start += width
+        return out
+
+    def broadcast(self, value: T) -> T:
+        """The leader's ``value`` on every rank (every rank calls it; the others' ``value`` is
+        ignored): what the leader read or decided, pickled."""
+        if self.world == 1:
+            return value
+        box: list[object] = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]  # type: ignore[return-value]
+
+    def agree(self, values: list[int], what: str) -> None:
+        """Raise RanksDisagree unless every rank gives the same ``values`` (every rank calls it)."""
+        if self.world == 1:
+            return
+        mine = torch.tensor(values, dtype=torch.int64)
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(parts, mine, group=self.group)
+        differ = [rank for rank, part in enumerate(parts) if not torch.equal(part, parts[0])]
+        if differ:
+            raise RanksDisagree(f"{what}: rank(s) {differ} differ from rank 0 ({parts[0].tolist()} vs "
+                                f"{parts[differ[0]].tolist()})")

@@ -16,21 +16,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from m2grl import snapshots
+from m2grl.errors import M2grlError
 from m2grl.settings import TrainSettings
 from m2grl.train import metrics
+from m2grl.train.exchange import RowExchange
 from m2grl.train.mirror import Mirrors, ViewGraph
 from m2grl.train.model import M2GRL, ModelShape
 from m2grl.views import View
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Past this share of rows rewritten, a delta costs a reader as much as a base and the next
 # compaction more: publish a base.
@@ -49,9 +54,13 @@ class Restored:
     watermarks: dict[str, int]
 
 
-def restore(cfg: TrainSettings, views: Sequence[View], architecture: type[M2GRL]) -> Restored | None:
-    """Warm start from the current version; None if nothing was published yet."""
-    checkpoint = snapshots.load_checkpoint(cfg.snapshot_dir)
+def restore(cfg: TrainSettings, views: Sequence[View], architecture: type[M2GRL],
+            exchange: RowExchange | None = None) -> Restored | None:
+    """Warm start from the current version; None if nothing was published yet. ``exchange``: the
+    ranks the model's tables are sharded over (this rank reads its own rows of the checkpoint,
+    whichever number of ranks wrote it)."""
+    exchange = exchange if exchange is not None else RowExchange(alone=True)
+    checkpoint = snapshots.load_checkpoint(cfg.snapshot_dir, rank=exchange.rank, ranks=exchange.world)
     if checkpoint is None:
         return None
     names = [view.name for view in views]
@@ -65,7 +74,7 @@ def restore(cfg: TrainSettings, views: Sequence[View], architecture: type[M2GRL]
         shape = ModelShape(tuple(saved["shape"]["views"]), tuple(saved["shape"]["rows"]), saved["shape"]["dim"])
         if shape.views == tuple(names) and shape.dim == cfg.dim:
             try:
-                model = _rebuild(architecture, shape, checkpoint, saved["dense"])
+                model = _rebuild(architecture, shape, checkpoint, saved["dense"], exchange)
             except RuntimeError as exc:  # written by an older release with other parameters
                 log.warning("checkpoint's model does not fit this release (%s): the next round trains from "
                             "scratch; ids keep their rows", str(exc).splitlines()[0])
@@ -79,10 +88,13 @@ def restore(cfg: TrainSettings, views: Sequence[View], architecture: type[M2GRL]
 
 
 def _rebuild(architecture: type[M2GRL], shape: ModelShape, checkpoint: snapshots.Checkpoint,
-             dense: dict[str, Tensor]) -> M2GRL:
-    """The model from a checkpoint's tables, adopted without a copy where they are whole."""
-    whole = all(len(checkpoint.inputs[view]) == rows for view, rows in zip(shape.views, shape.rows))
-    model = architecture(shape, fill=not whole)
+             dense: dict[str, Tensor], exchange: RowExchange) -> M2GRL:
+    """The model from a checkpoint's tables (this rank's rows of them), adopted without a copy
+    where they are whole."""
+    whole = all(len(checkpoint.inputs[view]) == exchange.shard_rows(rows)
+                for view, rows in zip(shape.views, shape.rows))
+    model = architecture(shape, fill=not whole) if exchange.world == 1 else \
+        architecture(shape, fill=not whole, exchange=exchange)
     for view in shape.views:
         inputs, contexts = model.tables(view)
         weight, context = torch.from_numpy(checkpoint.inputs[view]), torch.from_numpy(checkpoint.contexts[view])
@@ -122,6 +134,23 @@ def vectors_of(model: M2GRL, view: str, pending: Mapping[int, Tensor], rows: Ten
     return torch.cat(parts) if extra else parts[0]
 
 
+def _on_leader(exchange: RowExchange, write: Callable[[], T]) -> T | None:
+    """``write()``'s result, run on the leader alone; what it raised is raised on every rank, so
+    that no rank goes on as if the version were out (every rank calls it)."""
+    if exchange.world == 1:
+        return write()
+    result, failure = None, None
+    if exchange.leader:
+        try:
+            result = write()
+        except (M2grlError, OSError, ValueError) as exc:
+            failure = exc
+    failure = exchange.broadcast(failure)
+    if failure is not None:
+        raise failure
+    return result
+
+
 @dataclass(frozen=True)
 class Appended:
     """A version that appended brand-new items to the one before: its number, and how many."""
@@ -141,60 +170,77 @@ class Publisher:
 
     def publish_round(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], *, version: int,
                       watermarks: Mapping[str, int], losses: dict[str, float], sigma2: dict[str, float],
-                      new_ids: dict[str, int], full: bool) -> snapshots.Manifest:
+                      new_ids: dict[str, int], full: bool) -> snapshots.Manifest | None:
         """The round's version: a delta of what it wrote since the last version, or a base (see
-        above). ``pending``: the vectors of item rows the cold-start lane appended while it ran."""
+        above). ``pending``: the vectors of item rows the cold-start lane appended while it ran.
+        With the tables sharded over several ranks every rank calls it: the rows come to the
+        leader, which writes the one version in global rows and returns it (the others None)."""
+        exchange = model.exchange
         totals = {view: len(mirrors.graphs[view].ids) for view in model.shape.views}
         written = {view: self._written(model, view, totals[view]) for view in model.shape.views}
         moved = sum(int((rows < self.rows.get(view, 0)).sum()) + totals[view] - self.rows.get(view, 0)
                     for view, (rows, _) in written.items())
-        base = (full or not self.rows or not model.vectors_are_inputs or moved > BASE_SHARE * sum(totals.values())
-                or snapshots.current_version(self.cfg.snapshot_dir) is None)
+        base = exchange.broadcast(
+            full or not self.rows or not model.vectors_are_inputs or moved > BASE_SHARE * sum(totals.values())
+            or snapshots.current_version(self.cfg.snapshot_dir) is None)
         views = {view: self._view_change(model, mirrors, pending, view, totals[view],
                                          None if base else written[view]) for view in model.shape.views}
-        items = totals[mirrors.item]
-        memberships = {}
-        for side in mirrors.memberships.sides:
-            values = mirrors.memberships.lookup(side, items)
-            changed = None if base else mirrors.memberships.changed(side)
-            memberships[side] = snapshots.MembershipChange(
-                (values if changed is None else values[changed]).numpy(), None if changed is None else changed.numpy())
-        table_rows = {view: min(len(model.inputs[view]), totals[view]) for view in model.shape.views}
-        state = {"shape": {"views": list(model.shape.views), "rows": list(model.shape.rows), "dim": model.shape.dim},
-                 "dense": model.dense_state(), "watermarks": dict(watermarks), "version": version,
-                 "settings": self.cfg.model_dump(mode="json")}
-        manifest = snapshots.Manifest(
-            version=version, created_ms=int(time.time() * 1000), watermark_ms=dict(watermarks),
-            views=list(model.shape.views), dim=model.shape.dim, rows=totals, losses=losses, sigma2=sigma2,
-            new_ids=new_ids, sides=mirrors.memberships.sides,
-            changed={view: int((rows < self.rows.get(view, 0)).sum()) for view, (rows, _) in written.items()})
-        published = snapshots.publish(self.cfg.snapshot_dir, manifest,
-                                      snapshots.Segment(views, memberships, state, table_rows),
-                                      keep=self.cfg.keep_snapshots)
+
+        def write() -> snapshots.Manifest:
+            items = totals[mirrors.item]
+            memberships = {}
+            for side in mirrors.memberships.sides:
+                values = mirrors.memberships.lookup(side, items)
+                changed = None if base else mirrors.memberships.changed(side)
+                memberships[side] = snapshots.MembershipChange(
+                    (values if changed is None else values[changed]).numpy(),
+                    None if changed is None else changed.numpy())
+            table_rows = {view: min(model.shape.rows_of(view), totals[view]) for view in model.shape.views}
+            state = {"shape": {"views": list(model.shape.views), "rows": list(model.shape.rows),
+                               "dim": model.shape.dim},
+                     "dense": model.dense_state(), "watermarks": dict(watermarks), "version": version,
+                     "settings": self.cfg.model_dump(mode="json")}
+            manifest = snapshots.Manifest(
+                version=version, created_ms=int(time.time() * 1000), watermark_ms=dict(watermarks),
+                views=list(model.shape.views), dim=model.shape.dim, rows=totals, losses=losses, sigma2=sigma2,
+                new_ids=new_ids, sides=mirrors.memberships.sides,
+                changed={view: int((rows < self.rows.get(view, 0)).sum()) for view, (rows, _) in written.items()})
+            segment = snapshots.Segment({view: change for view, change in views.items() if change is not None},
+                                        memberships, state, table_rows)
+            return snapshots.publish(self.cfg.snapshot_dir, manifest, segment, keep=self.cfg.keep_snapshots)
+
+        published = _on_leader(exchange, write)
         for view in model.shape.views:
             for table in model.tables(view):
                 if base:
                     table.changed.zero_()
                 else:
-                    table.changed[written[view][1]] = False
+                    table.changed[exchange.local(exchange.mine(written[view][1]))] = False
         mirrors.memberships.published()
         self.rows = dict(totals)
-        self._published(published)
+        if published is not None:
+            self._published(published)
         return published
 
     @staticmethod
     def _written(model: M2GRL, view: str, total: int) -> tuple[Tensor, Tensor]:
         """Rows of ``view`` below ``total`` (the ones published) whose input vector, and whose
-        trainer state (either table's row), were written since the last version."""
+        trainer state (either table's row), were written since the last version: global rows,
+        those of every rank (every rank calls it)."""
         inputs, contexts = model.tables(view)
-        rows = min(len(inputs), total)
+        exchange = model.exchange
+        rows = min(len(inputs), exchange.shard_rows(total))
         moved = inputs.changed[:rows]
-        return torch.nonzero(moved).flatten(), torch.nonzero(moved | contexts.changed[:rows]).flatten()
+        return (exchange.union(exchange.global_rows(torch.nonzero(moved).flatten())),
+                exchange.union(exchange.global_rows(torch.nonzero(moved | contexts.changed[:rows]).flatten())))
 
     def _view_change(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], view: str, total: int,
-                     written: tuple[Tensor, Tensor] | None) -> snapshots.ViewChange:
+                     written: tuple[Tensor, Tensor] | None) -> snapshots.ViewChange | None:
         """``view``'s part of the round's segment: every row (``written`` None), or the rows
-        written before the last version's end and all rows after it."""
+        written before the last version's end and all rows after it. None on a rank that is not
+        the leader of several."""
+        if model.exchange.world > 1:
+            return self._sharded_view_change(model, mirrors, view, total, written)
         inputs, contexts = model.tables(view)
         table_rows = min(len(inputs), total)
         ids = mirrors.graphs[view].ids
@@ -218,6 +264,34 @@ class Publisher:
             contexts=contexts.weight.detach()[state_rows].numpy(),
             squares=torch.stack([inputs.square[state_rows], contexts.square[state_rows]], dim=1).numpy(),
             state_rows=state_rows.numpy())
+
+    def _sharded_view_change(self, model: M2GRL, mirrors: Mirrors, view: str, total: int,
+                             written: tuple[Tensor, Tensor] | None) -> snapshots.ViewChange | None:
+        """``_view_change`` of tables sharded over several ranks: the rows' values come from their
+        owners to the leader. A sharded trainer runs no cold-start lane, so every row up to
+        ``total`` has a table row."""
+        inputs, contexts = model.tables(view)
+        exchange = model.exchange
+        if written is None:
+            first = 0
+            rows = state_rows = torch.arange(total)
+        else:
+            first = self.rows.get(view, 0)
+            moved, stateful = written
+            rows = torch.cat([moved[moved < first], torch.arange(first, total)])
+            state_rows = torch.cat([stateful[stateful < first], torch.arange(first, total)])
+        (vectors,) = exchange.collect([model.vectors(view)], rows)
+        context_rows, input_squares, context_squares = exchange.collect(
+            [contexts.weight.detach(), inputs.square, contexts.square], state_rows)
+        if not exchange.leader:
+            return None
+        squares = torch.stack([input_squares, context_squares], dim=1).numpy()
+        ids = mirrors.graphs[view].ids.listed(first, total)
+        if written is None:
+            return snapshots.ViewChange(ids=ids, vectors=vectors.numpy(), contexts=context_rows.numpy(),
+                                        squares=squares)
+        return snapshots.ViewChange(ids=ids, vectors=vectors.numpy(), rows=rows.numpy(),
+                                    contexts=context_rows.numpy(), squares=squares, state_rows=state_rows.numpy())
 
     def publish_new_items(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], *,
                           last_version: int) -> Appended | None:

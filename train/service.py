@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from m2grl.errors import ConfigError, M2grlError
+from m2grl.errors import ConfigError, M2grlError, RanksDisagree
 from m2grl.settings import Settings
 from m2grl.train import metrics
-from m2grl.train.trainer import RoundStats
+from m2grl.train.trainer import RoundStats, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,45 @@ def run_scheduled(run_round: Callable[..., RoundStats], interval_s: float, stop:
         if lane is not None:
             lane.join()
     return rounds
+
+
+def run_ranks_scheduled(trainer: Trainer, interval_s: float, stop: threading.Event, *, first_full: bool = False,
+                        full_every: int = 0) -> int:
+    """``run_scheduled`` for a trainer sharded over several ranks (every rank calls it): the
+    leader keeps the schedule and tells the others each round, full or not, and when to stop; so
+    the ranks enter every round, and every collective in it, together. Returns the rounds run.
+    A rank whose id maps differ from the leader's ends the job (RanksDisagree) for its launcher to
+    restart from the last version."""
+    exchange = trainer.exchange
+    if not exchange.leader:
+        rounds = 0
+        while (full := exchange.broadcast(None)) is not None:
+            try:
+                trainer.round(full=full)
+            except RanksDisagree:
+                raise
+            except M2grlError as exc:  # the leader failed the round too and goes on at its next tick
+                log.warning("training round failed, will retry at the next tick: %s", exc)
+                continue
+            rounds += 1
+        return rounds
+    failed: list[RanksDisagree] = []
+
+    def run_round(*, full: bool) -> RoundStats:
+        exchange.broadcast(full)
+        try:
+            return trainer.round(full=full)
+        except RanksDisagree as exc:
+            failed.append(exc)
+            stop.set()
+            raise
+
+    try:
+        return run_scheduled(run_round, interval_s, stop, first_full=first_full, full_every=full_every)
+    finally:
+        exchange.broadcast(None)  # the others stop (a rank that disagreed has stopped already)
+        if failed:
+            raise failed[0]
 
 
 def _every(call: Callable[[], object], every_s: float, stop: threading.Event) -> None:

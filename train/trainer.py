@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -95,9 +96,9 @@ class Trainer:
         """``architecture``: M2GRL, or a baseline sharing its tables and updates (m2grl/lab/eges.py).
         ``cold_start``: publish brand-new items between rounds and between a round's steps.
         ``exchange``: the ranks this trainer's tables are sharded over, each running this same
-        trainer on the same reads (train/exchange.py; default: this process alone). Sharded so far:
-        rounds over reads given directly, unpublished; reading Neo4j, publishing, checkpoints and
-        the cold-start lane still take one process."""
+        trainer (train/exchange.py; default: this process alone). Their leader reads Neo4j and
+        every rank merges what it read, in the same order; the leader publishes each version from
+        the rows every rank sends it. The cold-start lane and the EGES baseline take one process."""
         retain_freed_memory()
         sgns_kernel()  # compiled or loaded now, at start-up, rather than inside the first round
         adjacency_kernel()
@@ -118,12 +119,12 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self._loaded = False  # the mirrors start empty in every process
+        self._id_digests: dict[str, tuple[int, int]] = {}  # per view: ids checked, their checksum (several ranks)
         self.busy = threading.Lock()  # held by a round, and by admit_new_items between rounds
         self.publisher = Publisher(self.cfg)
         self.lane = ColdStartLane(self.cfg, self.mirrors, self._store,
                                   every_s=self.cfg.cold_start_interval_s if cold_start else 0.0)
-        if self.exchange.world == 1:  # checkpoints of sharded tables: not built yet
-            self._restore()
+        self._restore()
 
     @property
     def graphs(self) -> dict[str, ViewGraph]:
@@ -141,7 +142,7 @@ class Trainer:
 
     def _restore(self) -> None:
         """Warm start: the id maps, model and watermarks of the last published checkpoint."""
-        restored = restore(self.cfg, self.views, self.architecture)
+        restored = restore(self.cfg, self.views, self.architecture, self.exchange)
         if restored is None:
             return
         for view, ids in restored.ids.items():
@@ -166,9 +167,8 @@ class Trainer:
         phases: dict[str, float] = {}
         clock = _Clock(phases)
         full = full or self.model is None
-        if self.exchange.world > 1 and (reads is None or publish):
-            raise ConfigError("a trainer over several ranks trains on reads given to it, without publishing, so far")
         news = self._read_changes() if reads is None else self.mirrors.merge_reads(reads)
+        self._check_ids_agree()
         touched = news.touched_nodes()
         shares = self.mirrors.changed_shares(news, touched) if self.cfg.walks_by_change and not full else None
         clock.lap("read_merge")
@@ -238,25 +238,54 @@ class Trainer:
     def _read_changes(self) -> News:
         """Merge what changed in each view since its watermark into the mirrors; return what that
         brought the round. A process starts with empty mirrors, so its first round loads each
-        view whole and counts as new work only what changed since the checkpoint it resumed from."""
-        overlap_ms = int(self.cfg.delta_overlap_s * 1000)
+        view whole and counts as new work only what changed since the checkpoint it resumed from.
+        With several ranks the leader reads and every rank merges what it read."""
         news = News()
         for view in self.views:
-            store = self._store(view)
-            since = self.watermarks.get(view.name)
-            if not self._loaded:
+            whole, read = self.exchange.broadcast(self._read_view(view) if self.exchange.leader else (None, None))
+            if isinstance(whole, M2grlError):  # the leader could not read: every rank fails the round
+                raise whole
+            if whole is not None:
                 # The model learned nothing since its checkpoint: all that changed since is news to
                 # it, even though the whole graph just loaded into the mirror holds it already.
-                whole = read_view(store, view)
                 self.mirrors.merge(view, whole, News(), changes_only=False)  # loading, not news
-                read = whole if since is None else read_view(store, view, since - overlap_ms)
-                self.mirrors.merge(view, read, news, changes_only=False)
-            else:
-                read = read_view(store, view, since - overlap_ms if since is not None else None)
-                self.mirrors.merge(view, read, news)
+            assert read is not None
+            self.mirrors.merge(view, read, news, changes_only=whole is None)
             self.watermarks[view.name] = read.watermark_ms
         self._loaded = True
         return news
+
+    def _read_view(self, view: View) -> tuple[ViewRead | M2grlError | None, ViewRead | None]:
+        """``view``'s reads for this round: the whole view (where the mirrors are still empty)
+        and what changed since its watermark, which is the whole view again where there is none.
+        With several ranks, what the leader could not read is the first of the two."""
+        store = self._store(view)
+        since = self.watermarks.get(view.name)
+        overlap_ms = int(self.cfg.delta_overlap_s * 1000)
+        try:
+            if not self._loaded:
+                whole = read_view(store, view)
+                return whole, whole if since is None else read_view(store, view, since - overlap_ms)
+            return None, read_view(store, view, since - overlap_ms if since is not None else None)
+        except M2grlError as exc:
+            if self.exchange.world == 1:
+                raise
+            return exc, None
+
+    def _check_ids_agree(self) -> None:
+        """With several ranks, that every rank's id maps hold the leader's ids: each rank keeps a
+        running checksum of each map's ids (a map only appends, so each round adds those it
+        appended) and the ranks compare counts and checksums."""
+        if self.exchange.world == 1:
+            return
+        state = []
+        for view in self.views:
+            ids = self.graphs[view.name].ids
+            counted, digest = self._id_digests.get(view.name, (0, 0))
+            digest = zlib.crc32("\n".join(ids.listed(counted)).encode(), digest)
+            self._id_digests[view.name] = (len(ids), digest)
+            state += [len(ids), digest]
+        self.exchange.agree(state, "id maps (count, checksum per view)")
 
     def _grow(self, *, fresh: bool) -> dict[str, int]:
         """Size the tables to the mirrors; new item rows start from their side views. Returns the

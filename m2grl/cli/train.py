@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from m2grl.console import at_least_one, print_json, stop_on_signals
 from m2grl.errors import ConfigError
 from m2grl.settings import Settings
+
+if TYPE_CHECKING:
+    from m2grl.train.trainer import RoundStats
 
 # Over three seeds the incremental quality ratio of one configuration ranged 0.95-0.99 with the
 # seeds chosen; per seed it spreads by 6 %, so over ten by about 2 % (BENCHMARKS.md).
@@ -15,8 +22,15 @@ BENCH_SEEDS = 10
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun in each rank it starts
+    if ranks > 1:
+        if args.nproc not in (1, ranks):
+            raise ConfigError(f"--nproc {args.nproc} inside a torchrun group of {ranks} ranks")
+        return _train_as_rank(args, settings)
+    if args.nproc > 1:
+        _launch_ranks(args)
     from m2grl.metrics import serve_metrics
-    from m2grl.train.service import describe, exclusive_trainer, record, run_scheduled
+    from m2grl.train.service import exclusive_trainer, run_scheduled
     from m2grl.train.trainer import Trainer
 
     with exclusive_trainer(settings):
@@ -26,13 +40,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
                 stats = trainer.round(full=args.full, progress=not args.json)
             finally:
                 trainer.close()
-            record(stats)
-            if args.json:
-                summary = {key: value for key, value in stats.__dict__.items() if key != "curve"}
-                print_json({**summary, "pairs_per_s": round(stats.pairs_per_s)})
-            else:
-                print(describe(stats))
-                print(f"published to {settings.train.snapshot_dir}")
+            _report(stats, args.json, settings)
             return 0
         serve_metrics(settings.train.metrics_host, settings.train.metrics_port)
         trainer = Trainer(settings, cold_start=True)
@@ -43,6 +51,72 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             trainer.close()
         return 0
+
+
+def _report(stats: RoundStats, as_json: bool, settings: Settings) -> None:
+    """What `m2grl train --once` prints of its round."""
+    from m2grl.train.service import describe, record
+
+    record(stats)
+    if as_json:
+        summary = {key: value for key, value in stats.__dict__.items() if key != "curve"}
+        print_json({**summary, "pairs_per_s": round(stats.pairs_per_s)})
+    else:
+        print(describe(stats))
+        print(f"published to {settings.train.snapshot_dir}")
+
+
+def _launch_ranks(args: argparse.Namespace) -> NoReturn:
+    """Become torchrun, starting ``--nproc`` ranks of this same command on this machine, each with
+    an equal share of the cores unless OMP_NUM_THREADS says otherwise. torchrun restarts the whole
+    group from the last version when a rank dies, up to ``--restarts`` times."""
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // args.nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               f"--max-restarts={0 if args.once else args.restarts}", "-m", "m2grl", *_without_nproc(sys.argv[1:])]
+    os.execv(sys.executable, command)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without --nproc and its value: the ranks learn their number from torchrun, whose own
+    parser would take --nproc for its --nproc-per-node."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _train_as_rank(args: argparse.Namespace, settings: Settings) -> NoReturn:
+    """One rank of a sharded trainer (train/exchange.py): the leader takes the snapshot folder's
+    lock, serves the metrics, keeps the schedule and prints; every rank trains its rows."""
+    from m2grl.metrics import serve_metrics
+    from m2grl.train.exchange import join_ranks, leave_ranks
+    from m2grl.train.service import exclusive_trainer, run_ranks_scheduled
+    from m2grl.train.trainer import Trainer
+
+    exchange = join_ranks()
+    stop = stop_on_signals()  # on the others, ignored: they stop when the leader says so
+    with exclusive_trainer(settings) if exchange.leader else contextlib.nullcontext():
+        trainer = Trainer(settings, exchange=exchange)
+        try:
+            if args.once:
+                stats = trainer.round(full=args.full, progress=exchange.leader and not args.json)
+                if exchange.leader:
+                    _report(stats, args.json, settings)
+            else:
+                if exchange.leader:
+                    serve_metrics(settings.train.metrics_host, settings.train.metrics_port)
+                run_ranks_scheduled(trainer, settings.train.interval_s, stop, first_full=args.full,
+                                    full_every=settings.train.full_every_rounds)
+        finally:
+            trainer.close()
+    leave_ranks()
 
 
 def _side_views(requested: str | None, settings: Settings, events: list) -> tuple[str, ...]:
@@ -103,11 +177,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "and publishes a versioned snapshot to train.snapshot_dir. Rounds never overlap; missed ticks "
         "coalesce; SIGTERM lets the running round finish. A restart resumes from the last snapshot. Between "
         "rounds and during them, about every train.cold_start_interval_s (default 1 s), brand-new items are "
-        "published with a first vector from their side views, so they are servable within seconds.")
+        "published with a first vector from their side views, so they are servable within seconds. With "
+        "--nproc N the tables and their optimiser state are sharded by row over N processes (torch.distributed, "
+        "gloo): one of them reads Neo4j for all and publishes each version as one, in global rows, so serving "
+        "and a later trainer of any number of processes read it alike; brand-new items then wait for the "
+        "next round (no cold-start lane).")
     train.add_argument("--once", action="store_true", help="run one round with a progress bar, then exit")
     train.add_argument("--full", action="store_true",
                        help="rebuild from scratch: fresh tables (ids keep their rows), walks from every node")
     train.add_argument("--json", action="store_true", help="with --once: print the round's stats as JSON")
+    train.add_argument("--nproc", type=at_least_one, default=1, metavar="N",
+                       help="shard the tables over N processes on this machine, started by torchrun (default 1: "
+                       "one process, with the cold-start lane). The processes split the cores unless "
+                       "OMP_NUM_THREADS is set. Across machines, start `m2grl train` with torchrun yourself "
+                       "(docs/scaling.md)")
+    train.add_argument("--restarts", type=int, default=3, metavar="K",
+                       help="with --nproc, times torchrun restarts the group from the last version after a "
+                       "process dies (default 3; none with --once)")
     train.set_defaults(handler=_train)
 
     evaluation = commands.add_parser(

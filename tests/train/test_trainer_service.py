@@ -165,3 +165,84 @@ def test_new_items_are_published_from_their_side_views_between_and_during_rounds
     assert resumed.version == after.manifest.version
     assert resumed.graphs["item"].ids.listed() == after.ids["item"]
     resumed.close()
+
+
+def test_two_ranks_read_neo4j_once_and_publish_versions_one_process_resumes(
+        ingest_settings: Settings, movielens_sample: list[Event], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from m2grl.settings import settings_env
+    from tests.conftest import REPO_ROOT
+
+    settings = small_training(ingest_settings, tmp_path / "snapshots")
+    replay(settings, movielens_sample[:8000], progress=False)
+    run_ingest(settings)
+    env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1"}
+    ranks = subprocess.run([sys.executable, "-m", "m2grl", "train", "--once", "--nproc", "2"], env=env, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    snap = snapshots.load(settings.train.snapshot_dir)
+    with GraphStore(settings.neo4j) as store:
+        items_in_graph = set(node_events(store, settings.views.viewset.item))
+    assert snap.manifest.version == 1 and set(snap.ids["item"]) == items_in_graph
+    assert np.isfinite(snap.vectors["item"]).all() and (np.linalg.norm(snap.vectors["item"], axis=1) > 0).all()
+
+    replay(settings, movielens_sample[8000:10000], progress=False)
+    run_ingest(settings)
+    again = subprocess.run([sys.executable, "-m", "m2grl", "train", "--once", "--nproc", "2", "--json"], env=env,
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    later = snapshots.load(settings.train.snapshot_dir)
+    assert later.manifest.version == 2 and later.ids["item"][:len(snap.ids["item"])] == snap.ids["item"]
+    assert len(later.ids["item"]) > len(snap.ids["item"])  # the new items, read by the leader for both ranks
+
+    alone = Trainer(settings)  # one process resumes from the ranks' version
+    assert alone.version == 2 and alone.graphs["item"].ids.listed() == later.ids["item"]
+    assert alone.round().version == 3
+    alone.close()
+
+
+def test_kill_9_of_one_rank_mid_round_publishes_nothing_and_the_next_run_resumes(
+        ingest_settings: Settings, movielens_sample: list[Event], tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from m2grl.settings import settings_env
+    from tests.conftest import REPO_ROOT
+
+    settings = small_training(ingest_settings, tmp_path / "snapshots")
+    replay(settings, movielens_sample, progress=False)
+    run_ingest(settings)
+    env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "m2grl", "train", "--once", "--nproc", "2"]
+    first = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert snapshots.current_version(settings.train.snapshot_dir) == 1
+
+    slow = {**env, "M2GRL_TRAIN_WALKS_PER_NODE": "40", "M2GRL_TRAIN_BATCH_SIZE": "256"}  # a round long enough to kill
+    job = subprocess.Popen([*command, "--full"], env=slow, cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    seen = b""
+    while b"round 2:" not in seen:  # the leader's progress bar: both ranks are in the round's steps
+        chunk = job.stderr.read1(4096)
+        assert chunk, f"the job ended before its round started: {seen[-2000:]!r}"
+        seen += chunk
+    ranks = psutil.Process(job.pid).children()
+    assert len(ranks) == 2
+    follower = max(ranks, key=lambda rank: rank.pid)  # either rank will do; not torchrun itself
+    follower.send_signal(signal.SIGKILL)
+    job.stderr.read()
+    assert job.wait(timeout=300) != 0
+    assert snapshots.current_version(settings.train.snapshot_dir) == 1  # the half round left no trace
+    assert snapshots.load(settings.train.snapshot_dir).manifest.version == 1
+
+    again = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert snapshots.current_version(settings.train.snapshot_dir) == 2
+    assert snapshots.load(settings.train.snapshot_dir, 2).ids["item"] == snapshots.load(
+        settings.train.snapshot_dir, 1).ids["item"]
