@@ -68,6 +68,9 @@ class RowExchange:
         self.group = group
         self.world = dist.get_world_size(group) if shared else 1
         self.rank = dist.get_rank(group) if shared else 0
+        # Bytes this rank put on the wire in the steps' exchanges (rows planned, gathered and sent
+        # home, dense gradients), not counting what it sent itself: for `m2grl bench distributed`.
+        self.sent_bytes = 0
 
     @property
     def leader(self) -> bool:
@@ -108,6 +111,7 @@ class RowExchange:
         dist.all_to_all_single(received, sent, group=self.group)
         asked = torch.empty(int(received.sum()), dtype=torch.int64, device=rows.device)
         dist.all_to_all_single(asked, keys[by_owner], received.tolist(), sent.tolist(), group=self.group)
+        self._count(int(sent.sum() - sent[self.rank]) * 8 + 8 * (self.world - 1))
         return Exchange(rows, by_owner, sent.tolist(), asked, received.tolist())
 
     def gather(self, exchange: Exchange, shard: Tensor) -> Tensor:
@@ -121,6 +125,7 @@ class RowExchange:
             return values
         arrived = values.new_empty((len(exchange.rows), *values.shape[1:]))
         dist.all_to_all_single(arrived, values, exchange.sent, exchange.received, group=self.group)
+        self._count((len(values) - exchange.received[self.rank]) * values[0:1].numel() * values.element_size())
         out = torch.empty_like(arrived)
         out[exchange.by_owner] = arrived
         return out
@@ -133,7 +138,11 @@ class RowExchange:
         coming = values.new_empty((len(exchange.asked), *values.shape[1:]))
         dist.all_to_all_single(coming, values[exchange.by_owner].contiguous(), exchange.received, exchange.sent,
                                group=self.group)
+        self._count((len(values) - exchange.sent[self.rank]) * values[0:1].numel() * values.element_size())
         return coming
+
+    def _count(self, sent: int) -> None:
+        self.sent_bytes += sent
 
     def largest(self, value: int) -> int:
         """The largest of the ranks' ``value``s (every rank calls it)."""
@@ -161,6 +170,7 @@ class RowExchange:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = torch.cat([*(g.reshape(-1) for g in grads), torch.tensor([float(took_part)], device=grads[0].device)])
         dist.all_reduce(flat, group=self.group)
+        self._count(flat.numel() * flat.element_size())
         ranks = max(float(flat[-1]), 1.0)
         at = 0
         for parameter, grad in zip(parameters, grads):

@@ -16,6 +16,8 @@ from m2grl.settings import Settings
 if TYPE_CHECKING:
     from m2grl.train.trainer import RoundStats
 
+TARGET_HR_RATIO = 0.95  # m2grl/lab/bench/distributed.py's, here without importing the bench at start-up
+
 # Over three seeds the incremental quality ratio of one configuration ranged 0.95-0.99 with the
 # seeds chosen; per seed it spreads by 6 %, so over ten by about 2 % (BENCHMARKS.md).
 BENCH_SEEDS = 10
@@ -255,3 +257,44 @@ def register_bench(benches: argparse._SubParsersAction) -> None:
                        f"(default {BENCH_SEEDS})")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
+
+    distributed = benches.add_parser(
+        "distributed", help="the trainer sharded over gloo ranks against one process: pairs/s, bytes, HR@20",
+        description="Per seed, one full M2GRL round on a real log (default: the Taobao head when the shared data "
+        "folder is present, otherwise MovieLens-100K) by one process with every core, then by --ranks processes "
+        "of torch.distributed (gloo, started by torch.multiprocessing), each with its share of the cores and "
+        "its rows of every table. Reports pairs/s of one process and per rank, the per-rank efficiency (a "
+        "rank's pairs/s per core over one process's; 1: the exchange costs nothing), the bytes each rank sent "
+        "per step and per pair, and the mean HR@20 of both (leave-last-out, as `m2grl eval`; target: ranks "
+        f"within {TARGET_HR_RATIO} of one process). On one machine the ranks share its cores, so a speed-up "
+        "is not the point: efficiency and bytes per pair are, from which docs/scaling.md extrapolates. No "
+        "Kafka or Neo4j needed.")
+    distributed.add_argument("--dataset", help="data set name or path (see `m2grl eval --help`)")
+    distributed.add_argument("--ranks", type=at_least_one, default=2, help="processes of the sharded run (default 2)")
+    distributed.add_argument("--seeds", type=at_least_one, default=3,
+                             help="seeds from train.seed up; their means are reported (default 3)")
+    distributed.add_argument("--json", action="store_true")
+    distributed.set_defaults(handler=_bench_distributed)
+
+
+def _bench_distributed(args: argparse.Namespace, settings: Settings) -> int:
+    from m2grl.lab.bench.distributed import run_distributed_bench
+
+    report = run_distributed_bench(settings, dataset=args.dataset, ranks=args.ranks, seeds=args.seeds)
+    if args.json:
+        print_json(report)
+        return 0
+    alone, sharded = report["one_process"], report["sharded"]
+    print(f"distributed benchmark on {report['dataset']} ({report['train_events']:,} events, "
+          f"{report['test_users']} test users, {len(report['seeds'])} seed(s))")
+    print(f"  one process, {report['machine']['threads_one_process']} threads: {alone['pairs_per_s']:>10,} pairs/s  "
+          f"round {alone['round_s']:.1f} s  HR@20 {alone['hr@20']:.4f}")
+    print(f"  {report['ranks']} ranks, {report['machine']['threads_per_rank']} thread(s) each: "
+          f"{sharded['pairs_per_s_per_rank']:>10,} pairs/s per rank  round {sharded['round_s']:.1f} s  "
+          f"HR@20 {sharded['hr@20']:.4f}")
+    print(f"  per-rank efficiency {report['per_rank_efficiency']:.2f}; sent per rank "
+          f"{sharded['sent_bytes_per_step']:,} B a step, {sharded['sent_bytes_per_pair']:.1f} B a pair")
+    target = report["targets"]["hr_ratio"]
+    verdict = "met" if target["met"] else "NOT met"
+    print(f"  HR@20 ratio {report['hr_ratio']} (target >= {target['at_least']}: {verdict})")
+    return 0

@@ -57,3 +57,19 @@ def test_bench_train_reports_both_comparisons() -> None:
         incremental["incremental"]["hr@20"] / incremental["full_rebuild"]["hr@20"], abs=2e-3)
     assert set(report["targets"]["met"]) == {"throughput", "incremental_time", "incremental_quality"}
     assert report["peak_rss_mb"]["whole_run"] > 0
+
+
+def test_bench_distributed_trains_one_process_and_two_ranks_alike() -> None:
+    result = run_cli("bench", "distributed", "--dataset", "movielens-100k", "--seeds", "1", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["views"] == ["item", "genre"] and report["ranks"] == 2
+    (run,) = report["seeds"]
+    per_rank = run["ranks"]["per_rank"]
+    assert len(per_rank) == 2 and all(rank["pairs"] > 0 and rank["steps"] > 0 for rank in per_rank)
+    # Every step of a rank exchanges rows with the other: the bytes are counted.
+    assert all(rank["sent_bytes_per_pair"] > 0 for rank in per_rank)
+    assert 0 < report["per_rank_efficiency"] and report["sharded"]["sent_bytes_per_step"] > 0
+    # One seed on MovieLens: 2 ranks 0.15 against one process's 0.14 when written; the issue's
+    # 0.95 is of five seeds' means (BENCHMARKS.md), so this asserts only that both learned.
+    assert report["one_process"]["hr@20"] > 0.05 and report["sharded"]["hr@20"] > 0.05
