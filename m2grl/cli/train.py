@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -30,7 +32,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"--nproc {args.nproc} inside a torchrun group of {ranks} ranks")
         return _train_as_rank(args, settings)
     if args.nproc > 1:
-        _launch_ranks(args)
+        return _launch_ranks(args)
     from m2grl.metrics import serve_metrics
     from m2grl.train.service import exclusive_trainer, run_scheduled
     from m2grl.train.trainer import Trainer
@@ -68,15 +70,30 @@ def _report(stats: RoundStats, as_json: bool, settings: Settings) -> None:
         print(f"published to {settings.train.snapshot_dir}")
 
 
-def _launch_ranks(args: argparse.Namespace) -> NoReturn:
-    """Become torchrun, starting ``--nproc`` ranks of this same command on this machine, each with
-    an equal share of the cores unless OMP_NUM_THREADS says otherwise. torchrun restarts the whole
-    group from the last version when a rank dies, up to ``--restarts`` times."""
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """Run torchrun, starting ``--nproc`` ranks of this same command on this machine, each with an
+    equal share of the cores unless OMP_NUM_THREADS says otherwise; torchrun's exit code. torchrun
+    restarts the whole group from the last version when a rank dies, up to ``--restarts`` times.
+
+    SIGTERM and SIGINT go to the ranks, not to torchrun: their leader finishes the round and stops
+    them all, and torchrun then ends as they did (signalled itself, it ends them within 30 s and
+    exits with an error whatever they did)."""
+    import psutil
+
     cores = os.cpu_count() or 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // args.nproc)))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // args.nproc)))}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                f"--max-restarts={0 if args.once else args.restarts}", "-m", "m2grl", *_without_nproc(sys.argv[1:])]
-    os.execv(sys.executable, command)
+    launcher = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def to_ranks(signum: int, _frame: object) -> None:
+        with contextlib.suppress(psutil.Error):
+            for rank in psutil.Process(launcher.pid).children():
+                rank.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, to_ranks)
+    return launcher.wait()
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -59,17 +59,17 @@ def test_bench_train_reports_both_comparisons() -> None:
     assert report["peak_rss_mb"]["whole_run"] > 0
 
 
-def test_bench_distributed_trains_one_process_and_two_ranks_alike() -> None:
-    result = run_cli("bench", "distributed", "--dataset", "movielens-100k", "--seeds", "1", "--json")
+@pytest.mark.slow
+def test_two_ranks_learn_as_well_as_one_process_over_five_seeds() -> None:
+    """Issue 22's quality test, through `m2grl bench distributed` on MovieLens-100K: two ranks'
+    mean HR@20 over five seeds within 0.95 of one process's (1.07 when written: 0.1565 and 0.1463)."""
+    result = run_cli("bench", "distributed", "--dataset", "movielens-100k", "--seeds", "5", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert report["views"] == ["item", "genre"] and report["ranks"] == 2
-    (run,) = report["seeds"]
-    per_rank = run["ranks"]["per_rank"]
-    assert len(per_rank) == 2 and all(rank["pairs"] > 0 and rank["steps"] > 0 for rank in per_rank)
-    # Every step of a rank exchanges rows with the other: the bytes are counted.
-    assert all(rank["sent_bytes_per_pair"] > 0 for rank in per_rank)
-    assert 0 < report["per_rank_efficiency"] and report["sharded"]["sent_bytes_per_step"] > 0
-    # One seed on MovieLens: 2 ranks 0.15 against one process's 0.14 when written; the issue's
-    # 0.95 is of five seeds' means (BENCHMARKS.md), so this asserts only that both learned.
-    assert report["one_process"]["hr@20"] > 0.05 and report["sharded"]["hr@20"] > 0.05
+    assert report["views"] == ["item", "genre"] and report["ranks"] == 2 and len(report["seeds"]) == 5
+    for run in report["seeds"]:
+        per_rank = run["ranks"]["per_rank"]
+        assert len(per_rank) == 2 and all(rank["pairs"] > 0 and rank["steps"] > 0 for rank in per_rank)
+        assert all(rank["sent_bytes_per_pair"] > 0 for rank in per_rank)  # every step exchanges rows
+    assert report["per_rank_efficiency"] > 0 and report["sharded"]["sent_bytes_per_step"] > 0
+    assert report["hr_ratio"] >= 0.95, (report["one_process"], report["sharded"])

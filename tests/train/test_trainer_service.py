@@ -232,9 +232,10 @@ def test_kill_9_of_one_rank_mid_round_publishes_nothing_and_the_next_run_resumes
         chunk = job.stderr.read1(4096)
         assert chunk, f"the job ended before its round started: {seen[-2000:]!r}"
         seen += chunk
-    ranks = psutil.Process(job.pid).children()
+    (torchrun,) = psutil.Process(job.pid).children()
+    ranks = torchrun.children()
     assert len(ranks) == 2
-    follower = max(ranks, key=lambda rank: rank.pid)  # either rank will do; not torchrun itself
+    follower = max(ranks, key=lambda rank: rank.pid)  # either rank will do
     follower.send_signal(signal.SIGKILL)
     job.stderr.read()
     assert job.wait(timeout=300) != 0
@@ -246,3 +247,41 @@ def test_kill_9_of_one_rank_mid_round_publishes_nothing_and_the_next_run_resumes
     assert snapshots.current_version(settings.train.snapshot_dir) == 2
     assert snapshots.load(settings.train.snapshot_dir, 2).ids["item"] == snapshots.load(
         settings.train.snapshot_dir, 1).ids["item"]
+
+
+def test_scheduled_rounds_on_two_ranks_follow_the_graph_and_stop_on_sigterm(
+        ingest_settings: Settings, movielens_sample: list[Event], tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from m2grl.settings import settings_env
+    from tests.conftest import REPO_ROOT
+
+    settings = small_training(ingest_settings, tmp_path / "snapshots")
+    replay(settings, movielens_sample[:6000], progress=False)
+    run_ingest(settings)
+    env = {**os.environ, **settings_env(settings), "OMP_NUM_THREADS": "1", "M2GRL_TRAIN_INTERVAL_S": "2",
+           "M2GRL_TRAIN_METRICS_PORT": "0"}
+    job = subprocess.Popen([sys.executable, "-m", "m2grl", "train", "--nproc", "2"], env=env, cwd=REPO_ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while (snapshots.current_version(settings.train.snapshot_dir) or 0) < 1:
+            assert job.poll() is None and time.monotonic() < deadline, "no first version from the ranks"
+            time.sleep(0.5)
+        first = snapshots.load(settings.train.snapshot_dir)
+        replay(settings, movielens_sample[6000:8000], progress=False)
+        run_ingest(settings)
+        while len(snapshots.load(settings.train.snapshot_dir).ids["item"]) == len(first.ids["item"]):
+            assert job.poll() is None and time.monotonic() < deadline, "the ranks' rounds never took the new items"
+            time.sleep(0.5)
+    finally:
+        job.send_signal(signal.SIGTERM)  # the ranks finish their round and stop together
+        _, errors = job.communicate(timeout=300)
+    assert job.returncode == 0, errors[-3000:]
+    later = snapshots.load(settings.train.snapshot_dir)
+    assert later.ids["item"][:len(first.ids["item"])] == first.ids["item"]
+    assert b"RanksDisagree" not in errors and b"training round failed" not in errors, errors[-3000:]
