@@ -1,7 +1,8 @@
-"""Rows of tables sharded over the ranks of a torch.distributed group, and their exchange: the
-base of the sharded trainer (issue 22), which is built on it step by step. The optimiser loop
-(train/steps.py) and the tables (train/model.py) go through it; with one rank every call returns
-at once what the single-process trainer computed, in the same order.
+"""Rows of tables sharded over the ranks of a torch.distributed group, and their exchange: what the
+sharded trainer (`m2grl train --nproc N`) is built on. The optimiser loop (train/steps.py), the
+tables (train/model.py), the round (train/trainer.py: the leader's reads handed to every rank) and
+publishing (train/publishing.py: rows collected on the leader) go through it; with one rank every
+call returns at once what the single-process trainer computed, in the same order.
 
 Global row r lives on rank r mod N, at local row r div N, so a table that grows by appended rows
 stays balanced. In a step every rank names the rows it needs (``RowExchange.plan``); each
