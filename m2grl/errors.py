@@ -21,7 +21,9 @@ single line and exits non-zero.
      │    ├── InvalidQuery         malformed, or over a configured limit      → INVALID_ARGUMENT
      │    ├── UnknownView          no such view in the served snapshot         → NOT_FOUND
      │    ├── NotServing           no snapshot has been published yet          → UNAVAILABLE
-     │    └── CannotAnswer         the snapshot lacks what the query needs     → FAILED_PRECONDITION
+     │    ├── CannotAnswer         the snapshot lacks what the query needs     → FAILED_PRECONDITION
+     │    ├── TooLate              the call's deadline passed while answering  → DEADLINE_EXCEEDED
+     │    └── TooBusy              a server limit of open calls or streams     → RESOURCE_EXHAUSTED
      ├── RpcError                  a gRPC call failed (client side): status code name and detail
      ├── RanksDisagree             the ranks of a sharded trainer hold different id maps: restart the job
      └── KernelBuildError          a compiled helper (train/csrc/, m2grl/csrc/) could not be built
@@ -109,6 +111,14 @@ class NotServing(QueryError):
 
 class CannotAnswer(QueryError):
     """The served snapshot lacks what the query needs (e.g. memberships of the diversity view)."""
+
+
+class TooLate(QueryError):
+    """The call's deadline passed while the server was answering it; the rest is not computed."""
+
+
+class TooBusy(QueryError):
+    """The server is at a configured limit of concurrent calls or streams."""
 
 
 class RpcError(M2grlError):

@@ -328,6 +328,26 @@ class RpcSettings(_Section):
         description="gRPC port of `m2grl serve` (0: any free port, logged at start-up).",
     )
     workers: int = Field(16, ge=1, description="Threads answering calls; each open WatchSnapshots stream holds one.")
+    max_concurrent_rpcs: int = Field(
+        64, ge=1,
+        description="Most calls, streams included, the server answers or queues at once; more get "
+        "RESOURCE_EXHAUSTED at once instead of waiting for a thread.",
+    )
+    max_watch_streams: int = Field(
+        4, ge=0,
+        description="Most WatchSnapshots streams open at once (each holds one of the workers for its life); more "
+        "get RESOURCE_EXHAUSTED. Must leave workers for the other calls.",
+    )
+    watch_max_s: float = Field(
+        600.0, gt=0,
+        description="A WatchSnapshots stream ends with UNAVAILABLE after this long, so that a stream without a "
+        "deadline frees its worker; `m2grl query watch` and the Python client open it again and go on.",
+    )
+    keepalive_s: float = Field(
+        60.0, gt=0,
+        description="The server pings a connection idle for this long and closes it if the client does not answer "
+        "within 20 s: the calls and streams of a client that vanished end.",
+    )
     token: SecretStr | None = Field(
         None,
         description="Bearer token every call must carry (`authorization: Bearer <token>`); unset: no auth. Health "
@@ -348,6 +368,10 @@ class RpcSettings(_Section):
         description="Most ids in one GetEmbeddings call, and most recent or excluded ids in other calls.",
     )
     max_k: int = Field(1_000, ge=1, description="Most results one SimilarItems or Recommend call may ask for.")
+    max_recent_ids: int = Field(
+        200, ge=1,
+        description="Most recent item ids one Recommend call may give: each is one nearest-neighbour search.",
+    )
     max_request_bytes: int = Field(
         4 * 1024 * 1024, ge=1024,
         description="Largest request accepted; larger ones get INVALID_ARGUMENT.",
@@ -422,6 +446,13 @@ class RpcSettings(_Section):
     def _tls_needs_both(self) -> RpcSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both for TLS, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_left_for_calls(self) -> RpcSettings:
+        if self.max_watch_streams >= self.workers:
+            raise ValueError(f"max_watch_streams ({self.max_watch_streams}) must be below workers ({self.workers}): "
+                             "open streams would hold every thread and no call would be answered")
         return self
 
     @property

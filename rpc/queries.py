@@ -5,7 +5,7 @@ QueryError subclasses that rpc/service.py maps to gRPC status codes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -98,13 +98,14 @@ def _unit_query(vector: np.ndarray, view: ServedView) -> np.ndarray:
 
 
 def recommend(served: ServedVersion, recent_ids: Sequence[str], *, k: int, diversity: float,
-              cfg: RpcSettings) -> Recommendations:
+              cfg: RpcSettings, in_time: Callable[[], None] = lambda: None) -> Recommendations:
     """Items for a user from their recent items (most recent last). Route 1: item-view neighbours
     of the recent items. Route 2, for round(k · diversity) of the results: items of the
     diversity-view values (categories) nearest to the user's recent ones but not among them, ranked
-    by cosine to the mean of the recent items. Recent items are never recommended."""
+    by cosine to the mean of the recent items. Recent items are never recommended. ``in_time`` is
+    called before each search and raises TooLate once the call's deadline has passed."""
     _k(k, cfg)
-    _within("recent ids", len(recent_ids), cfg.max_ids, "max_ids")
+    _within("recent ids", len(recent_ids), cfg.max_recent_ids, "max_recent_ids")
     if not 0.0 <= diversity <= 1.0:
         raise InvalidQuery(f"diversity is a share of the results, from 0 to 1; got {diversity}")
     items = served.views[served.item_view]
@@ -116,19 +117,22 @@ def recommend(served: ServedVersion, recent_ids: Sequence[str], *, k: int, diver
                            f"snapshot {served.version} lacks (rpc.diversity_view; views: {', '.join(served.views)})")
     if not recent:
         return Recommendations([], unknown)
-    neighbours = _item_neighbours(items, recent, k)
+    neighbours = _item_neighbours(items, recent, k, in_time)
+    in_time()
     diverse = _nearby_category_items(served, items, recent, wanted_diverse, cfg) if wanted_diverse else []
     chosen = {r.item_id for r in diverse}
     from_items = [r for r in neighbours if r.item_id not in chosen][: k - len(diverse)]
     return Recommendations(from_items + diverse, unknown)
 
 
-def _item_neighbours(items: ServedView, recent: list[int], k: int) -> list[Recommendation]:
+def _item_neighbours(items: ServedView, recent: list[int], k: int,
+                     in_time: Callable[[], None]) -> list[Recommendation]:
     """Up to k neighbours of the recent items (most recent first wins ties), each scored by its best
     cosine to any of them."""
     best: dict[int, tuple[float, int]] = {}
     skip = set(recent)
     for source in recent:
+        in_time()
         rows, scores = items.index.search(items.unit(source), k, skip)
         for row, score in zip(rows, scores):
             if row not in best or score > best[row][0]:

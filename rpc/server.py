@@ -25,6 +25,7 @@ from m2grl.settings import RpcSettings
 log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+KEEPALIVE_TIMEOUT_MS = 20_000  # rpc.keepalive_s's description names it
 
 
 def _credentials(cfg: RpcSettings) -> grpc.ServerCredentials | None:
@@ -50,10 +51,15 @@ class EmbeddingServer:
             interceptors.append(BearerTokenAuth(cfg.token.get_secret_value()))
         # The transport's own limit only guards memory; requests between it and rpc.max_request_bytes
         # get a readable INVALID_ARGUMENT from the servicer instead of RESOURCE_EXHAUSTED.
+        # Past maximum_concurrent_rpcs gRPC answers RESOURCE_EXHAUSTED itself; keepalive pings end the
+        # calls of a client that vanished without closing its connection.
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
-            interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", 4 * cfg.max_request_bytes),
+            interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            options=[("grpc.keepalive_time_ms", round(cfg.keepalive_s * 1000)),
+                     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                     ("grpc.http2.max_pings_without_data", 0),  # a stream with nothing to send still pings
+                     ("grpc.max_receive_message_length", 4 * cfg.max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0),
                      ("grpc.max_connection_age_ms", round(cfg.max_connection_age_s * 1000)),

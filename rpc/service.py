@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
-from m2grl.errors import CannotAnswer, InvalidQuery, NotServing, QueryError, UnknownView
+from m2grl.errors import CannotAnswer, InvalidQuery, NotServing, QueryError, TooBusy, TooLate, UnknownView
 from m2grl.protos import embedding_pb2 as pb
 from m2grl.protos import embedding_pb2_grpc as pb_grpc
 from m2grl.rpc import metrics, queries
@@ -26,7 +27,14 @@ STATUS = {
     UnknownView: grpc.StatusCode.NOT_FOUND,
     NotServing: grpc.StatusCode.UNAVAILABLE,
     CannotAnswer: grpc.StatusCode.FAILED_PRECONDITION,
+    TooLate: grpc.StatusCode.DEADLINE_EXCEEDED,
+    TooBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# Metric labels are these methods' names (the service's and reflection's); a call to any other
+# (with a token set, a made-up name reaches the interceptors) counts as "unknown", so that made-up
+# names cannot grow the label set or the interceptor's cache.
+METHODS = frozenset(method.name for descriptor in (pb.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+                    for service in descriptor.services_by_name.values() for method in service.methods)
 ROUTES = {queries.Route.ITEM_NEIGHBOUR: pb.ROUTE_ITEM_NEIGHBOUR,
           queries.Route.NEARBY_CATEGORY: pb.ROUTE_NEARBY_CATEGORY}
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -44,9 +52,7 @@ def _answer(method: Method) -> Method:
             if size > self.cfg.max_request_bytes:
                 raise InvalidQuery(f"request of {size:,} bytes, at most {self.cfg.max_request_bytes:,} allowed "
                                    "(rpc.max_request_bytes)")
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call was answered")
+            _in_time(context)
             return method(self, request, context)
         except QueryError as exc:
             context.abort(STATUS[type(exc)], str(exc))
@@ -54,11 +60,20 @@ def _answer(method: Method) -> Method:
     return wrapper  # type: ignore[return-value]
 
 
+def _in_time(context: grpc.ServicerContext) -> None:
+    """Raise TooLate if the call's deadline has passed: checked on entry and between the searches
+    of a long query, so that a call nobody waits for stops using its thread."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise TooLate("the deadline passed before the call was answered")
+
+
 class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def __init__(self, live: LiveSnapshots, cfg: RpcSettings, stopping: threading.Event) -> None:
         self.live = live
         self.cfg = cfg
         self.stopping = stopping
+        self._watch_slots = threading.BoundedSemaphore(cfg.max_watch_streams) if cfg.max_watch_streams else None
 
     def _served(self, min_version: int) -> ServedVersion:
         served = self.live.current
@@ -93,7 +108,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         served = self._served(request.min_version)
         answer = queries.recommend(served, request.recent_item_ids, k=request.k, diversity=request.diversity,
-                                   cfg=self.cfg)
+                                   cfg=self.cfg, in_time=functools.partial(_in_time, context))
         return pb.RecommendResponse(
             snapshot_version=served.version, unknown_recent_ids=answer.unknown_recent_ids,
             results=[pb.Recommendation(item_id=r.item_id, score=r.score, route=ROUTES[r.route], via=r.via)
@@ -111,13 +126,29 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def WatchSnapshots(self, request: pb.WatchSnapshotsRequest,
                        context: grpc.ServicerContext) -> Iterator[pb.SnapshotEvent]:
         """The current version first (if any), then each one as it goes live, until the client
-        leaves, its deadline passes, or the server shuts down."""
+        leaves, its deadline passes, the server shuts down, or rpc.watch_max_s has passed (then
+        UNAVAILABLE: open it again). At most rpc.max_watch_streams at once (RESOURCE_EXHAUSTED)."""
+        slots = self._watch_slots
+        if slots is None or not slots.acquire(blocking=False):
+            context.abort(STATUS[TooBusy], f"{self.cfg.max_watch_streams} WatchSnapshots streams are open already, the "
+                          "most this server allows (rpc.max_watch_streams); try again later or another replica")
+            return
+        # Given back when the call ends, however it ends: at once when its client cancels, where the
+        # stream's own loop notices only at its next wake-up.
+        context.add_callback(slots.release)
+        yield from self._watch(context)
+
+    def _watch(self, context: grpc.ServicerContext) -> Iterator[pb.SnapshotEvent]:
+        ends = time.monotonic() + self.cfg.watch_max_s
         first = self._first_event()
         last = 0
         if first is not None:
             last = first.snapshot_version
             yield first
         while context.is_active() and not self.stopping.is_set():
+            if time.monotonic() >= ends:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"this stream has been open for rpc.watch_max_s "
+                              f"({self.cfg.watch_max_s:g} s), the most this server allows: open it again")
             remaining = context.time_remaining()
             for event in self.live.went_live_after(last, timeout=min(1.0, remaining) if remaining else 1.0):
                 last = event.version
@@ -165,10 +196,12 @@ class Observed(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
-        key = (details.method, id(handler))  # the auth interceptor answers some calls with its own handler
+        method = details.method.rsplit("/", 1)[-1]
+        if method not in METHODS:
+            method = "unknown"
+        key = (method, id(handler))  # the auth interceptor answers some calls with its own handler
         wrapped = self._wrapped.get(key)
         if wrapped is None:
-            method = details.method.rsplit("/", 1)[-1]
             if handler.unary_unary:
                 wrapped = handler._replace(unary_unary=_observed_unary(handler.unary_unary, method))
             elif handler.unary_stream:

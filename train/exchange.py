@@ -31,6 +31,7 @@ from m2grl.errors import RanksDisagree
 
 T = TypeVar("T")
 
+
 @dataclass(frozen=True)
 class Exchange:
     """One step's rows and who owns them, agreed by every rank of the group."""

@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from m2grl.errors import ConfigError, RpcError
+from m2grl.protos import embedding_pb2 as pb
+from m2grl.protos import embedding_pb2_grpc as pb_grpc
 from m2grl.rpc import queries
 from m2grl.rpc.client import EmbeddingClient
 from m2grl.rpc.server import SERVICE, EmbeddingServer
@@ -260,7 +262,7 @@ def test_calls_are_counted_by_method_and_status(start_server: Start) -> None:
 
 def test_shutdown_ends_watch_streams_and_lets_calls_in_flight_finish(start_server: Start,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    server, _, client = serving(start_server, workers=4)
+    server, _, client = serving(start_server, workers=4, max_watch_streams=1)
     inside, release = threading.Event(), threading.Event()
     answer_slowly = queries.recommend
 
@@ -313,3 +315,94 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port} \(rpc.host, rpc.port\)"):
             EmbeddingServer(tmp_path, RpcSettings(port=port))
+
+
+def test_watch_streams_past_the_limit_are_refused_and_each_ends_after_its_lifetime(start_server: Start) -> None:
+    server, _, client = serving(start_server, max_watch_streams=1, watch_max_s=1.5)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        first = stub.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=30)
+        assert next(first).snapshot_version == 1
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=30))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "rpc.max_watch_streams" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(first)  # no new version: the stream waits until its lifetime is over
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "rpc.watch_max_s" in ended.value.details()
+        again = stub.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=30)
+        assert next(again).snapshot_version == 1  # the ended stream gave its slot back
+        again.cancel()
+    with client:  # the project's client opens an ended stream again and repeats no version
+        assert [event.version for event in client.watch(timeout=4)] == [1]
+
+
+def test_calls_past_max_concurrent_rpcs_get_resource_exhausted(start_server: Start) -> None:
+    server, _, client = serving(start_server, max_concurrent_rpcs=2, max_watch_streams=2)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, client:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        streams = []
+        deadline = time.monotonic() + 15
+        while len(streams) < 2:  # the stream serving() watched with ends within a second of its cancel
+            stream = stub.WatchSnapshots(pb.WatchSnapshotsRequest(), timeout=30)
+            try:
+                assert next(stream).snapshot_version == 1
+                streams.append(stream)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert code_of(lambda: client.info())[0] == "RESOURCE_EXHAUSTED"
+        for stream in streams:
+            stream.cancel()
+        deadline = time.monotonic() + 15
+        while True:  # a cancelled stream's handler notices within a second
+            try:
+                assert client.info().version == 1
+                break
+            except RpcError as exc:
+                assert exc.code == "RESOURCE_EXHAUSTED" and time.monotonic() < deadline
+
+
+def test_recommend_stops_searching_once_its_deadline_has_passed(start_server: Start,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    server, _, client = serving(start_server, max_recent_ids=20)
+    with client:
+        code, detail = code_of(lambda: client.recommend([f"c0-{n}" for n in range(21)], k=5))
+        assert code == "INVALID_ARGUMENT" and "rpc.max_recent_ids" in detail
+    served = server.live.current
+    assert served is not None
+    index = type(served.views["item"].index)
+    searches: list[float] = []
+    search = index.search
+
+    def slow_search(self: object, *args: object, **kwargs: object) -> object:
+        searches.append(time.monotonic())
+        time.sleep(0.3)
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(index, "search", slow_search)
+    recent = [f"c{c}-{n}" for c in range(3) for n in range(4)]  # 12 searches of 0.3 s: 3.6 s unstopped
+    with client_of(server, timeout=0.5) as hurried:
+        assert code_of(lambda: hurried.recommend(recent, k=5))[0] == "DEADLINE_EXCEEDED"
+    time.sleep(4)
+    assert 1 <= len(searches) < len(recent)  # the server gave up between searches
+
+
+def test_made_up_method_names_do_not_grow_the_metric_labels(start_server: Start) -> None:
+    server, _, _ = serving(start_server, token="s3cret-token")
+
+    def count(method: str) -> float:
+        labels = {"method": method, "code": "UNAUTHENTICATED"}
+        return REGISTRY.get_sample_value("m2grl_rpc_requests_total", labels) or 0.0
+
+    before = count("unknown")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for n in range(30):
+            call = channel.unary_unary(f"/m2grl.v1.EmbeddingService/MadeUp{n}")
+            with pytest.raises(grpc.RpcError) as denied:
+                call(b"", timeout=5)
+            assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert count("unknown") == before + 30
+    labels = {sample.labels["method"] for metric in REGISTRY.collect() if metric.name == "m2grl_rpc_requests"
+              for sample in metric.samples}
+    assert not any(label.startswith("MadeUp") for label in labels)
