@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from m2grl.errors import GraphStoreUnavailable, M2grlError, StaleOffsetsError, StreamUnavailable
+from m2grl.errors import GraphStoreUnavailable, M2grlError, OffsetGap, StaleOffsetsError, StreamUnavailable
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.model import NO_OFFSET, PartitionMark, SessionState
 from m2grl.graphstore.writes import BehaviorGraphWriter, PendingWrite
@@ -80,7 +80,37 @@ class BatchResult:
     applied: int = 0
     replayed: int = 0
     dead_lettered: int = 0
+    skipped_offsets: int = 0  # offsets inside the batch's gaps (records removed before they were read)
     edge_rows: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Offsets ``first``..``last`` of ``partition`` lie between the stored offset and the batch's
+    first record past it: never read, the records gone from the topic."""
+
+    partition: int
+    first: int
+    last: int
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+def offset_gaps(decoded: list[Decoded], marks: dict[int, PartitionMark]) -> list[Gap]:
+    """The gaps between each partition's stored offset (where one is stored) and the batch's first
+    record past it."""
+    first_new: dict[int, int] = {}
+    for record, _ in decoded:
+        if record.offset > marks.get(record.partition, PartitionMark()).offset:
+            first_new[record.partition] = min(first_new.get(record.partition, record.offset), record.offset)
+    gaps = []
+    for partition, first in sorted(first_new.items()):
+        stored = marks.get(partition, PartitionMark()).offset
+        if stored != NO_OFFSET and first > stored + 1:
+            gaps.append(Gap(partition, stored + 1, first - 1))
+    return gaps
 
 
 @dataclass
@@ -98,6 +128,10 @@ class _Projection:
     generation: int
     offsets: list[dict[int, int]]
     sessions: list[dict[str, SessionState]]
+
+
+def _described(gaps: list[Gap]) -> str:
+    return "; ".join(f"partition {gap.partition}: offsets {gap.first}-{gap.last} ({gap.size} records)" for gap in gaps)
 
 
 def _holds(base: dict[int, int], marks: dict[int, PartitionMark]) -> bool:
@@ -120,6 +154,7 @@ class BatchApplier:
         self.topic = ingest.topic
         self.gap_ms = int(ingest.session_gap_s * 1000)
         self.backoff_max_s = ingest.retry_backoff_max_s
+        self.on_offset_gap = ingest.on_offset_gap
         self.rules = EventRules.of(ingest)
         self.dead_letters = dead_letters
         self.stop = stop
@@ -276,6 +311,10 @@ class BatchApplier:
         started = time.perf_counter()
         decoded = batch.decoded
         result = BatchResult(records=len(decoded))
+        gaps = offset_gaps(decoded, self._marks(self.stores[0]))
+        if gaps and self.on_offset_gap == "stop":
+            raise OffsetGap(f"topic {self.topic}: {_described(gaps)} gone before ingest read them; stopping as "
+                            "ingest.on_offset_gap says (set it to count to go on without them)")
         letters = self._dead_letters_to_send(decoded)
         dead_letter_ends = self.dead_letters.send(letters) if letters else {}
         for letter in letters:
@@ -305,6 +344,13 @@ class BatchApplier:
             for view, rows in plan.edge_rows.items():
                 metrics.EDGES_WRITTEN.labels(view).inc(rows)
 
+        for gap in gaps:  # counted once the batch that passes it is committed, not on each retry
+            metrics.OFFSET_GAPS.labels(self.topic, str(gap.partition)).inc()
+            metrics.OFFSETS_SKIPPED.labels(self.topic, str(gap.partition)).inc(gap.size)
+        if gaps:
+            log.error("topic %s: %s gone before ingest read them (retention or compaction); going on without "
+                      "them", self.topic, _described(gaps))
+        result.skipped_offsets = sum(gap.size for gap in gaps)
         result.replayed = sum(1 for record, outcome in decoded if isinstance(outcome, Event)) - result.applied
         metrics.EVENTS_APPLIED.labels(self.topic).inc(result.applied)
         metrics.EVENTS_SKIPPED.labels(self.topic).inc(result.replayed)

@@ -41,6 +41,7 @@ class IngestTotals:
     applied: int = 0
     replayed: int = 0
     dead_lettered: int = 0
+    skipped_offsets: int = 0
     batches: int = 0
     seconds: float = 0.0
 
@@ -49,6 +50,7 @@ class IngestTotals:
         self.applied += result.applied
         self.replayed += result.replayed
         self.dead_lettered += result.dead_lettered
+        self.skipped_offsets += result.skipped_offsets
         self.batches += 1
 
 

@@ -20,6 +20,11 @@ BATCH_EVENTS = Histogram("m2grl_ingest_batch_events", "Messages per batch",
 REPLANNED = Counter("m2grl_ingest_replanned_total",
                     "Store writes planned again at commit time because the plan made ahead was void "
                     "(an outage, a rebalance or another consumer changed what the store holds)")
+OFFSET_GAPS = Counter("m2grl_ingest_offset_gaps_total",
+                      "Times a partition's next record lay past the offset after the stored one (records removed "
+                      "before ingest read them)", ["topic", "partition"])
+OFFSETS_SKIPPED = Counter("m2grl_ingest_offsets_skipped_total", "Offsets inside those gaps, never read",
+                          ["topic", "partition"])
 RETRIES = Counter("m2grl_ingest_retries_total", "Batches retried after an outage or an offset conflict", ["cause"])
 LAG = Gauge("m2grl_ingest_consumer_lag", "Messages between the consumer's position and the partition end",
             ["topic", "partition"])

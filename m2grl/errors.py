@@ -15,7 +15,9 @@ single line and exits non-zero.
      │    ├── GraphStoreUnavailable    transient (server down, leader change): retry later
      │    └── StaleOffsetsError    another writer moved a partition's stored offset first
      ├── StreamError               Kafka refused or failed a request
-     │    └── StreamUnavailable        transient (broker down, no leader): retry later
+     │    ├── StreamUnavailable        transient (broker down, no leader): retry later
+     │    └── OffsetGap            records between the stored offset and the next one are gone
+     │                             (ingest.on_offset_gap = "stop")
      ├── QueryError                the served snapshot cannot answer a query as asked (server side;
      │    │                        rpc/service.py maps each to its gRPC status)
      │    ├── InvalidQuery         malformed, or over a configured limit      → INVALID_ARGUMENT
@@ -91,6 +93,12 @@ class StreamError(M2grlError):
 
 class StreamUnavailable(StreamError):
     """Kafka cannot be reached right now; the same request may succeed later."""
+
+
+class OffsetGap(StreamError):
+    """A partition's next record lies past the offset after the stored one: the records between
+    were removed (retention, compaction) before ingest read them, and ingest.on_offset_gap says to
+    stop rather than go on without them."""
 
 
 class QueryError(M2grlError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -182,6 +182,14 @@ class IngestSettings(_Section):
         description="The interpreter's thread switch interval in `m2grl ingest` (Python's default is 5 ms): the "
         "writer thread, back from each Neo4j round trip, waits at most this long for the thread that decodes and "
         "plans the next batch.",
+    )
+    on_offset_gap: Literal["count", "stop"] = Field(
+        "count",
+        description="When a partition's next record lies past the offset after the one the graph holds (records "
+        "removed by retention or compaction before ingest read them): count it (m2grl_ingest_offset_gaps_total, "
+        "m2grl_ingest_offsets_skipped_total) and log the range as an error, then go on; or stop ingest with that "
+        "error until an operator decides. A transactional producer's commit markers take offsets too, and "
+        "count as gaps of one.",
     )
     rejoin_after_s: float = Field(
         60.0, gt=0,

@@ -28,7 +28,8 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         print_json(summary)
     else:
         print(f"ingested {totals.records} messages in {totals.batches} batches ({totals.seconds:.1f} s): "
-              f"{totals.applied} applied, {totals.replayed} already held, {totals.dead_lettered} dead-lettered")
+              f"{totals.applied} applied, {totals.replayed} already held, {totals.dead_lettered} dead-lettered"
+              + (f", {totals.skipped_offsets} offsets gone before they were read" if totals.skipped_offsets else ""))
     return 0
 
 

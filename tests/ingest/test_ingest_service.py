@@ -159,3 +159,47 @@ def test_neo4j_outage_mid_stream_loses_nothing(ingest_settings: Settings, moviel
     log = (tmp_path / "ingest.log").read_text()
     # Short outages are ridden out by the driver's own retries, longer ones by the consumer's backoff.
     assert re.search(r"unavailable|will be retried", log), "the outage should have been noticed and logged"
+
+
+def test_records_removed_before_ingest_read_them_are_counted_or_stop_it(
+        ingest_settings: Settings, movielens_sample: list[Event]) -> None:
+    import os
+    import sys
+
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    from m2grl.settings import settings_env
+    from tests.conftest import REPO_ROOT
+
+    settings = ingest_settings
+    replay(settings, movielens_sample[:2000], progress=False)
+    run_ingest(settings)
+    topic = settings.ingest.topic
+    partitions = [TopicPartition(topic, p) for p in range(settings.ingest.partitions)]
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    read = consumer.end_offsets(partitions)  # the graph holds everything before these
+    replay(settings, movielens_sample[2000:4000], progress=False)
+    ends = consumer.end_offsets(partitions)
+    consumer.close()
+    # Retention, as Kafka does it: the oldest unread records of each partition are removed.
+    cut = {tp: read[tp] + 10 for tp in partitions if ends[tp] > read[tp] + 10}
+    assert cut, "every partition took a few records"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin.delete_records(cut)
+    admin.close()
+
+    stopping = subprocess.run([sys.executable, "-m", "m2grl", "ingest", "--until-idle", "--no-metrics"],
+                              env={**os.environ, **settings_env(settings), "M2GRL_INGEST_ON_OFFSET_GAP": "stop"},
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert stopping.returncode != 0
+    # A gap is measured from the offset the graph holds: a partition ingest never read from starts,
+    # as Kafka's auto_offset_reset says, at its earliest record.
+    held = [tp for tp in cut if read[tp] > 0]
+    assert held, "the first 2,000 events reached at least one partition that is cut"
+    named = [tp for tp in held if f"partition {tp.partition}: offsets {read[tp]}-{cut[tp] - 1} (10 records)"
+             in stopping.stderr]  # the gaps of the first batch that has any
+    assert named and "ingest.on_offset_gap" in stopping.stderr, stopping.stderr[-3000:]
+
+    totals = run_ingest(settings)  # the default: count, log and go on
+    assert totals["skipped_offsets"] == 10 * len(held)
+    assert totals["applied"] == sum(ends[tp] - cut.get(tp, read[tp]) for tp in partitions)
