@@ -43,6 +43,8 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
+import re
 import shutil
 import time
 import uuid
@@ -53,6 +55,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
+
+from m2grl.views import VIEW_NAME
 
 FORMAT_VERSION = 3
 CURRENT = "CURRENT"
@@ -88,7 +92,9 @@ class Manifest:
         data = json.loads(text)
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"snapshot format {data.get('format_version')} is not {FORMAT_VERSION}")
-        return cls(**data)
+        manifest = cls(**data)
+        _check_names("manifest", [*manifest.views, *manifest.sides, *manifest.rows], manifest.chain)
+        return manifest
 
     @property
     def segment(self) -> str:
@@ -113,7 +119,22 @@ class SegmentInfo:
 
     @classmethod
     def read(cls, folder: Path) -> SegmentInfo:
-        return cls(**json.loads((folder / "segment.json").read_text()))
+        info = cls(**json.loads((folder / "segment.json").read_text()))
+        _check_names(f"segment {folder.name}", [*info.rows, *info.held, *info.state, *info.members,
+                                                 *(info.table_rows or {})], [info.name])
+        return info
+
+
+SEGMENT_NAME = re.compile(r"^[bd][0-9]{6,}$")
+
+
+def _check_names(what: str, views: list[str], segments: list[str]) -> None:
+    """Names a snapshot's files and folders are made of: view names as views.py allows them, and
+    segment names as ``segment_name`` makes them. A manifest naming ``../x`` is refused, not read."""
+    bad = [name for name in views if not isinstance(name, str) or not VIEW_NAME.match(name)]
+    bad += [name for name in segments if not isinstance(name, str) or not SEGMENT_NAME.match(name)]
+    if bad:
+        raise ValueError(f"{what} names {bad!r}, which are no view or segment names")
 
 
 @dataclass
@@ -776,5 +797,10 @@ def load_checkpoint(root: Path, *, rank: int = 0, ranks: int = 1) -> Checkpoint 
         contexts[view] = _gather(fold_blocks(root, infos, view, "contexts", rows, dim), (rows, dim),
                                  rank=rank, ranks=ranks)
         squares[view] = _gather(fold_blocks(root, infos, view, "squares", rows, 2), (rows, 2), rank=rank, ranks=ranks)
-    model = torch.load(segment_dir(root, carrier.name) / "model.pt", weights_only=False)
+    path = segment_dir(root, carrier.name) / "model.pt"
+    try:  # tensors, numbers, strings and containers of them only: a pickle in the folder runs no code
+        model = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path} holds more than tensors and plain values; refused unread: "
+                         f"{str(exc).splitlines()[0]}") from None
     return Checkpoint(manifest, ids, model, inputs, contexts, squares)

@@ -263,3 +263,41 @@ def test_a_kill_during_publish_or_compaction_leaves_the_last_complete_version(tm
     truth = Truth(root, version=current)
     truth.base(100, 5, keep=3)
     assert snapshots.load(root).manifest.version == current + 1
+
+
+class _RunsCode:
+    """A pickle that would run ``touch`` when loaded, as a tampered model.pt could."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, ...]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_tampered_snapshot_is_refused_unread(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    truth = Truth(tmp_path / "snapshots")
+    truth.base(10, 3)
+    root = truth.root
+    manifest = snapshots.read_current(root)
+    assert manifest is not None
+    marker = tmp_path / "ran"
+    torch.save({"version": _RunsCode(marker)}, snapshots.segment_dir(root, manifest.segment) / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.pt"):
+        snapshots.load_checkpoint(root)
+    assert not marker.exists()  # the pickle's code never ran
+
+    path = snapshots.manifest_path(root, manifest.version)
+    data = json.loads(path.read_text())
+    data["views"] = ["item", "../../outside"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="outside"):
+        snapshots.read_current(root)
+    data["views"], data["chain"] = ["item", "category"], ["../b000001"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="b000001"):
+        snapshots.read_current(root)
