@@ -356,6 +356,11 @@ class RpcSettings(_Section):
         description="The server pings a connection idle for this long and closes it if the client does not answer "
         "within 20 s: the calls and streams of a client that vanished end.",
     )
+    allow_insecure: bool = Field(
+        False,
+        description="Let `m2grl serve` listen beyond loopback without TLS and a token (refused otherwise): for a "
+        "private network such as compose.yaml's, where the host side of the port is loopback only.",
+    )
     token: SecretStr | None = Field(
         None,
         description="Bearer token every call must carry (`authorization: Bearer <token>`); unset: no auth. Health "
@@ -465,7 +470,8 @@ class RpcSettings(_Section):
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host  # IPv6
+        return f"{host}:{self.port}"
 
 
 class DataSettings(_Section):

@@ -4,6 +4,7 @@ auth, a poller that swaps in each new snapshot, and a shutdown that drains calls
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +29,27 @@ SERVICE = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 KEEPALIVE_TIMEOUT_MS = 20_000  # rpc.keepalive_s's description names it
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def _check_exposure(cfg: RpcSettings) -> None:
+    """Refuse to listen beyond loopback with neither TLS nor a token, unless rpc.allow_insecure."""
+    if _loopback(cfg.host) or (cfg.tls_cert is not None and cfg.token is not None):
+        return
+    missing = " and ".join(name for name, value in (("TLS (rpc.tls_cert, rpc.tls_key)", cfg.tls_cert),
+                                                    ("a token (rpc.token)", cfg.token)) if value is None)
+    if not cfg.allow_insecure:
+        raise ConfigError(f"rpc.host {cfg.host} is reachable beyond this machine, without {missing}: set them, "
+                          "or set rpc.allow_insecure on a private network")
+    log.warning("listening on %s without %s (rpc.allow_insecure)", cfg.host, missing)
+
+
 def _credentials(cfg: RpcSettings) -> grpc.ServerCredentials | None:
     if cfg.tls_cert is None or cfg.tls_key is None:
         return None
@@ -43,6 +65,7 @@ class EmbeddingServer:
     def __init__(self, snapshot_dir: Path, cfg: RpcSettings,
                  also_serve: Sequence[Callable[[grpc.Server], None]] = ()) -> None:
         """``also_serve``: functions adding more servicers (the benchmark's baseline)."""
+        _check_exposure(cfg)
         self.cfg = cfg
         self.live = LiveSnapshots(snapshot_dir, cfg)
         self._stopping = threading.Event()

@@ -406,3 +406,18 @@ def test_made_up_method_names_do_not_grow_the_metric_labels(start_server: Start)
     labels = {sample.labels["method"] for metric in REGISTRY.collect() if metric.name == "m2grl_rpc_requests"
               for sample in metric.samples}
     assert not any(label.startswith("MadeUp") for label in labels)
+
+
+def test_listening_beyond_loopback_needs_tls_and_a_token_or_an_explicit_insecure_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"without TLS .* and a token .*rpc\.allow_insecure"):
+        EmbeddingServer(tmp_path / "snapshots", RpcSettings(host="0.0.0.0", port=0, metrics_port=0))
+    with pytest.raises(ConfigError, match=r"without a token"):
+        cert, key = self_signed(tmp_path)
+        EmbeddingServer(tmp_path / "snapshots", RpcSettings(host="0.0.0.0", port=0, metrics_port=0, tls_cert=cert,
+                                                            tls_key=key))
+    for cfg in (RpcSettings(host="0.0.0.0", port=0, metrics_port=0, allow_insecure=True),
+                RpcSettings(host="0.0.0.0", port=0, metrics_port=0, tls_cert=cert, tls_key=key, token="t0ken"),
+                RpcSettings(host="localhost", port=0, metrics_port=0)):
+        server = EmbeddingServer(tmp_path / "snapshots", cfg).start()
+        assert server.port > 0
+        server.stop(grace=0)
