@@ -8,13 +8,14 @@ rejections it already sent, so a replayed batch does not send them twice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from m2grl.errors import StreamError
+from m2grl.errors import StreamError, StreamUnavailable
 from m2grl.graphstore.model import NO_OFFSET
 from m2grl.ingest.errors import translated_errors
 from m2grl.ingest.events import Rejection
@@ -25,6 +26,7 @@ HEADER_DETAIL = "detail"
 HEADER_TOPIC = "source_topic"
 HEADER_PARTITION = "source_partition"
 HEADER_OFFSET = "source_offset"
+SCAN_TIMEOUT_S = 60.0  # a scan of a dead-letter partition that does not reach its end by then is retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +92,9 @@ class DeadLetterQueue:
         tp = TopicPartition(self.topic, self.partition_for(source_partition))
         found: set[int] = set()
         with translated_errors(self.bootstrap):
+            # earliest: where retention removed letters from the start, the scan starts at the oldest kept.
             reader = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                   client_id="m2grl-dlq-scan", request_timeout_ms=15000)
+                                   client_id="m2grl-dlq-scan", request_timeout_ms=15000, auto_offset_reset="earliest")
             try:
                 reader.assign([tp])
                 end = reader.end_offsets([tp])[tp]
@@ -99,7 +102,11 @@ class DeadLetterQueue:
                     reader.seek_to_beginning(tp)
                 else:
                     reader.seek(tp, dead_letter_offset)
+                deadline = time.monotonic() + SCAN_TIMEOUT_S
                 while reader.position(tp) < end:
+                    if time.monotonic() > deadline:  # the batch retries with backoff; a stop ends the wait
+                        raise StreamUnavailable(f"the scan of dead-letter partition {tp.partition} stopped short of "
+                                                f"offset {end} for {SCAN_TIMEOUT_S:g} s")
                     for records in reader.poll(timeout_ms=1000).values():
                         for record in records:
                             headers = header_map(record.headers)
