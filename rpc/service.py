@@ -135,7 +135,9 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             return
         # Given back when the call ends, however it ends: at once when its client cancels, where the
         # stream's own loop notices only at its next wake-up.
-        context.add_callback(slots.release)
+        if not context.add_callback(slots.release):  # the call has ended already
+            slots.release()
+            return
         yield from self._watch(context)
 
     def _watch(self, context: grpc.ServicerContext) -> Iterator[pb.SnapshotEvent]:
