@@ -209,7 +209,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="shard the tables over N processes on this machine, started by torchrun (default 1: "
                        "one process, with the cold-start lane). The processes split the cores unless "
                        "OMP_NUM_THREADS is set. Across machines, start `m2grl train` with torchrun yourself "
-                       "(docs/scaling.md)")
+                       "(README, Several processes)")
     train.add_argument("--restarts", type=int, default=3, metavar="K",
                        help="with --nproc, times torchrun restarts the group from the last version after a "
                        "process dies (default 3; none with --once)")
