@@ -27,6 +27,7 @@ class Reason(str, enum.Enum):  # noqa: UP042 - StrEnum would change str()/format
     UNKNOWN_BEHAVIOR = "unknown_behavior"
     BAD_TIMESTAMP = "bad_timestamp"
     OVERSIZED = "oversized"
+    FIELD_TOO_LONG = "field_too_long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +64,13 @@ class EventRules:
     max_bytes: int
     min_time_ms: int
     max_future_ms: int
+    max_field_chars: int = 256
 
     @classmethod
     def of(cls, ingest: IngestSettings) -> EventRules:
         return cls(behaviors=frozenset(ingest.behaviors), max_bytes=ingest.max_event_bytes,
-                   min_time_ms=ingest.min_event_time_ms, max_future_ms=int(ingest.max_future_s * 1000))
+                   min_time_ms=ingest.min_event_time_ms, max_future_ms=int(ingest.max_future_s * 1000),
+                   max_field_chars=ingest.max_field_chars)
 
 
 def _parse(raw: bytes) -> events_pb2.BehaviorEvent | Rejection:
@@ -106,6 +109,12 @@ def decode(raw: bytes | None, rules: EventRules, *, now_ms: int) -> Event | Reje
         missing.append("event_time_ms")
     if missing:
         return Rejection(Reason.MISSING_FIELD, f"missing or empty: {', '.join(missing)}")
+    long = [name for name, value in (("user_id", parsed.user_id), ("item_id", parsed.item_id),
+                                     *((f"side.{view}", value) for view, value in parsed.side.items()))
+            if len(value) > rules.max_field_chars]
+    if long:
+        return Rejection(Reason.FIELD_TOO_LONG,
+                         f"longer than {rules.max_field_chars} characters: {', '.join(long)[:200]}")
     if parsed.behavior not in rules.behaviors:
         return Rejection(Reason.UNKNOWN_BEHAVIOR, f"behavior {parsed.behavior!r} not in {sorted(rules.behaviors)}")
     if not rules.min_time_ms <= parsed.event_time_ms <= now_ms + rules.max_future_ms:

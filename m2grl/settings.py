@@ -166,6 +166,11 @@ class IngestSettings(_Section):
         description="Accepted behaviour types; others are dead-lettered.",
     )
     max_event_bytes: int = Field(65536, ge=64, description="Larger messages are dead-lettered as oversized.")
+    max_field_chars: int = Field(
+        256, ge=1,
+        description="Longest user id, item id or side value (characters); longer ones are dead-lettered as "
+        "field_too_long, since each becomes a node id in the graphs and a row id in every snapshot.",
+    )
     min_event_time_ms: int = Field(
         631152000000,
         description="Events before this time (ms, UTC; default 1990-01-01) are dead-lettered.",

@@ -39,6 +39,12 @@ def test_blank_side_values_are_dropped() -> None:
     (b'{"user_id": "u", "item_id": "i", "behavior": "pv", "event_time_ms": 12}', Reason.BAD_TIMESTAMP),
     (b'{"user_id": "u", "item_id": "i", "behavior": "pv", "event_time_ms": 4102444800000}', Reason.BAD_TIMESTAMP),
     (b'{"user_id": "u", "item_id": "' + b"x" * 5000 + b'"}', Reason.OVERSIZED),
+    (b'{"user_id": "u", "item_id": "' + b"x" * 257 + b'", "behavior": "pv", "event_time_ms": 1511544070000}',
+     Reason.FIELD_TOO_LONG),
+    (b'{"user_id": "' + "ü".encode() * 257 + b'", "item_id": "i", "behavior": "pv", "event_time_ms": 1511544070000}',
+     Reason.FIELD_TOO_LONG),
+    (b'{"user_id": "u", "item_id": "i", "behavior": "pv", "event_time_ms": 1511544070000, "side": {"category": "'
+     + b"c" * 300 + b'"}}', Reason.FIELD_TOO_LONG),
 ])
 def test_each_kind_of_bad_input_has_its_reason(raw: bytes | None, reason: Reason) -> None:
     outcome = decode(raw, RULES, now_ms=NOW)
