@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
@@ -27,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from m2grl.errors import RanksDisagree
+from m2grl.errors import M2grlError, RanksDisagree
 
 T = TypeVar("T")
 
@@ -113,7 +114,7 @@ class RowExchange:
         dist.all_to_all_single(received, sent, group=self.group)
         asked = torch.empty(int(received.sum()), dtype=torch.int64, device=rows.device)
         dist.all_to_all_single(asked, keys[by_owner], received.tolist(), sent.tolist(), group=self.group)
-        self._count(int(sent.sum() - sent[self.rank]) * 8 + 8 * (self.world - 1))
+        self.sent_bytes += int(sent.sum() - sent[self.rank]) * 8 + 8 * (self.world - 1)
         return Exchange(rows, by_owner, sent.tolist(), asked, received.tolist())
 
     def gather(self, exchange: Exchange, shard: Tensor) -> Tensor:
@@ -127,7 +128,7 @@ class RowExchange:
             return values
         arrived = values.new_empty((len(exchange.rows), *values.shape[1:]))
         dist.all_to_all_single(arrived, values, exchange.sent, exchange.received, group=self.group)
-        self._count((len(values) - exchange.received[self.rank]) * values[0:1].numel() * values.element_size())
+        self.sent_bytes += (len(values) - exchange.received[self.rank]) * values[0:1].numel() * values.element_size()
         out = torch.empty_like(arrived)
         out[exchange.by_owner] = arrived
         return out
@@ -140,11 +141,8 @@ class RowExchange:
         coming = values.new_empty((len(exchange.asked), *values.shape[1:]))
         dist.all_to_all_single(coming, values[exchange.by_owner].contiguous(), exchange.received, exchange.sent,
                                group=self.group)
-        self._count((len(values) - exchange.sent[self.rank]) * values[0:1].numel() * values.element_size())
+        self.sent_bytes += (len(values) - exchange.sent[self.rank]) * values[0:1].numel() * values.element_size()
         return coming
-
-    def _count(self, sent: int) -> None:
-        self.sent_bytes += sent
 
     def largest(self, value: int) -> int:
         """The largest of the ranks' ``value``s (every rank calls it)."""
@@ -172,7 +170,7 @@ class RowExchange:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = torch.cat([*(g.reshape(-1) for g in grads), torch.tensor([float(took_part)], device=grads[0].device)])
         dist.all_reduce(flat, group=self.group)
-        self._count(flat.numel() * flat.element_size())
+        self.sent_bytes += flat.numel() * flat.element_size()
         ranks = max(float(flat[-1]), 1.0)
         at = 0
         for parameter, grad in zip(parameters, grads):
@@ -262,6 +260,23 @@ class RowExchange:
             out.append(whole[:, start:start + width].reshape(len(rows), *part.shape[1:]).to(part.dtype))
             start += width
         return out
+
+    def on_leader(self, work: Callable[[], T]) -> T:
+        """``work()``'s result on every rank, computed by the leader alone: what it read or wrote
+        for the group. What it raised (an M2grlError, OSError or ValueError) is raised on every
+        rank, so that no rank goes on as if it had succeeded (every rank calls it)."""
+        if self.world == 1:
+            return work()
+        result, failure = None, None
+        if self.leader:
+            try:
+                result = work()
+            except (M2grlError, OSError, ValueError) as exc:
+                failure = exc
+        result, failure = self.broadcast((result, failure))
+        if failure is not None:
+            raise failure
+        return result  # type: ignore[return-value]
 
     def broadcast(self, value: T) -> T:
         """The leader's ``value`` on every rank (every rank calls it; the others' ``value`` is

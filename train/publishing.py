@@ -16,16 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from m2grl import snapshots
-from m2grl.errors import M2grlError
 from m2grl.settings import TrainSettings
 from m2grl.train import metrics
 from m2grl.train.exchange import RowExchange
@@ -34,8 +32,6 @@ from m2grl.train.model import M2GRL, ModelShape
 from m2grl.views import View
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Past this share of rows rewritten, a delta costs a reader as much as a base and the next
 # compaction more: publish a base.
@@ -134,21 +130,12 @@ def vectors_of(model: M2GRL, view: str, pending: Mapping[int, Tensor], rows: Ten
     return torch.cat(parts) if extra else parts[0]
 
 
-def _on_leader(exchange: RowExchange, write: Callable[[], T]) -> T | None:
-    """``write()``'s result, run on the leader alone; what it raised is raised on every rank, so
-    that no rank goes on as if the version were out (every rank calls it)."""
-    if exchange.world == 1:
-        return write()
-    result, failure = None, None
-    if exchange.leader:
-        try:
-            result = write()
-        except (M2grlError, OSError, ValueError) as exc:
-            failure = exc
-    failure = exchange.broadcast(failure)
-    if failure is not None:
-        raise failure
-    return result
+def _delta_rows(written: tuple[Tensor, Tensor], first: int, total: int, table_rows: int) -> tuple[Tensor, Tensor]:
+    """A delta's rows of a view whose last version ended at row ``first``: those ``written``
+    before it and every row after it, for the vectors and (up to ``table_rows``) for the state."""
+    moved, stateful = written
+    return (torch.cat([moved[moved < first], torch.arange(first, total)]),
+            torch.cat([stateful[stateful < first], torch.arange(first, max(first, table_rows))]))
 
 
 @dataclass(frozen=True)
@@ -170,11 +157,11 @@ class Publisher:
 
     def publish_round(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], *, version: int,
                       watermarks: Mapping[str, int], losses: dict[str, float], sigma2: dict[str, float],
-                      new_ids: dict[str, int], full: bool) -> snapshots.Manifest | None:
+                      new_ids: dict[str, int], full: bool) -> snapshots.Manifest:
         """The round's version: a delta of what it wrote since the last version, or a base (see
         above). ``pending``: the vectors of item rows the cold-start lane appended while it ran.
         With the tables sharded over several ranks every rank calls it: the rows come to the
-        leader, which writes the one version in global rows and returns it (the others None)."""
+        leader, which writes the one version in global rows; every rank returns its manifest."""
         exchange = model.exchange
         totals = {view: len(mirrors.graphs[view].ids) for view in model.shape.views}
         written = {view: self._written(model, view, totals[view]) for view in model.shape.views}
@@ -209,7 +196,7 @@ class Publisher:
                                         memberships, state, table_rows)
             return snapshots.publish(self.cfg.snapshot_dir, manifest, segment, keep=self.cfg.keep_snapshots)
 
-        published = _on_leader(exchange, write)
+        published = exchange.on_leader(write)
         for view in model.shape.views:
             for table in model.tables(view):
                 if base:
@@ -218,7 +205,7 @@ class Publisher:
                     table.changed[exchange.local(exchange.mine(written[view][1]))] = False
         mirrors.memberships.published()
         self.rows = dict(totals)
-        if published is not None:
+        if exchange.leader:
             self._published(published)
         return published
 
@@ -253,12 +240,10 @@ class Publisher:
                 contexts=contexts.weight.detach()[:table_rows].numpy(),
                 squares=torch.stack([inputs.square[:table_rows], contexts.square[:table_rows]], dim=1).numpy())
         first = self.rows.get(view, 0)
-        moved, stateful = written
-        rows = torch.cat([moved[moved < first], torch.arange(first, total)])
+        # Rows the cold-start lane appended while the round ran have no table row yet (past table_rows).
+        rows, state_rows = _delta_rows(written, first, total, table_rows)
         vectors = vectors_of(model, view, pending, rows)
         assert vectors is not None, "the cold-start lane gives every row it appends a vector"
-        # Rows the cold-start lane appended while the round ran have no table row yet (past table_rows).
-        state_rows = torch.cat([stateful[stateful < first], torch.arange(first, max(first, table_rows))])
         return snapshots.ViewChange(
             ids=ids.listed(first, total), vectors=vectors.numpy(), rows=rows.numpy(),
             contexts=contexts.weight.detach()[state_rows].numpy(),
@@ -277,9 +262,7 @@ class Publisher:
             rows = state_rows = torch.arange(total)
         else:
             first = self.rows.get(view, 0)
-            moved, stateful = written
-            rows = torch.cat([moved[moved < first], torch.arange(first, total)])
-            state_rows = torch.cat([stateful[stateful < first], torch.arange(first, total)])
+            rows, state_rows = _delta_rows(written, first, total, total)
         (vectors,) = exchange.collect([model.vectors(view)], rows)
         context_rows, input_squares, context_squares = exchange.collect(
             [contexts.weight.detach(), inputs.square, contexts.square], state_rows)

@@ -15,6 +15,7 @@ Either way one thread at a time touches the id maps, so rows stay append-only ac
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -242,35 +243,26 @@ class Trainer:
         With several ranks the leader reads and every rank merges what it read."""
         news = News()
         for view in self.views:
-            whole, read = self.exchange.broadcast(self._read_view(view) if self.exchange.leader else (None, None))
-            if isinstance(whole, M2grlError):  # the leader could not read: every rank fails the round
-                raise whole
+            whole, read = self.exchange.on_leader(functools.partial(self._read_view, view))
             if whole is not None:
                 # The model learned nothing since its checkpoint: all that changed since is news to
                 # it, even though the whole graph just loaded into the mirror holds it already.
                 self.mirrors.merge(view, whole, News(), changes_only=False)  # loading, not news
-            assert read is not None
             self.mirrors.merge(view, read, news, changes_only=whole is None)
             self.watermarks[view.name] = read.watermark_ms
         self._loaded = True
         return news
 
-    def _read_view(self, view: View) -> tuple[ViewRead | M2grlError | None, ViewRead | None]:
+    def _read_view(self, view: View) -> tuple[ViewRead | None, ViewRead]:
         """``view``'s reads for this round: the whole view (where the mirrors are still empty)
-        and what changed since its watermark, which is the whole view again where there is none.
-        With several ranks, what the leader could not read is the first of the two."""
+        and what changed since its watermark, which is the whole view again where there is none."""
         store = self._store(view)
         since = self.watermarks.get(view.name)
         overlap_ms = int(self.cfg.delta_overlap_s * 1000)
-        try:
-            if not self._loaded:
-                whole = read_view(store, view)
-                return whole, whole if since is None else read_view(store, view, since - overlap_ms)
-            return None, read_view(store, view, since - overlap_ms if since is not None else None)
-        except M2grlError as exc:
-            if self.exchange.world == 1:
-                raise
-            return exc, None
+        if not self._loaded:
+            whole = read_view(store, view)
+            return whole, whole if since is None else read_view(store, view, since - overlap_ms)
+        return None, read_view(store, view, since - overlap_ms if since is not None else None)
 
     def _check_ids_agree(self) -> None:
         """With several ranks, that every rank's id maps hold the leader's ids: each rank keeps a
