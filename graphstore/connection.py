@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import neo4j
 
-from m2grl.errors import GraphStoreError
+from m2grl.errors import ConfigError, GraphStoreError
 from m2grl.graphstore.errors import DatabaseNotFound, translated_errors
 from m2grl.settings import Neo4jSettings
 
@@ -22,6 +22,9 @@ class GraphStore:
     def __init__(self, settings: Neo4jSettings, *, connect_timeout_s: float = 10.0) -> None:
         self.settings = settings
         self.target = f"{settings.bolt_uri} (database {settings.database!r})"
+        if settings.password is None:
+            raise ConfigError(f"neo4j.password (M2GRL_NEO4J_PASSWORD) is unset: the Neo4j at {settings.bolt_uri} "
+                              "needs the password of user " + repr(settings.user))
         with translated_errors(self.target):
             self._driver = neo4j.GraphDatabase.driver(
                 settings.bolt_uri,
@@ -97,6 +100,16 @@ class GraphStore:
         """
         with self._errors(), self._driver.session(database=self.settings.database) as session:
             return session.execute_write(work)
+
+    def rolled_back(self, work: Callable[[neo4j.Transaction], T]) -> T:
+        """Run ``work`` in a write transaction that is always rolled back: a trial that tells whether
+        the server accepts some writes, leaving nothing behind."""
+        with self._errors(), self._driver.session(database=self.settings.database) as session:
+            tx = session.begin_transaction()
+            try:
+                return work(tx)
+            finally:
+                tx.rollback()
 
 
 def ping(settings: Neo4jSettings, *, timeout_s: float = 3.0) -> None:

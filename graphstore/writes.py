@@ -9,7 +9,7 @@ Rows are sorted by key before each UNWIND so concurrent writers take locks in th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,7 @@ _CLAIM_MARKS = f"""
       ON CREATE SET o.topic = m.topic, o.partition = m.partition, o.offset = {NO_OFFSET},
                     o.dead_letter_offset = {NO_OFFSET}
     SET o.claimed_at = timestamp()
-    RETURN m.partition AS partition, o.offset AS offset"""
+    RETURN m.partition AS partition, o.offset AS offset, o.dead_letter_offset AS dead_letter_offset"""
 
 _ADVANCE_MARKS = f"""
     UNWIND $marks AS m
@@ -115,6 +115,10 @@ def mark_key(topic: str, partition: int) -> str:
 
 
 MEMBERSHIP_CACHE_LIMIT = 5_000_000  # links; beyond this the cache restarts empty
+
+# Called inside the write transaction once its partitions are claimed, with what the store holds for
+# them; returns the dead-letter offsets to store with the new marks (partitions it leaves out keep theirs).
+ClaimedHook = Callable[[Mapping[int, PartitionMark]], Mapping[int, int]]
 
 
 @dataclass(frozen=True)
@@ -172,30 +176,51 @@ class BehaviorGraphWriter:
         statements.append((_SAVE_SESSIONS, _session_rows(delta.sessions)))
         return PendingWrite([(cypher, rows) for cypher, rows in statements if rows], new_links)
 
-    def commit(self, delta: GraphDelta, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:
+    def commit(self, delta: GraphDelta, expected: Mapping[int, int], advance: Mapping[int, int]) -> None:
         """``prepare`` and ``write`` in one go, for callers that do not plan ahead."""
-        self.write(self.prepare(delta), expected, marks)
+        self.write(self.prepare(delta), expected, advance)
 
-    def write(self, pending: PendingWrite, expected: Mapping[int, int], marks: Mapping[int, PartitionMark]) -> None:
-        """Apply ``pending`` and advance ``marks`` in one transaction, if the stored offsets still equal
-        ``expected``; otherwise raise StaleOffsetsError and change nothing."""
-        mark_rows = [{"key": mark_key(self.topic, p), "topic": self.topic, "partition": p,
-                      "offset": mark.offset, "dead_letter_offset": mark.dead_letter_offset}
-                     for p, mark in sorted(marks.items())]
+    def write(self, pending: PendingWrite, expected: Mapping[int, int], advance: Mapping[int, int], *,
+              on_claimed: ClaimedHook | None = None) -> dict[int, PartitionMark]:
+        """Apply ``pending`` and move the partitions' offsets to ``advance`` in one transaction, if the
+        stored offsets still equal ``expected``; otherwise raise StaleOffsetsError and change nothing.
 
-        def work(tx: neo4j.ManagedTransaction) -> None:
+        ``on_claimed`` runs while the transaction holds the partitions' offset nodes locked: a
+        concurrent writer of the same partitions waits until this one commits or aborts. Returns the
+        marks committed."""
+
+        def work(tx: neo4j.ManagedTransaction) -> dict[int, PartitionMark]:
             # Claiming the offset nodes first write-locks them: a concurrent writer of the same
             # partitions waits here, then sees our offsets and aborts.
-            stored = {int(r["partition"]): int(r["offset"]) for r in tx.run(_CLAIM_MARKS, marks=mark_rows)}
-            moved = {p: stored.get(p) for p in expected if stored.get(p) != expected[p]}
+            claims = [{"key": mark_key(self.topic, p), "topic": self.topic, "partition": p} for p in sorted(advance)]
+            stored = {int(r["partition"]): PartitionMark(int(r["offset"]), int(r["dead_letter_offset"]))
+                      for r in tx.run(_CLAIM_MARKS, marks=claims)}
+            moved = {p: stored[p].offset for p in expected if stored[p].offset != expected[p]}
             if moved:
                 raise StaleOffsetsError(f"stored offsets moved under us: {moved}, expected "
                                         f"{ {p: expected[p] for p in moved} }")
+            dead_letter_offsets = on_claimed(stored) if on_claimed is not None else {}
+            new = {p: PartitionMark(offset, dead_letter_offsets.get(p, stored[p].dead_letter_offset))
+                   for p, offset in advance.items()}
             for cypher, rows in pending.statements:
                 tx.run(cypher, rows=rows).consume()
-            tx.run(_ADVANCE_MARKS, marks=mark_rows).consume()
+            tx.run(_ADVANCE_MARKS, marks=[{"key": mark_key(self.topic, p), "offset": mark.offset,
+                                           "dead_letter_offset": mark.dead_letter_offset}
+                                          for p, mark in sorted(new.items())]).consume()
+            return new
 
-        self.store.write_transaction(work)
+        committed = self.store.write_transaction(work)
         if len(self._known_links) + len(pending.new_links) > MEMBERSHIP_CACHE_LIMIT:
             self._known_links.clear()
         self._known_links.update(pending.new_links)
+        return committed
+
+    def trial(self, pending: PendingWrite) -> None:
+        """Run ``pending``'s statements and roll them back: raises what Neo4j would raise on ``write``
+        (GraphStoreRefused for values it will not store), changes nothing."""
+
+        def work(tx: neo4j.Transaction) -> None:
+            for cypher, rows in pending.statements:
+                tx.run(cypher, rows=rows).consume()
+
+        self.store.rolled_back(work)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from m2grl.ingest.clients import client_options
 from m2grl.ingest.errors import translated_errors
 from m2grl.settings import KafkaSettings
 
@@ -22,7 +23,7 @@ class TopicSpec:
 def _admin(settings: KafkaSettings, timeout_s: float) -> KafkaAdminClient:
     timeout_ms = int(timeout_s * 1000)
     return KafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         client_id="m2grl-admin",
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
@@ -67,7 +68,7 @@ def consumer_lag(settings: KafkaSettings, group_id: str, topic: str, *, timeout_
 
     with translated_errors(settings.bootstrap_servers):
         admin = _admin(settings, timeout_s)
-        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="m2grl-lag",
+        consumer = KafkaConsumer(**client_options(settings), client_id="m2grl-lag",
                                  request_timeout_ms=int(timeout_s * 1000) + 1000)
         try:
             partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -3,11 +3,13 @@
 For each batch: decode and, per graph store, plan: keep only records past that store's offsets,
 fold them into a delta with the users' session state, build the statements. Planning runs on the
 consumer thread while the previous batch commits, against a projection of what the stores will hold
-once it has. Then, on the writer thread: send rejections to the dead-letter topic (skipping any a
-previous run already sent) and commit each store's delta + sessions + offsets in one transaction.
-A plan whose assumed offsets differ from what the store holds at its turn is made again from the
-store. On an outage nothing is half-applied: the caches are dropped and the batch is retried from
-what the stores actually hold.
+once it has. Then, on the writer thread: commit each store's delta + sessions + offsets in one
+transaction, the item view's store last; inside its transaction, with the partitions locked, the
+rejections go to the dead-letter topic (skipping any already there). A plan whose assumed offsets
+differ from what the store holds at its turn is made again from the store. On an outage nothing is
+half-applied: the caches are dropped and the batch is retried from what the stores actually hold.
+Events that Neo4j refuses to store are found by trial (rolled-back transactions over halves of the
+batch) and dead-lettered, so one such event never stops ingest.
 """
 
 from __future__ import annotations
@@ -15,16 +17,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from m2grl.errors import GraphStoreUnavailable, M2grlError, OffsetGap, StaleOffsetsError, StreamUnavailable
+from m2grl.errors import (
+    GraphStoreError,
+    GraphStoreRefused,
+    GraphStoreUnavailable,
+    M2grlError,
+    OffsetGap,
+    StaleOffsetsError,
+    StreamUnavailable,
+)
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.model import NO_OFFSET, PartitionMark, SessionState
 from m2grl.graphstore.writes import BehaviorGraphWriter, PendingWrite
 from m2grl.ingest import metrics
 from m2grl.ingest.deadletter import DeadLetter, DeadLetterQueue
-from m2grl.ingest.events import Event, EventRules, Rejection, decode
+from m2grl.ingest.events import Event, EventRules, Reason, Rejection, decode_message
 from m2grl.ingest.sessions import extract
 from m2grl.settings import Neo4jSettings, Settings
 from m2grl.views import View
@@ -98,6 +108,16 @@ class Gap:
         return self.last - self.first + 1
 
 
+@dataclass
+class _SentLetters:
+    """Source offsets of one partition found dead-lettered between dead-letter offsets ``start``
+    and ``end``; grown by scanning on from ``end``."""
+
+    start: int
+    end: int
+    offsets: set[int]
+
+
 def offset_gaps(decoded: list[Decoded], marks: dict[int, PartitionMark]) -> list[Gap]:
     """The gaps between each partition's stored offset (where one is stored) and the batch's first
     record past it."""
@@ -163,8 +183,9 @@ class BatchApplier:
         self._graph_stores = [GraphStore(target) for target, _ in groups]
         self.stores = [_Store(BehaviorGraphWriter(store, views, self.topic))
                        for store, (_, views) in zip(self._graph_stores, groups)]
-        # Source offsets already in the dead-letter topic beyond the primary store's mark.
-        self._already_dead: dict[int, set[int]] | None = None
+        # Per source partition: rejections already in the dead-letter topic past the stored mark.
+        self._sent: dict[int, _SentLetters] = {}
+        self._sent_uncounted: dict[tuple[int, int], Reason] = {}  # counted once a commit covers them
         self._forget_requested = False
         self._generation = 0
         self._projection: _Projection | None = None
@@ -195,7 +216,7 @@ class BatchApplier:
         self._generation += 1
         for store in self.stores:
             store.marks = None
-        self._already_dead = None
+        self._sent.clear()
 
     def request_forget(self) -> None:
         """Ask for the caches to be dropped before the next batch (safe from any thread: partitions
@@ -221,7 +242,7 @@ class BatchApplier:
         the batch before it."""
         now = self.clock_ms()
         metrics.EVENTS_IN.labels(self.topic).inc(len(records))
-        decoded = [(record, decode(record.value, self.rules, now_ms=now)) for record in records]
+        decoded = [(record, decode_message(record.key, record.value, self.rules, now_ms=now)) for record in records]
         try:
             projection = self._current_projection()
             plans = [self._plan(decoded, store, projection.offsets[index], projection.sessions[index])
@@ -266,14 +287,21 @@ class BatchApplier:
         return StorePlan(base, advance, store.writer.prepare(delta), len(events), edge_rows)
 
     def apply(self, batch: PreparedBatch) -> BatchResult:
-        """Apply a prepared batch (in partition order), retrying through outages until done or stopped."""
+        """Apply a prepared batch (in partition order), retrying through outages until done or stopped;
+        events Neo4j refuses to store are dead-lettered."""
         delay = 0.5
+        refusal: GraphStoreRefused | None = None
         while True:
             if self._forget_requested:
                 self._forget_requested = False
                 self.forget()
             try:
+                if refusal is not None:
+                    batch = self._without_refused(batch, refusal)
+                    refusal = None
                 return self._apply_once(batch)
+            except GraphStoreRefused as exc:
+                refusal = exc
             except StaleOffsetsError as exc:
                 log.warning("another consumer wrote these partitions first; re-reading the stores (%s)", exc)
                 metrics.RETRIES.labels("stale_offsets").inc()
@@ -292,20 +320,107 @@ class BatchApplier:
             store.marks = store.writer.load_marks()
         return store.marks
 
-    def _dead_letters_to_send(self, decoded: list[Decoded]) -> list[DeadLetter]:
-        primary = self._marks(self.stores[0])
+    def _send_dead_letters(self, decoded: list[Decoded], stored: Mapping[int, PartitionMark]) -> dict[int, int]:
+        """Send the batch's rejections past the ``stored`` marks that are not in the dead-letter topic
+        yet; return each scanned partition's dead-letter end. Runs with the partitions locked in
+        the primary store, so nobody else sends letters for them meanwhile."""
         rejected = [(record, outcome) for record, outcome in decoded
-                    if isinstance(outcome, Rejection) and record.offset > primary.get(record.partition,
-                                                                                      PartitionMark()).offset]
-        if not rejected:
-            return []
-        if self._already_dead is None:
-            self._already_dead = {}
-        for partition in {record.partition for record, _ in rejected} - set(self._already_dead):
-            mark = primary.get(partition, PartitionMark())
-            self._already_dead[partition] = self.dead_letters.sent_since(partition, mark.dead_letter_offset)
-        return [DeadLetter(r.partition, r.offset, r.key, r.value, outcome) for r, outcome in rejected
-                if r.offset not in self._already_dead[r.partition]]
+                    if isinstance(outcome, Rejection) and record.partition in stored
+                    and record.offset > stored[record.partition].offset]
+        ends: dict[int, int] = {}
+        for partition in sorted({record.partition for record, _ in rejected}):
+            sent = self._letters_sent(partition, stored[partition].dead_letter_offset)
+            ends[partition] = sent.end
+        letters = [DeadLetter(r.partition, r.offset, r.key, r.value, outcome) for r, outcome in rejected
+                   if r.offset not in self._sent[r.partition].offsets]
+        if letters:
+            for partition, end in self.dead_letters.send(letters).items():
+                ends[partition] = max(ends[partition], end)
+                self._sent[partition].end = ends[partition]
+            for letter in letters:
+                self._sent[letter.partition].offsets.add(letter.offset)
+                self._sent_uncounted[(letter.partition, letter.offset)] = letter.rejection.reason
+        return ends
+
+    def _letters_sent(self, partition: int, dead_letter_offset: int) -> _SentLetters:
+        """What is in the dead-letter topic for ``partition`` from the stored ``dead_letter_offset``
+        on: scanned from where the last scan ended, or afresh when that does not cover it."""
+        start = max(dead_letter_offset, 0)
+        known = self._sent.get(partition)
+        if known is None or known.start > start:
+            offsets, end = self.dead_letters.sent_since(partition, start)
+            known = self._sent[partition] = _SentLetters(start, end, offsets)
+        else:
+            offsets, end = self.dead_letters.sent_since(partition, known.end)
+            known.offsets |= offsets
+            known.end = end
+        return known
+
+    def _count_dead_letters(self, committed: Mapping[int, PartitionMark]) -> int:
+        """Count the letters sent for offsets the primary store now holds; forget those offsets."""
+        done = [key for key in self._sent_uncounted if key[0] in committed and key[1] <= committed[key[0]].offset]
+        for key in done:
+            metrics.DEAD_LETTERED.labels(self._sent_uncounted.pop(key).value).inc()
+        for partition, mark in committed.items():
+            if partition in self._sent:
+                self._sent[partition].offsets = {o for o in self._sent[partition].offsets if o > mark.offset}
+        return len(done)
+
+    def _without_refused(self, batch: PreparedBatch, refusal: GraphStoreRefused) -> PreparedBatch:
+        """The batch with each event Neo4j refuses to store turned into a rejection (dead-lettered
+        with the refusal), found by trial: halves of the batch are written and rolled back."""
+        self.forget()  # plans made ahead assumed the refused events' sessions; they are void now
+        decoded = batch.decoded
+        refused: dict[int, str] = {}
+        candidates: set[int] = set()
+        for store in self.stores:
+            marks = self._marks(store)
+            pending = [index for index, (record, outcome) in enumerate(decoded)
+                       if isinstance(outcome, Event) and index not in refused
+                       and record.offset > marks.get(record.partition, PartitionMark()).offset]
+            candidates.update(pending)
+            refused.update(self._refused_among(store, decoded, pending))
+        if not refused:
+            raise GraphStoreError(f"Neo4j refused a batch of {len(candidates)} events but none of them on its own "
+                                    f"(so none can be set aside): {refusal}") from refusal
+        if len(refused) == len(candidates):
+            self._check_store_accepts_writes(refusal)
+        for index, detail in sorted(refused.items()):
+            record = decoded[index][0]
+            log.error("topic %s partition %d offset %d: Neo4j refuses to store this event; dead-lettering it as "
+                      "%s: %s", self.topic, record.partition, record.offset, Reason.REFUSED.value, detail)
+        return PreparedBatch([(record, Rejection(Reason.REFUSED, refused[index]) if index in refused else outcome)
+                              for index, (record, outcome) in enumerate(decoded)], None, -1)
+
+    def _check_store_accepts_writes(self, refusal: GraphStoreRefused) -> None:
+        """Raise unless every store takes (in a rolled-back trial) an event with plain short values: when
+        all of a batch is refused, the fault may lie with the store rather than the data."""
+        probe = Event("m2grl-probe-user", "m2grl-probe-item", "probe", self.clock_ms(),
+                      {view.name: "m2grl-probe" for store in self.stores for view in store.writer.views
+                       if not view.is_item})
+        record = SourceRecord(partition=-1, offset=0, key=None, value=None)
+        for store in self.stores:
+            try:
+                store.writer.trial(self._plan([(record, probe)], store, {}, {}).pending)
+            except GraphStoreRefused as exc:
+                raise GraphStoreError(f"Neo4j refuses even a plain trial write, so the store, not the data, is "
+                                      f"failing: {exc} (the batch failed with: {refusal})") from exc
+
+    def _refused_among(self, store: _Store, decoded: list[Decoded], indices: list[int]) -> dict[int, str]:
+        """Which of the events at ``indices`` ``store`` refuses, by bisection over trial writes."""
+        if not indices:
+            return {}
+        part = [decoded[index] for index in indices]
+        offsets = {p: mark.offset for p, mark in self._marks(store).items()}
+        try:
+            store.writer.trial(self._plan(part, store, offsets, {}).pending)
+            return {}
+        except GraphStoreRefused as exc:
+            if len(indices) == 1:
+                return {indices[0]: str(exc)[:900]}
+        middle = len(indices) // 2
+        return {**self._refused_among(store, decoded, indices[:middle]),
+                **self._refused_among(store, decoded, indices[middle:])}
 
     def _apply_once(self, batch: PreparedBatch) -> BatchResult:
         started = time.perf_counter()
@@ -315,15 +430,12 @@ class BatchApplier:
         if gaps and self.on_offset_gap == "stop":
             raise OffsetGap(f"topic {self.topic}: {_described(gaps)} gone before ingest read them; stopping as "
                             "ingest.on_offset_gap says (set it to count to go on without them)")
-        letters = self._dead_letters_to_send(decoded)
-        dead_letter_ends = self.dead_letters.send(letters) if letters else {}
-        for letter in letters:
-            self._already_dead.setdefault(letter.partition, set()).add(letter.offset)  # type: ignore[union-attr]
-            metrics.DEAD_LETTERED.labels(letter.rejection.reason.value).inc()
-        result.dead_lettered = len(letters)
 
         plans = batch.plans if batch.plans is not None and batch.generation == self._generation else None
-        for index, store in enumerate(self.stores):
+        # The primary store (the item view's, which records the dead letters) commits last: an event
+        # another store refuses is then never already held by it, and is dead-lettered with it.
+        for index in reversed(range(len(self.stores))):
+            store = self.stores[index]
             marks = self._marks(store)
             plan = plans[index] if plans is not None else None
             if plan is None or not _holds(plan.base, marks):
@@ -331,15 +443,14 @@ class BatchApplier:
                 plan = self._plan(decoded, store, {p: mark.offset for p, mark in marks.items()}, {})
             if not plan.advance:
                 continue
-            new_marks = {
-                p: PartitionMark(offset=off, dead_letter_offset=dead_letter_ends.get(
-                    p, marks.get(p, PartitionMark()).dead_letter_offset) if index == 0 else NO_OFFSET)
-                for p, off in plan.advance.items()
-            }
-            store.writer.write(plan.pending, {p: plan.base.get(p, NO_OFFSET) for p in plan.advance}, new_marks)
-            marks.update(new_marks)
-            if index == 0:
+            primary = index == 0
+            committed = store.writer.write(
+                plan.pending, {p: plan.base.get(p, NO_OFFSET) for p in plan.advance}, plan.advance,
+                on_claimed=(lambda stored: self._send_dead_letters(decoded, stored)) if primary else None)
+            marks.update(committed)
+            if primary:
                 result.applied = plan.events
+                result.dead_lettered = self._count_dead_letters(committed)
             result.edge_rows.update(plan.edge_rows)
             for view, rows in plan.edge_rows.items():
                 metrics.EDGES_WRITTEN.labels(view).inc(rows)

@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from m2grl.errors import StreamError, StreamUnavailable
 from m2grl.graphstore.model import NO_OFFSET, GraphDelta
+from m2grl.ingest.clients import client_options
 from m2grl.ingest.consumer import create_topics
 from m2grl.ingest.deadletter import DeadLetter, DeadLetterQueue
 from m2grl.ingest.errors import translated_errors
-from m2grl.ingest.events import Event, EventRules, decode
+from m2grl.ingest.events import Event, EventRules, decode_message
 from m2grl.ingest.sessions import extract
 from m2grl.settings import Settings
 from m2grl.views import View
@@ -62,7 +63,7 @@ def read_log(settings: Settings, views: tuple[View, ...], *, progress: bool = Fa
     graph = GraphDelta(views=views)
     letters: list[DeadLetter] = []
     with translated_errors(servers):
-        reader = KafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
+        reader = KafkaConsumer(**client_options(settings.kafka), group_id=None, enable_auto_commit=False,
                                client_id="m2grl-backfill", max_partition_fetch_bytes=4 * 1024 * 1024)
         try:
             partitions, ends = _partitions(reader, ingest.topic)
@@ -86,7 +87,7 @@ def read_log(settings: Settings, views: tuple[View, ...], *, progress: bool = Fa
                             if record.offset >= ends[tp]:
                                 break  # after the end this read began with: the consumer's to apply
                             bar.update(1)
-                            outcome = decode(record.value, rules, now_ms=now_ms)
+                            outcome = decode_message(record.key, record.value, rules, now_ms=now_ms)
                             if isinstance(outcome, Event):
                                 events.append(outcome)
                             else:

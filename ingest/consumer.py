@@ -28,6 +28,7 @@ from m2grl.errors import M2grlError, StreamUnavailable
 from m2grl.ingest import metrics
 from m2grl.ingest.admin import TopicSpec, ensure_topics
 from m2grl.ingest.applier import BatchApplier, BatchResult, Interrupted, PreparedBatch, SourceRecord
+from m2grl.ingest.clients import client_options
 from m2grl.ingest.deadletter import DeadLetterQueue
 from m2grl.ingest.errors import translated_errors
 from m2grl.settings import Settings
@@ -300,7 +301,7 @@ class IngestConsumer:
         ingest = self.settings.ingest
         with translated_errors(self.settings.kafka.bootstrap_servers):
             consumer = KafkaConsumer(
-                bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                **client_options(self.settings.kafka),
                 group_id=ingest.group_id,
                 client_id=self.client_id,
                 enable_auto_commit=False,

@@ -28,6 +28,8 @@ class Reason(str, enum.Enum):  # noqa: UP042 - StrEnum would change str()/format
     BAD_TIMESTAMP = "bad_timestamp"
     OVERSIZED = "oversized"
     FIELD_TOO_LONG = "field_too_long"
+    KEY_MISMATCH = "key_mismatch"
+    REFUSED = "refused_by_neo4j"  # decoded fine, but Neo4j would not store it (found by the applier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +67,13 @@ class EventRules:
     min_time_ms: int
     max_future_ms: int
     max_field_chars: int = 256
+    key_is_user: bool = True
 
     @classmethod
     def of(cls, ingest: IngestSettings) -> EventRules:
         return cls(behaviors=frozenset(ingest.behaviors), max_bytes=ingest.max_event_bytes,
                    min_time_ms=ingest.min_event_time_ms, max_future_ms=int(ingest.max_future_s * 1000),
-                   max_field_chars=ingest.max_field_chars)
+                   max_field_chars=ingest.max_field_chars, key_is_user=ingest.key_check == "user")
 
 
 def _parse(raw: bytes) -> events_pb2.BehaviorEvent | Rejection:
@@ -93,6 +96,17 @@ def _parse(raw: bytes) -> events_pb2.BehaviorEvent | Rejection:
     if len(unknown_fields.UnknownFieldSet(message)):
         return Rejection(Reason.UNDECODABLE, "protobuf message carries fields BehaviorEvent does not have")
     return message
+
+
+def decode_message(key: bytes | None, raw: bytes | None, rules: EventRules, *, now_ms: int) -> Event | Rejection:
+    """One Kafka message (key and value) -> an Event, or the Rejection that explains why not: the
+    value's rules (``decode``), then, where the rules say so, the key must be the user id."""
+    outcome = decode(raw, rules, now_ms=now_ms)
+    if isinstance(outcome, Event) and rules.key_is_user and key != outcome.user_id.encode():
+        shown = "no key" if key is None else f"key {key[:80].decode(errors='replace')!r}"
+        return Rejection(Reason.KEY_MISMATCH, f"{shown} is not the user id {outcome.user_id[:80]!r}: send each event "
+                         "keyed by its user id (or set ingest.key_check = off)")
+    return outcome
 
 
 def decode(raw: bytes | None, rules: EventRules, *, now_ms: int) -> Event | Rejection:

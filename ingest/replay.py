@@ -11,6 +11,7 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 from tqdm import tqdm
 
+from m2grl.ingest.clients import client_options
 from m2grl.ingest.errors import translated_errors
 from m2grl.ingest.events import Event
 from m2grl.settings import Settings
@@ -31,7 +32,7 @@ class EventProducer:
         self.servers = settings.kafka.bootstrap_servers
         self._encode = Event.encode if encoding == "protobuf" else Event.encode_json
         with translated_errors(self.servers):
-            self._producer = KafkaProducer(bootstrap_servers=self.servers, client_id="m2grl-replay", acks="all",
+            self._producer = KafkaProducer(**client_options(settings.kafka), client_id="m2grl-replay", acks="all",
                                            enable_idempotence=True, linger_ms=20, batch_size=512 * 1024)
 
     def send(self, event: Event) -> FutureRecordMetadata:

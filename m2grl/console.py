@@ -9,9 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+OVERDUE_EXIT = 143  # 128 + SIGTERM: what supervisors expect of a process that a SIGTERM ended
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -29,12 +35,46 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("kafka.coordinator").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT, so loops finish their current step and exit cleanly."""
+def stop_on_signals(within_s: float | None = None) -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so loops finish their current step and exit cleanly.
+
+    With ``within_s``, the process ends by then whatever it waits for (a service that hangs mid
+    request): still running ``within_s`` after the signal, or at a second signal, it exits at once
+    with OVERDUE_EXIT. Safe for m2grl's processes: what they commit (a batch, a version) is atomic."""
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            exit_now(f"a second {signal.Signals(signum).name}")
+        stop.set()
+        if within_s is not None:
+            exit_if_running_after(within_s, f"{signal.Signals(signum).name} came {within_s:g} s ago")
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     return stop
+
+
+def exit_if_running_after(seconds: float, why: str, before: Callable[[], None] | None = None) -> None:
+    """Exit the process with OVERDUE_EXIT in ``seconds`` unless it has ended by then (a daemon timer);
+    ``before`` runs first (to end child processes)."""
+
+    def overdue() -> None:
+        if before is not None:
+            before()
+        exit_now(why)
+
+    timer = threading.Timer(seconds, overdue)
+    timer.daemon = True
+    timer.start()
+
+
+def exit_now(why: str) -> None:
+    log.error("stopping now, without waiting for the step in progress: %s", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    os._exit(OVERDUE_EXIT)
 
 
 def print_json(data: object) -> None:

@@ -13,6 +13,8 @@ single line and exits non-zero.
      │    └── StartupError         a service process exited early or never became healthy
      ├── GraphStoreError           Neo4j refused or failed a request
      │    ├── GraphStoreUnavailable    transient (server down, leader change): retry later
+     │    ├── GraphStoreRefused    a statement failed on the values it was given (a value too large
+     │    │                        to index, a constraint): the same data fails again
      │    └── StaleOffsetsError    another writer moved a partition's stored offset first
      ├── StreamError               Kafka refused or failed a request
      │    ├── StreamUnavailable        transient (broker down, no leader): retry later
@@ -27,6 +29,8 @@ single line and exits non-zero.
      │    ├── TooLate              the call's deadline passed while answering  → DEADLINE_EXCEEDED
      │    └── TooBusy              a server limit of open calls or streams     → RESOURCE_EXHAUSTED
      ├── RpcError                  a gRPC call failed (client side): status code name and detail
+     ├── SnapshotError             a snapshot version could not be written (a full disk): the last
+     │                             version stays current
      ├── RanksDisagree             the ranks of a sharded trainer hold different id maps: restart the job
      └── KernelBuildError          a compiled helper (train/csrc/, m2grl/csrc/) could not be built
 """
@@ -83,6 +87,11 @@ class GraphStoreUnavailable(GraphStoreError):
     """Neo4j cannot be reached right now; the same request may succeed later."""
 
 
+class GraphStoreRefused(GraphStoreError):
+    """Neo4j failed a statement for the values it was given (a Statement or Schema error: a value
+    too large to index, a constraint); sending the same values again fails again."""
+
+
 class StaleOffsetsError(GraphStoreError):
     """The stored offsets differ from what the writer expected: another consumer wrote first."""
 
@@ -127,6 +136,11 @@ class TooLate(QueryError):
 
 class TooBusy(QueryError):
     """The server is at a configured limit of concurrent calls or streams."""
+
+
+class SnapshotError(M2grlError):
+    """A snapshot version could not be written (a full disk, permissions); nothing of it is left
+    behind and the last version stays current."""
 
 
 class RpcError(M2grlError):

@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +36,11 @@ from m2grl.errors import ConfigError
 from m2grl.views import View, ViewSet
 
 DEFAULT_CONFIG_FILE = Path("m2grl.toml")
+NEO4J_PASSWORD_FILE = "neo4j.password"  # in services.state_dir
+LOCAL_KAFKA_CA = "ca.pem"  # in the local broker's folder: the CA its certificate comes from
+NEO4J_PASSWORD_SET_MARKER = ".initial-password-set"  # in the local Neo4j's home: its password is in place
+# What local servers were given before passwords were generated; a state folder that holds one keeps it.
+_FORMER_DEFAULT_PASSWORD = "m2grl-local-dev"
 
 
 def _default_cache_dir() -> Path:
@@ -47,6 +62,36 @@ class KafkaSettings(_Section):
     port: int = Field(9092, ge=1, le=65535, description="Client port of the local broker.")
     controller_port: int = Field(9093, ge=1, le=65535, description="KRaft controller port of the local broker.")
     heap: str = Field("1g", pattern=r"^\d+[mMgG]$", description="JVM heap of the local broker (-Xmx).")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every m2grl client talks to the brokers. The local broker serves the same on kafka.port: "
+        "with SSL or SASL_SSL it gets a certificate from a CA made for it (<services.state_dir>/kafka/ca.pem, which "
+        "clients then trust), with SASL the user kafka.sasl_username.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism, with SASL_PLAINTEXT or SASL_SSL (the local broker offers PLAIN).")
+    sasl_username: str | None = Field(None, description="SASL user name (required with SASL_*).")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (required with SASL_*).")
+    ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates the brokers' certificates are checked against, with SSL or "
+        "SASL_SSL. Unset: the system's trust store; for the local broker, the CA made for it.",
+    )
+    ssl_check_hostname: bool = Field(True, description="Check that a broker's certificate names the host dialled.")
+
+    @model_validator(mode="after")
+    def _credentials_with_sasl(self) -> KafkaSettings:
+        if self.uses_sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password")
+        return self
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
 
     @property
     def managed(self) -> bool:
@@ -65,10 +110,11 @@ class Neo4jSettings(_Section):
         "set, m2grl starts no Neo4j of its own and uses this one.",
     )
     user: str = Field("neo4j", description="Neo4j user name.")
-    password: SecretStr = Field(
-        SecretStr("m2grl-local-dev"),
-        description="Neo4j password. For the local server it is set before its first start; change "
-        "it for anything but a loopback-only development machine.",
+    password: SecretStr | None = Field(
+        None,
+        description="Neo4j password. Unset: for the local server, one generated on first use and kept in "
+        "<services.state_dir>/neo4j.password (mode 0600), given to the server before its first start (never on a "
+        "command line); a server at neo4j.uri needs it set.",
     )
     database: str = Field("neo4j", description="Database that holds the graphs.")
     host: str = Field("127.0.0.1", description="Address the local server binds to (loopback by default).")
@@ -79,8 +125,8 @@ class Neo4jSettings(_Section):
 
     @field_validator("password")
     @classmethod
-    def _long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 8:
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 8:
             raise ValueError("Neo4j requires passwords of at least 8 characters")
         return value
 
@@ -171,6 +217,14 @@ class IngestSettings(_Section):
         description="Longest user id, item id or side value (characters); longer ones are dead-lettered as "
         "field_too_long, since each becomes a node id in the graphs and a row id in every snapshot.",
     )
+    key_check: Literal["user", "off"] = Field(
+        "user",
+        description="user: a message's key must be its event's user id (as `m2grl replay` sends them), or it is "
+        "dead-lettered as key_mismatch. Kafka then keeps each user's events in one partition, in order, and one "
+        "consumer at a time folds them into sessions: the graph is exact with any number of consumers. off: any "
+        "key (or none) is taken; a user's events spread over partitions are folded in whatever order the "
+        "partitions are read, so transitions between them can be missed or joined out of time order.",
+    )
     min_event_time_ms: int = Field(
         631152000000,
         description="Events before this time (ms, UTC; default 1990-01-01) are dead-lettered.",
@@ -187,6 +241,13 @@ class IngestSettings(_Section):
         description="The interpreter's thread switch interval in `m2grl ingest` (Python's default is 5 ms): the "
         "writer thread, back from each Neo4j round trip, waits at most this long for the thread that decodes and "
         "plans the next batch.",
+    )
+    stop_timeout_s: float = Field(
+        30.0, gt=0,
+        description="After SIGTERM or SIGINT, `m2grl ingest` commits the batch in hand and exits; still running this "
+        "long after the signal (a Neo4j or Kafka that hangs mid request), it exits at once with status 143: the "
+        "batch then is not committed, or is whole, and the next run goes on from the offsets in Neo4j. A second "
+        "signal does the same at once.",
     )
     on_offset_gap: Literal["count", "stop"] = Field(
         "count",
@@ -290,6 +351,12 @@ class TrainSettings(_Section):
         "transitions changed, but each changed transition once at least.",
     )
     interval_s: float = Field(30.0, gt=0, description="Seconds between scheduled rounds of `m2grl train`.")
+    stop_timeout_s: float = Field(
+        300.0, gt=0,
+        description="After SIGTERM or SIGINT, `m2grl train` finishes its round and exits; still running this long "
+        "after the signal (a round stuck on a Neo4j that hangs, or longer than this), it exits at once with status "
+        "143, its round unpublished (the last version stays current). A second signal does the same at once.",
+    )
     full_every_rounds: int = Field(
         0, ge=0,
         description="Make every this-many-th scheduled round of `m2grl train` a full rebuild (0: only the first when "
@@ -499,14 +566,33 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
+    # First: the local services keep in its state folder what the others may need (a generated
+    # password, the local broker's CA).
+    services: ServicesSettings = ServicesSettings()
     kafka: KafkaSettings = KafkaSettings()
     neo4j: Neo4jSettings = Neo4jSettings()
-    services: ServicesSettings = ServicesSettings()
     views: ViewsSettings = ViewsSettings()
     ingest: IngestSettings = IngestSettings()
     train: TrainSettings = TrainSettings()
     rpc: RpcSettings = RpcSettings()
     data: DataSettings = DataSettings()
+
+    @field_validator("kafka")
+    @classmethod
+    def _local_ca(cls, kafka: KafkaSettings, info: ValidationInfo) -> KafkaSettings:
+        services = info.data.get("services")
+        if not kafka.uses_tls or not kafka.managed or kafka.ssl_cafile is not None or \
+                not isinstance(services, ServicesSettings):
+            return kafka
+        return kafka.model_copy(update={"ssl_cafile": services.state_dir.resolve() / "kafka" / LOCAL_KAFKA_CA})
+
+    @field_validator("neo4j")
+    @classmethod
+    def _local_password(cls, neo4j: Neo4jSettings, info: ValidationInfo) -> Neo4jSettings:
+        services = info.data.get("services")
+        if neo4j.password is not None or not neo4j.managed or not isinstance(services, ServicesSettings):
+            return neo4j
+        return neo4j.model_copy(update={"password": SecretStr(local_neo4j_password(services.state_dir))})
 
     def neo4j_for(self, view: View) -> Neo4jSettings:
         """Where ``view``'s graph lives: the default database unless views.stores says otherwise."""
@@ -528,6 +614,28 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def local_neo4j_password(state_dir: Path) -> str:
+    """The local Neo4j's password: made up once per state folder and kept in a file only its owner
+    may read (processes starting together agree on one)."""
+    path = state_dir / NEO4J_PASSWORD_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    initialised = (state_dir / "neo4j" / NEO4J_PASSWORD_SET_MARKER).exists()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write((_FORMER_DEFAULT_PASSWORD if initialised else secrets.token_urlsafe(24)) + "\n")
+    try:
+        os.link(staged, path)  # the first to get there wins; the others read what it wrote
+    except FileExistsError:
+        pass
+    finally:
+        staged.unlink()
+    return path.read_text().strip()
 
 
 def resolve_config_file(explicit: Path | None) -> Path | None:

@@ -11,6 +11,8 @@ Layout (format 3):
       segments/d000041/        a delta: only the rows version 41 changed or appended
       .lock                    held (flock) while a segment goes live, a chain is rewritten or
                                anything is deleted
+      pins/<version>-<id>.json a reader's lease on the segments of a version it is loading: retention
+                               keeps them until the pin is removed or older than PIN_LEASE_S
 
 A segment folder (immutable once renamed into place):
 
@@ -40,6 +42,7 @@ half-written is hidden, and deleted by a later prune.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -56,6 +59,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
+from m2grl.errors import SnapshotError
 from m2grl.views import VIEW_NAME
 
 FORMAT_VERSION = 3
@@ -64,6 +68,8 @@ VERSIONS = "versions"
 SEGMENTS = "segments"
 LOCK = ".lock"
 STALE_STAGING_S = 3600  # a hidden folder this old is a crashed writer's, never a live one's
+PINS = "pins"
+PIN_LEASE_S = 1800.0  # a pin this old is a crashed reader's: a load takes seconds to a minute
 FOLD_BLOCK_ROWS = 65536
 
 
@@ -288,22 +294,29 @@ def publish(root: Path, manifest: Manifest, segment: Segment, *, keep: int) -> M
     first = {view: 0 if segment.base else previous.rows.get(view, 0)  # type: ignore[union-attr]
              for view in segment.views}
     name = segment_name(manifest.version, base=segment.base)
-    staging = _staging(root / SEGMENTS, name)
-    info = _write_segment(staging, name, manifest, segment, first)
-    with _locked(root):
-        latest = read_current(root)  # a compaction may have rewritten its chain meanwhile
-        if not segment.base and (latest is None or latest.version != previous.version  # type: ignore[union-attr]
-                                 or latest.rows != previous.rows):  # type: ignore[union-attr]
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ValueError("the current version changed while a delta on it was written")
-        chain = [name] if segment.base or latest is None else [*latest.chain, name]
-        lineage = (latest.lineage if latest is not None and (not segment.base or _extends(latest, info))
-                   else uuid.uuid4().hex)
-        published = replace(manifest, chain=chain, lineage=lineage,
-                            new_ids={v: info.rows[v] - info.first[v] for v in info.rows} if not segment.base
-                            else manifest.new_ids)
-        _go_live(root, staging, name, published)
-        _prune_locked(root, keep)
+    try:
+        staging = _staging(root / SEGMENTS, name)
+    except OSError as exc:
+        raise SnapshotError(f"snapshot version {manifest.version} not written to {root}: {exc}") from exc
+    try:
+        info = _write_segment(staging, name, manifest, segment, first)
+        with _locked(root):
+            latest = read_current(root)  # a compaction may have rewritten its chain meanwhile
+            if not segment.base and (latest is None or latest.version != previous.version  # type: ignore[union-attr]
+                                     or latest.rows != previous.rows):  # type: ignore[union-attr]
+                raise ValueError("the current version changed while a delta on it was written")
+            chain = [name] if segment.base or latest is None else [*latest.chain, name]
+            lineage = (latest.lineage if latest is not None and (not segment.base or _extends(latest, info))
+                       else uuid.uuid4().hex)
+            published = replace(manifest, chain=chain, lineage=lineage,
+                                new_ids={v: info.rows[v] - info.first[v] for v in info.rows} if not segment.base
+                                else manifest.new_ids)
+            _go_live(root, staging, name, published)
+            _prune_locked(root, keep)
+    except OSError as exc:  # a full disk above all: what was written goes, the last version stays current
+        raise SnapshotError(f"snapshot version {manifest.version} not written to {root}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already where it went live
     return published
 
 
@@ -405,12 +418,73 @@ def adopt(root: Path, source: Path, version: int, *, keep: int) -> Manifest:
     return manifest
 
 
+def make_current(root: Path, version: int) -> Manifest:
+    """Point CURRENT at a published ``version`` (a rollback, or forward again), once every segment of
+    its chain is there; servers follow it with a warning. ValueError when it cannot be served."""
+    with _locked(root):
+        try:
+            manifest = read_manifest(root, version)
+        except FileNotFoundError:
+            kept = ", ".join(str(v) for v in published_versions(root)) or "none"
+            raise ValueError(f"version {version} is not in {root} (versions kept: {kept})") from None
+        missing = [name for name in manifest.chain if not (segment_dir(root, name) / "segment.json").exists()]
+        if missing:
+            raise ValueError(f"version {version} lacks segments {', '.join(missing)}")
+        _replace_file(root / CURRENT, _name(version).encode())
+    return manifest
+
+
+# -- pins ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def pinned(root: Path, version: int) -> Iterator[Manifest]:
+    """``version``'s manifest, its segments kept from retention and compaction until the block ends,
+    so that a reader loading it never finds them deleted halfway. FileNotFoundError when the version
+    is gone already. Where the folder is read-only to this process, the version is read unpinned."""
+    pin: Path | None = None
+    try:
+        with _locked(root):
+            manifest = read_manifest(root, version)
+            pin = root / PINS / f"{_name(version)}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+            pin.parent.mkdir(exist_ok=True)
+            pin.write_text(json.dumps(manifest.chain))  # no fsync: after a crash no reader needs it
+    except OSError as exc:
+        # Read-only to this process, or full: no pin, as before pins (a server must not refuse a
+        # version because it cannot write beside it).
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        manifest = read_manifest(root, version)
+    try:
+        yield manifest
+    finally:
+        if pin is not None:
+            pin.unlink(missing_ok=True)
+
+
+def _pinned_segments(root: Path) -> set[str]:
+    """The segments live pins hold; deletes the pins of readers that crashed."""
+    held: set[str] = set()
+    folder = root / PINS
+    if not folder.exists():
+        return held
+    for pin in folder.glob("*.json"):
+        try:
+            if time.time() - pin.stat().st_mtime > PIN_LEASE_S:
+                pin.unlink(missing_ok=True)
+            else:
+                held.update(json.loads(pin.read_text()))
+        except (OSError, ValueError):  # removed by its reader meanwhile, or half-written by a crash
+            continue
+    return held
+
+
 # -- retention -----------------------------------------------------------------------------------
 
 
 def prune(root: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` versions (never the current one), every segment none of
-    those needs, and what crashed writers left."""
+    those needs and no reader has pinned, and what crashed writers left."""
     with _locked(root):
         _prune_locked(root, keep)
 
@@ -419,7 +493,7 @@ def _prune_locked(root: Path, keep: int) -> None:
     live = current_version(root)
     versions = published_versions(root)
     kept = set(versions[-keep:]) | ({live} if live is not None else set())
-    needed: set[str] = set()
+    needed = _pinned_segments(root)
     for version in versions:
         if version in kept:
             try:

@@ -429,8 +429,10 @@ class ServedVersion:
 
 @dataclass(frozen=True)
 class WentLive:
-    """What a watcher is told about a version that went live."""
+    """What a watcher is told about a version that went live; ``sequence`` counts the versions that
+    went live in this process (a rollback or a new lineage lowers the version number, not it)."""
 
+    sequence: int
     version: int
     created_ms: int
     ids_added: dict[str, int]
@@ -473,31 +475,36 @@ class LiveSnapshots:
         return self._current
 
     def refresh(self) -> bool:
-        """Serve the newest published version if it is new and sound; True when one went live.
+        """Serve the version CURRENT names if it is sound and not the one served (a newer one, a rollback
+        or a new lineage); True when one went live.
         Called from one thread only (the server's poller), which also installs finished index
         merges and writes overlays into their stores."""
         self._install_merges()
         self._fold(wait_s=0.0)
         version = snapshots.current_version(self.root)
         served = self._current
-        if version is None or version in self.refused or (served is not None and version <= served.version
-                                                          and not self._new_lineage(version, served)):
+        if version is None or version in self.refused or (served is not None and version == served.version):
             return False
         try:
-            fresh = self._load(version, served)
-        except FileNotFoundError:
-            return False  # pruned while being read: a newer version is current, take it next time
+            with snapshots.pinned(self.root, version) as manifest:
+                if served is not None and version < served.version and manifest.lineage == served.manifest.lineage:
+                    log.warning("CURRENT moved back from version %d to %d (a rollback): serving %d", served.version,
+                                version, version)
+                fresh = self._load(manifest, served)
+        except FileNotFoundError as exc:
+            if snapshots.current_version(self.root) != version:
+                return False  # pruned before it could be pinned: a newer version is current, take it next time
+            self._refuse(version, served, exc)
+            return False
         except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-            self.refused[version] = f"{type(exc).__name__}: {exc}"
-            metrics.SNAPSHOTS_REFUSED.inc()
-            log.error("snapshot version %d refused, still serving %s: %s", version,
-                      served.version if served else "nothing", self.refused[version])
+            self._refuse(version, served, exc)
             return False
         del served  # the version before must not look like a call still answering from it
         with self._changed:
             self._current = fresh
-            self._history = [*self._history[-(HISTORY - 1):],
-                             WentLive(version, fresh.manifest.created_ms, fresh.ids_added, fresh.rows_changed)]
+            sequence = self._history[-1].sequence + 1 if self._history else 1
+            self._history = [*self._history[-(HISTORY - 1):], WentLive(
+                sequence, version, fresh.manifest.created_ms, fresh.ids_added, fresh.rows_changed)]
             self._changed.notify_all()
         metrics.LIVE_VERSION.set(version)
         log.info("serving snapshot version %d (%s)", version,
@@ -507,6 +514,12 @@ class LiveSnapshots:
         assert self._current is not None
         self._start_merges(self._current)
         return True
+
+    def _refuse(self, version: int, served: ServedVersion | None, exc: BaseException) -> None:
+        self.refused[version] = f"{type(exc).__name__}: {exc}"
+        metrics.SNAPSHOTS_REFUSED.inc()
+        log.error("snapshot version %d refused, still serving %s: %s", version,
+                  served.version if served else "nothing", self.refused[version])
 
     def _fold(self, wait_s: float) -> None:
         """Write the served version's overlays into their stores, where no call answers from an
@@ -590,30 +603,25 @@ class LiveSnapshots:
             served = self._current = dataclasses.replace(served, views=views)
         self._start_merges(served)
 
-    def _new_lineage(self, version: int, served: ServedVersion) -> bool:
-        """Whether an older version number than the served one starts a new lineage (training
-        restarted in an emptied folder): then it is served, not ignored."""
-        if version == served.version:
-            return False
-        try:
-            return snapshots.read_manifest(self.root, version).lineage != served.manifest.lineage
-        except (OSError, ValueError):
-            return False
-
-    def went_live_after(self, version: int, timeout: float) -> list[WentLive]:
-        """The versions that went live after ``version``, oldest first, waiting up to ``timeout``
-        seconds for one (empty then)."""
+    def latest(self) -> tuple[ServedVersion | None, int]:
+        """The version served and the sequence number it went live with (0: none yet), together."""
         with self._changed:
-            self._changed.wait_for(lambda: bool(self._history) and self._history[-1].version > version, timeout)
-            return [event for event in self._history if event.version > version]
+            return self._current, self._history[-1].sequence if self._history else 0
+
+    def went_live_after(self, sequence: int, timeout: float) -> list[WentLive]:
+        """The versions that went live after the one numbered ``sequence``, oldest first, waiting up
+        to ``timeout`` seconds for one (empty then)."""
+        with self._changed:
+            self._changed.wait_for(lambda: bool(self._history) and self._history[-1].sequence > sequence, timeout)
+            return [event for event in self._history if event.sequence > sequence]
 
     # -- reading a version ---------------------------------------------------------------------------
 
-    def _load(self, version: int, served: ServedVersion | None) -> ServedVersion:
-        """The version ``version``, built beside the served one without writing anything it reads."""
-        manifest = snapshots.read_manifest(self.root, version)
+    def _load(self, manifest: Manifest, served: ServedVersion | None) -> ServedVersion:
+        """The version of ``manifest``, built beside the served one without writing anything it reads."""
         if served is not None and served.manifest.lineage != manifest.lineage:
-            log.warning("snapshot %d starts a new lineage (training restarted from scratch): reading it whole", version)
+            log.warning("snapshot %d starts a new lineage (training restarted from scratch): reading it whole",
+                        manifest.version)
             served = None
         deltas = self._deltas_after(manifest, served)
         infos = _Chain(self.root, manifest, deltas)
@@ -622,7 +630,7 @@ class LiveSnapshots:
             before = served.views.get(name) if served else None
             views[name], changed[name] = self._load_view(manifest, infos, name, before, deltas)
         members = {side: self._members(manifest, infos, side, served, deltas) for side in manifest.sides}
-        added = {name: view.rows - (served.views[name].rows if served and name in served.views else 0)
+        added = {name: max(view.rows - (served.views[name].rows if served and name in served.views else 0), 0)
                  for name, view in views.items()}
         return ServedVersion(manifest, views, members, added, changed)
 

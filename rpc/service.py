@@ -142,10 +142,8 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
 
     def _watch(self, context: grpc.ServicerContext) -> Iterator[pb.SnapshotEvent]:
         ends = time.monotonic() + self.cfg.watch_max_s
-        first = self._first_event()
-        last = 0
+        first, last = self._first_event()
         if first is not None:
-            last = first.snapshot_version
             yield first
         while context.is_active() and not self.stopping.is_set():
             if time.monotonic() >= ends:
@@ -153,18 +151,19 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                               f"({self.cfg.watch_max_s:g} s), the most this server allows: open it again")
             remaining = context.time_remaining()
             for event in self.live.went_live_after(last, timeout=min(1.0, remaining) if remaining else 1.0):
-                last = event.version
+                last = event.sequence
                 yield pb.SnapshotEvent(snapshot_version=event.version, created_ms=event.created_ms,
                                        ids_added=event.ids_added, rows_changed=event.rows_changed)
 
-    def _first_event(self) -> pb.SnapshotEvent | None:
+    def _first_event(self) -> tuple[pb.SnapshotEvent | None, int]:
+        """The served version's event and the sequence it went live with, the point to watch from."""
         # Not kept in the stream's generator: a version a stream held for its whole life would keep
         # the swaps after it from writing their rows into the view's store (rpc/live.py VectorStore).
-        served = self.live.current
+        served, sequence = self.live.latest()
         if served is None:
-            return None
+            return None, sequence
         return pb.SnapshotEvent(snapshot_version=served.version, created_ms=served.manifest.created_ms,
-                                ids_added=served.ids_added, rows_changed=served.rows_changed)
+                                ids_added=served.ids_added, rows_changed=served.rows_changed), sequence
 
 
 def _denied(request: Any, context: grpc.ServicerContext) -> None:

@@ -4,6 +4,7 @@ publish or a compaction leaves the last complete version readable."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -193,8 +194,8 @@ def test_a_server_follows_deltas_and_a_fresh_one_reads_base_and_deltas(tmp_path:
 
 
 def test_retention_while_a_server_loads_ends_on_the_newest_version(tmp_path: Path) -> None:
-    """keep_snapshots = 2 and publishing as fast as it goes, compaction included: a server that
-    finds the version it reads pruned under it takes the next one, and serves the newest at the end."""
+    """keep_snapshots = 2 and publishing as fast as it goes, compaction included: the version a server
+    reads is pinned, so none is refused or dropped halfway, and it serves the newest at the end."""
     truth = Truth(tmp_path)
     truth.base(3000, 30, keep=2)
     live = LiveSnapshots(tmp_path, RpcSettings(swap_block_rows=64))
@@ -225,6 +226,28 @@ def test_retention_while_a_server_loads_ends_on_the_newest_version(tmp_path: Pat
     matrix = np.frombuffer(live.current.views["item"].gather(truth.ids["item"])[1], "<f4").reshape(-1, DIM)
     assert np.array_equal(matrix, truth.vectors["item"])
     assert len(snapshots.published_versions(tmp_path)) == 2
+
+
+def test_a_publish_that_runs_out_of_disk_leaves_nothing_and_the_last_version_current(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    truth = Truth(tmp_path)
+    truth.base(100, 5)
+    write = snapshots._write_segment
+
+    def full_disk(folder: Path, *args: object) -> object:
+        write(folder, *args)  # most of it written, then the disk fills
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "model.pt"))
+
+    monkeypatch.setattr(snapshots, "_write_segment", full_disk)
+    with pytest.raises(snapshots.SnapshotError, match="No space left on device"):
+        truth.delta()
+    assert snapshots.current_version(tmp_path) == 1
+    assert [path.name for path in (tmp_path / snapshots.SEGMENTS).iterdir()] == ["b000001"]  # no half segment
+    monkeypatch.undo()
+    truth.version -= 1  # never published: the next publish takes its number (a base: the tables moved on)
+    truth.base(120, 6)
+    truth.delta()
+    truth.check(snapshots.load(tmp_path))
 
 
 WRITER = textwrap.dedent("""

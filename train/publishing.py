@@ -153,6 +153,9 @@ class Publisher:
     def __init__(self, cfg: TrainSettings) -> None:
         self.cfg = cfg
         self.rows: dict[str, int] = {}  # empty until a version is published or restored
+        # The version on disk that this trainer's tables extend: a delta is written only on top of it
+        # (after a rollback, CURRENT names another, and the next round publishes a base).
+        self.extends: int | None = None
         self._compaction: threading.Thread | None = None
 
     def publish_round(self, model: M2GRL, mirrors: Mirrors, pending: Mapping[int, Tensor], *, version: int,
@@ -169,7 +172,7 @@ class Publisher:
                     for view, (rows, _) in written.items())
         base = exchange.broadcast(
             full or not self.rows or not model.vectors_are_inputs or moved > BASE_SHARE * sum(totals.values())
-            or snapshots.current_version(self.cfg.snapshot_dir) is None)
+            or snapshots.current_version(self.cfg.snapshot_dir) != self.extends)
         views = {view: self._view_change(model, mirrors, pending, view, totals[view],
                                          None if base else written[view]) for view in model.shape.views}
 
@@ -205,6 +208,7 @@ class Publisher:
                     table.changed[exchange.local(exchange.mine(written[view][1]))] = False
         mirrors.memberships.published()
         self.rows = dict(totals)
+        self.extends = published.version
         if exchange.leader:
             self._published(published)
         return published
@@ -280,13 +284,14 @@ class Publisher:
                           last_version: int) -> Appended | None:
         """A version that appends the item rows added since the current version to it, numbered
         after it and after ``last_version`` (the trainer's); None where there are no such rows, a
-        row has no vector, or nothing is on disk to append to."""
+        row has no vector, or the current version is not the one the tables extend (none yet, or a
+        rollback: the next round's base puts things right)."""
         item = mirrors.item
         start, end = self.rows[item], len(mirrors.graphs[item].ids)
         rows = torch.arange(start, end)
         vectors = vectors_of(model, item, pending, rows) if end > start else None
         before = snapshots.read_current(self.cfg.snapshot_dir)
-        if vectors is None or before is None:
+        if vectors is None or before is None or before.version != self.extends:
             return None
         memberships = {}
         for side in mirrors.memberships.sides:
@@ -304,6 +309,7 @@ class Publisher:
         published = snapshots.publish(self.cfg.snapshot_dir, manifest, snapshots.Segment(views, memberships),
                                       keep=self.cfg.keep_snapshots)
         self.rows[item] = end
+        self.extends = published.version
         self._published(published)
         return Appended(manifest.version, end - start)
 

@@ -152,6 +152,7 @@ class Trainer:
         self.model = restored.model
         self.watermarks = restored.watermarks
         self.version = restored.version
+        self.publisher.extends = restored.version
 
     # -- one round ---------------------------------------------------------------------------------
 

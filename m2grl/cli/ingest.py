@@ -21,7 +21,8 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
             update={"group_id": args.group_id})})
     serve_metrics(settings.ingest.metrics_host, 0 if args.no_metrics else settings.ingest.metrics_port)
     sys.setswitchinterval(settings.ingest.switch_interval_ms / 1000)
-    totals = IngestConsumer(settings, stop=stop_on_signals()).run(until_idle=args.until_idle)
+    stop = stop_on_signals(within_s=settings.ingest.stop_timeout_s)
+    totals = IngestConsumer(settings, stop=stop).run(until_idle=args.until_idle)
     summary = {**totals.__dict__, "events_per_s": round(totals.records / totals.seconds, 1) if totals.seconds else 0,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if args.json:

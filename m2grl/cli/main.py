@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from m2grl.cli import ingest as ingest_commands
     from m2grl.cli import rpc as rpc_commands
     from m2grl.cli import services as services_commands
+    from m2grl.cli import snapshots as snapshot_commands
     from m2grl.cli import train as train_commands
 
     parser = argparse.ArgumentParser(
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph_commands.register(commands)
     train_commands.register(commands)
     rpc_commands.register(commands)
+    snapshot_commands.register(commands)
 
     demo = commands.add_parser(
         "demo", help="the whole system on real data in a few minutes: stream, train, serve, query, evaluate",

@@ -12,6 +12,8 @@ from m2grl.settings import Settings
 if TYPE_CHECKING:
     from m2grl.rpc.client import EmbeddingClient
 
+STOP_MARGIN_S = 10.0  # past rpc.grace_s, for the poller and the metrics endpoint to end
+
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from m2grl.metrics import serve_metrics
@@ -23,7 +25,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     serve_metrics(cfg.metrics_host, cfg.metrics_port)
     server = EmbeddingServer(settings.train.snapshot_dir, cfg).start()
     print(f"serving on {cfg.host}:{server.port}; Ctrl-C or SIGTERM drains and stops", flush=True)
-    server.wait(stop_on_signals())
+    # Calls in flight get rpc.grace_s; what is left by STOP_MARGIN_S after that does not hold the exit.
+    server.wait(stop_on_signals(within_s=cfg.grace_s + STOP_MARGIN_S))
     return 0
 
 

@@ -8,10 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from m2grl.console import at_least_one, print_json, stop_on_signals
+from m2grl.console import at_least_one, exit_if_running_after, print_json, stop_on_signals
 from m2grl.errors import ConfigError
 from m2grl.settings import Settings
 
@@ -30,7 +31,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"--nproc {args.nproc} inside a torchrun group of {ranks} ranks")
         return _train_as_rank(args, settings)
     if args.nproc > 1:
-        return _launch_ranks(args)
+        return _launch_ranks(args, settings.train.stop_timeout_s)
     from m2grl.metrics import serve_metrics
     from m2grl.train.service import exclusive_trainer, run_scheduled
     from m2grl.train.trainer import Trainer
@@ -47,7 +48,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         serve_metrics(settings.train.metrics_host, settings.train.metrics_port)
         trainer = Trainer(settings, cold_start=True)
         try:
-            run_scheduled(trainer.round, settings.train.interval_s, stop_on_signals(), first_full=args.full,
+            stop = stop_on_signals(within_s=settings.train.stop_timeout_s)
+            run_scheduled(trainer.round, settings.train.interval_s, stop, first_full=args.full,
                           full_every=settings.train.full_every_rounds, between_rounds=trainer.admit_new_items,
                           between_every_s=settings.train.cold_start_interval_s)
         finally:
@@ -68,14 +70,15 @@ def _report(stats: RoundStats, as_json: bool, settings: Settings) -> None:
         print(f"published to {settings.train.snapshot_dir}")
 
 
-def _launch_ranks(args: argparse.Namespace) -> int:
+def _launch_ranks(args: argparse.Namespace, stop_timeout_s: float) -> int:
     """Run torchrun, starting ``--nproc`` ranks of this same command on this machine, each with an
     equal share of the cores unless OMP_NUM_THREADS says otherwise; torchrun's exit code. torchrun
     restarts the whole group from the last version when a rank dies, up to ``--restarts`` times.
 
     SIGTERM and SIGINT go to the ranks, not to torchrun: their leader finishes the round and stops
     them all, and torchrun then ends as they did (signalled itself, it ends them within 30 s and
-    exits with an error whatever they did)."""
+    exits with an error whatever they did). Still running ``stop_timeout_s`` after the signal, they
+    are killed and this exits with OVERDUE_EXIT."""
     import psutil
 
     cores = os.cpu_count() or 1
@@ -84,10 +87,20 @@ def _launch_ranks(args: argparse.Namespace) -> int:
                f"--max-restarts={0 if args.once else args.restarts}", "-m", "m2grl", *_without_nproc(sys.argv[1:])]
     launcher = subprocess.Popen(command, env=env, start_new_session=True)
 
+    def end_all() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
     def to_ranks(signum: int, _frame: object) -> None:
         with contextlib.suppress(psutil.Error):
             for rank in psutil.Process(launcher.pid).children():
                 rank.send_signal(signum)
+        if not stopping.is_set():
+            stopping.set()
+            exit_if_running_after(stop_timeout_s, f"the ranks still run {stop_timeout_s:g} s after "
+                                  f"{signal.Signals(signum).name}; killed", before=end_all)
+
+    stopping = threading.Event()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, to_ranks)

@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 from m2grl import graphstore
+from m2grl.errors import ConfigError
 from m2grl.services.base import LocalService, java_options, write_properties
+from m2grl.settings import NEO4J_PASSWORD_SET_MARKER
 
 # Neo4j opens these JDK internals reflectively; without them it fails at start-up on Java 17.
 _OPENS = [f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in
           ("java.nio", "java.io", "sun.nio.ch", "java.lang", "java.util", "java.util.concurrent")]
-_PASSWORD_SET_MARKER = ".initial-password-set"
 
 
 class Neo4jService(LocalService):
@@ -60,16 +61,28 @@ class Neo4jService(LocalService):
             "server.directories.import": self.home / "import",
             "server.directories.run": self.home / "run",
         })
-        if not (self.home / _PASSWORD_SET_MARKER).exists():
-            # The password must be in place before the first start; afterwards it lives in the
-            # system database and changes go through Cypher, not this tool.
+        if not (self.home / NEO4J_PASSWORD_SET_MARKER).exists():
+            self._set_initial_password(jars)
+
+    def _set_initial_password(self, jars: Path) -> None:
+        """Put the password in place before the first start (afterwards it lives in the system
+        database, and changes go through Cypher). Handed over in an argument file that only this
+        user can read, never on a command line, which any user of the machine can list."""
+        password = self.settings.neo4j.password
+        if password is None:
+            raise ConfigError("neo4j.password is unset and no password was generated for the local Neo4j")
+        arguments = self.home / ".initial-password.args"
+        quoted = password.get_secret_value().replace("\\", "\\\\").replace('"', '\\"')
+        with os.fdopen(os.open(arguments, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(f'"{quoted}"\n')  # picocli's argument file: quoted, backslash escapes
+        try:
             self.run_tool(
                 [self.settings.services.java, *_OPENS, "-cp", f"{jars / 'libs'}/*", "org.neo4j.cli.AdminTool",
-                 "dbms", "set-initial-password", n.password.get_secret_value()],
-                what="setting the initial password",
-                env=self._env(),
-            )
-            (self.home / _PASSWORD_SET_MARKER).touch()
+                 "dbms", "set-initial-password", f"@{arguments}"],
+                what="setting the initial password", env=self._env())
+        finally:
+            arguments.unlink(missing_ok=True)
+        (self.home / NEO4J_PASSWORD_SET_MARKER).touch()
 
     def import_full(self, jars: Path, arguments: list[str]) -> None:
         """Replace the database (the server stopped) with ``neo4j-admin database import full``."""

@@ -52,9 +52,10 @@ def rig_settings(stack: Settings, snapshot_keep: int = 100_000) -> Settings:
     return stack.model_copy(update={
         # Rejoining soon after the group's session timeout puts the consumer's rejoin path (a fresh
         # client, subscribed while Kafka may still be down) in the Kafka outage's way.
+        # Ids up to 20,000 characters pass decoding, so ids too long for Neo4j's index reach the writer.
         "ingest": stack.ingest.model_copy(update={"partitions": 4, "batch_max_records": 500, "batch_max_ms": 200,
                                                   "metrics_port": 0, "session_timeout_s": 10,
-                                                  "rejoin_after_s": 12}),
+                                                  "rejoin_after_s": 12, "max_field_chars": 20_000}),
         "train": stack.train.model_copy(update={"dim": 16, "walks_per_node": 4, "walk_length": 6, "window": 3,
                                                 "batch_size": 2048, "keep_snapshots": snapshot_keep,
                                                 "metrics_port": 0}),
@@ -146,6 +147,7 @@ class Rig:
         first_items = list(dict.fromkeys(e.item_id for e in events[:500]))[:40]
         self.watcher = Watcher(self.rpc, [*first_items, "never-seen-item"])
         self._watching = threading.Thread(target=self.watcher.run, daemon=True)
+        self.cleanups: list[Callable[[], None]] = []  # after the processes stop (a fault's set-up undone)
 
     @property
     def snapshot_dir(self) -> Path:
@@ -164,6 +166,8 @@ class Rig:
         self._watching.join(timeout=10)
         self.processes.stop()
         self.rpc.close()
+        for cleanup in reversed(self.cleanups):
+            cleanup()
 
     def log(self, stage: str) -> str:
         return (self.run.folder / f"{stage}.log").read_text(errors="replace")

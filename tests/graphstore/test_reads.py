@@ -8,7 +8,6 @@ import pytest
 
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.maintenance import wipe_graph
-from m2grl.graphstore.model import PartitionMark
 from m2grl.graphstore.reads import read_view
 from m2grl.graphstore.writes import BehaviorGraphWriter
 from m2grl.ingest.events import Event
@@ -31,7 +30,7 @@ def test_full_and_delta_reads(stack: Settings) -> None:
         writer.ensure_schema()
         first = extract(events("u1", [("a", "x"), ("b", "x"), ("c", "y")], 1_511_544_000_000), {}, VIEWS.all,
                         1_800_000)
-        writer.commit(first, {0: -1}, {0: PartitionMark(offset=2)})
+        writer.commit(first, {0: -1}, {0: 2})
 
         everything = read_view(store, VIEWS.item)
         assert sorted(zip(everything.src, everything.dst, everything.weight)) == [("a", "b", 1), ("b", "c", 1)]
@@ -42,7 +41,7 @@ def test_full_and_delta_reads(stack: Settings) -> None:
         time.sleep(0.05)
         second = extract(events("u1", [("a", "x"), ("d", "z")], 1_511_544_010_000), first.sessions, VIEWS.all,
                          1_800_000)
-        writer.commit(second, {0: 2}, {0: PartitionMark(offset=4)})
+        writer.commit(second, {0: 2}, {0: 4})
         delta = read_view(store, VIEWS.item, since_ms=everything.watermark_ms)
         # c->a continues u1's session; a->d is new. Weights are absolute, not increments.
         assert sorted(zip(delta.src, delta.dst, delta.weight)) == [("a", "d", 1), ("c", "a", 1)]

@@ -18,6 +18,7 @@ from kafka import KafkaConsumer
 
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.maintenance import wipe_graph
+from m2grl.ingest.clients import client_options
 from m2grl.ingest.consumer import create_topics
 from m2grl.ingest.deadletter import header_map
 from m2grl.ingest.events import Event
@@ -95,7 +96,7 @@ def kill_at_random_moments(settings: Settings, folder: Path, *, kills: int, seed
 
 
 def read_topic(settings: Settings, topic: str) -> list[tuple[dict[str, str], bytes]]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+    consumer = KafkaConsumer(topic, **client_options(settings.kafka), group_id=None,
                              auto_offset_reset="earliest", consumer_timeout_ms=5000)
     messages = [(header_map(m.headers), m.value) for m in consumer]
     consumer.close()

@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from m2grl.ingest.events import Event, EventRules, Reason, Rejection, decode
+from m2grl.ingest.events import Event, EventRules, Reason, Rejection, decode, decode_message
 
 RULES = EventRules(behaviors=frozenset({"pv", "cart", "fav", "buy"}), max_bytes=4096,
                    min_time_ms=946684800000, max_future_ms=86_400_000)
@@ -56,3 +58,14 @@ def test_protobuf_with_foreign_fields_is_rejected() -> None:
     foreign = GOOD.encode() + b"\xa0\x06\x01"  # field 100, varint 1: not in BehaviorEvent
     outcome = decode(foreign, RULES, now_ms=NOW)
     assert isinstance(outcome, Rejection) and outcome.reason is Reason.UNDECODABLE
+
+
+def test_the_key_must_be_the_user_id_unless_the_check_is_off() -> None:
+    assert decode_message(b"u1", GOOD.encode(), RULES, now_ms=NOW) == GOOD
+    for key in (b"u2", None, b""):
+        outcome = decode_message(key, GOOD.encode(), RULES, now_ms=NOW)
+        assert isinstance(outcome, Rejection) and outcome.reason is Reason.KEY_MISMATCH, key
+        assert "'u1'" in outcome.detail
+    assert decode_message(b"u2", GOOD.encode(), dataclasses.replace(RULES, key_is_user=False), now_ms=NOW) == GOOD
+    # A value that fails its own rules says why, whatever its key.
+    assert decode_message(b"zz", b"garbage", RULES, now_ms=NOW).reason is Reason.UNDECODABLE

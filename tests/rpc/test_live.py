@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from m2grl import snapshots
 from m2grl.rpc import live as live_module
@@ -273,3 +276,94 @@ def test_rows_changed_since_the_graph_was_built_fold_into_it_in_the_background(t
     for row in (0, 1_500, 3_009):
         assert merged.index.search(merged.unit(row), 1)[0] == [row]
     assert np.array_equal(served_matrix(merged), vectors)
+
+
+def test_a_rollback_of_current_is_served_with_a_warning_and_watchers_hear_of_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    publish(tmp_path, 1, 10)
+    second = publish(tmp_path, 2, 12)
+    publish(tmp_path, 3, 14)
+    assert live.refresh() and live.current.version == 3
+    _, sequence = live.latest()
+    snapshots.make_current(tmp_path, 2)
+    with caplog.at_level(logging.WARNING, logger="m2grl.rpc.live"):
+        assert live.refresh()
+    assert "moved back from version 3 to 2" in caplog.text
+    view = live.current.views["item"]
+    assert live.current.version == 2 and view.rows == 12 and view.row("i13") is None
+    assert served_matrix(view).tolist() == second.tolist()
+    assert [event.version for event in live.went_live_after(sequence, timeout=0)] == [2]
+    publish(tmp_path, 4, 15)  # the trainer publishes again: forward from the rolled-back version
+    assert live.refresh() and live.current.version == 4 and live.current.views["item"].row("i14") == 14
+
+
+def test_rolling_back_to_a_version_that_is_gone_says_which_are_kept(tmp_path: Path) -> None:
+    for version in (1, 2, 3, 4):
+        publish(tmp_path, version, 10)
+    with pytest.raises(ValueError, match=r"version 1 is not in .* \(versions kept: 2, 3, 4\)"):
+        snapshots.make_current(tmp_path, 1)
+    assert snapshots.current_version(tmp_path) == 4
+
+
+def test_a_pinned_version_keeps_its_segments_through_retention(tmp_path: Path) -> None:
+    def base(version: int) -> None:
+        manifest = snapshots.Manifest(version=version, created_ms=version, watermark_ms={}, views=["item"], dim=4,
+                                      rows={"item": 3}, losses={}, sigma2={})
+        snapshots.publish_base(tmp_path, manifest, {"item": np.ones((3, 4), np.float32)},
+                               {"item": ["a", "b", "c"]}, keep=2)
+
+    base(1)
+    with snapshots.pinned(tmp_path, 1) as manifest:
+        for version in (2, 3, 4, 5):
+            base(version)
+        assert snapshots.published_versions(tmp_path) == [4, 5]  # its manifest goes, its segments stay
+        assert snapshots.segment_infos(tmp_path, manifest)[0].version == 1
+    base(6)
+    assert not snapshots.segment_dir(tmp_path, "b000001").exists()
+    assert not list((tmp_path / snapshots.PINS).iterdir())
+
+
+def test_versions_pruned_while_a_server_loads_them_are_still_served(tmp_path: Path, monkeypatch) -> None:
+    """keep_snapshots = 2 and a publisher faster than the server's loads: without a pin, retention
+    deleted the version being read and the server silently gave up on it, every time."""
+    stop = threading.Event()
+    published: list[int] = []
+
+    def publisher() -> None:
+        version = 1
+        while not stop.is_set():
+            manifest = snapshots.Manifest(version=version, created_ms=version, watermark_ms={}, views=["item"],
+                                          dim=4, rows={"item": 50}, losses={}, sigma2={})
+            rng = np.random.default_rng(version)
+            snapshots.publish_base(tmp_path, manifest, {"item": rng.normal(size=(50, 4)).astype(np.float32)},
+                                   {"item": [f"i{n}" for n in range(50)]}, keep=2)
+            published.append(version)
+            version += 1
+            time.sleep(0.02)
+
+    load = LiveSnapshots._load
+    failures: list[BaseException] = []
+
+    def slow_load(self: LiveSnapshots, manifest: snapshots.Manifest, served: object) -> object:
+        time.sleep(0.2)  # a load takes long enough for several versions to be published and pruned
+        try:
+            return load(self, manifest, served)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    monkeypatch.setattr(LiveSnapshots, "_load", slow_load)
+    live = LiveSnapshots(tmp_path, RpcSettings())
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    served: list[int] = []
+    try:
+        while len(served) < 5:
+            if live.refresh():
+                served.append(live.current.version)
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures and not live.refused
+    assert served == sorted(served) and len(published) > len(served)  # it skipped versions, never failed one

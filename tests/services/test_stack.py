@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -11,7 +13,8 @@ from m2grl.errors import GraphStoreError
 from m2grl.graphstore import GraphStore
 from m2grl.ingest.admin import TopicSpec, ensure_topics, ping
 from m2grl.services import launcher
-from m2grl.settings import Settings
+from m2grl.services.launcher import free_port
+from m2grl.settings import NEO4J_PASSWORD_FILE, Settings, load_settings
 
 pytestmark = pytest.mark.services
 
@@ -78,3 +81,38 @@ def test_status_reports_both_services_healthy(stack: Settings) -> None:
     assert statuses["kafka"].ports["kafka.port"] == stack.kafka.port
     assert statuses["neo4j"].endpoints["bolt"] == stack.neo4j.bolt_uri
     assert statuses["kafka"].pid and statuses["neo4j"].pid
+
+
+def test_the_local_neo4j_gets_a_generated_password_no_command_line_shows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ports = {"bolt_port": free_port(), "http_port": free_port(), "heap": "512m", "pagecache": "64m"}
+    settings = load_settings(services={"state_dir": tmp_path}, neo4j=ports)
+    kept = tmp_path / NEO4J_PASSWORD_FILE
+    assert kept.stat().st_mode & 0o777 == 0o600, "only its owner may read the password"
+    password = kept.read_text().strip()
+    assert len(password) >= 24 and settings.neo4j.password.get_secret_value() == password
+    assert load_settings(services={"state_dir": tmp_path}, neo4j=ports).neo4j.password == settings.neo4j.password
+    command_lines: list[str] = []
+    run, popen = subprocess.run, subprocess.Popen
+
+    def seen_run(argv: list[str], *args: object, **kwargs: object) -> object:
+        command_lines.append(" ".join(map(str, argv)))
+        return run(argv, *args, **kwargs)
+
+    class SeenPopen(popen):  # type: ignore[misc,valid-type]
+        def __init__(self, argv: list[str], *args: object, **kwargs: object) -> None:
+            command_lines.append(" ".join(map(str, argv)))
+            super().__init__(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", seen_run)
+    monkeypatch.setattr(subprocess, "Popen", SeenPopen)
+    neo4j = launcher.service_named(settings, "neo4j")
+    try:
+        launcher.start(neo4j, report=lambda _: None)  # healthy means it took the password
+        with GraphStore(settings.neo4j) as store:
+            assert store.read("RETURN 1 AS ok") == [{"ok": 1}]
+    finally:
+        launcher.stop(neo4j, report=lambda _: None)
+    assert any("set-initial-password" in line for line in command_lines), command_lines
+    assert not any(password in line for line in command_lines)
+    assert not list(neo4j.home.glob("*.args")), "the argument file goes once read"

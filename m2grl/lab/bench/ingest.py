@@ -24,7 +24,7 @@ from typing import Any
 from m2grl.errors import M2grlError
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.maintenance import wipe_graph
-from m2grl.graphstore.model import PartitionMark, SessionState
+from m2grl.graphstore.model import SessionState
 from m2grl.graphstore.writes import BehaviorGraphWriter
 from m2grl.ingest.consumer import create_topics
 from m2grl.ingest.events import Event, EventRules, decode
@@ -70,7 +70,7 @@ def _direct_writes(settings: Settings, encoded: list[bytes]) -> float:
         previous = -1
         for start, delta in batches:
             last = start + delta.events - 1
-            writer.commit(delta, {0: previous}, {0: PartitionMark(offset=last)})
+            writer.commit(delta, {0: previous}, {0: last})
             previous = last
         return time.perf_counter() - started
 
