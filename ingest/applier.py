@@ -382,7 +382,7 @@ class BatchApplier:
             refused.update(self._refused_among(store, decoded, pending))
         if not refused:
             raise GraphStoreError(f"Neo4j refused a batch of {len(candidates)} events but none of them on its own "
-                                    f"(so none can be set aside): {refusal}") from refusal
+                                  f"(so none can be set aside): {refusal}") from refusal
         if len(refused) == len(candidates):
             self._check_store_accepts_writes(refusal)
         for index, detail in sorted(refused.items()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
+from m2grl.console import OVERDUE_EXIT
 from m2grl.ingest.events import Event
 from m2grl.ingest.replay import replay
 from m2grl.services import launcher
+from m2grl.services.process import ProcessRecord
 from m2grl.settings import Settings
 from tests.ingest.conftest import (
     kill_at_random_moments,
@@ -205,9 +208,35 @@ def test_neo4j_outage_mid_stream_loses_nothing(ingest_settings: Settings, moviel
     assert re.search(r"unavailable|will be retried", log), "the outage should have been noticed and logged"
 
 
+def test_sigterm_ends_ingest_within_its_stop_timeout_while_neo4j_hangs(
+        ingest_settings: Settings, movielens_sample: list[Event], tmp_path: Path) -> None:
+    """Neo4j stopped with SIGSTOP holds whatever ingest asks of it; SIGTERM still ends the process by
+    ingest.stop_timeout_s, and the next run makes the graph exact."""
+    settings = with_ingest(ingest_settings, stop_timeout_s=5)
+    record = ProcessRecord.read(launcher.service_named(settings, "neo4j").pidfile)
+    assert record is not None
+    events = movielens_sample[:3000]
+    consumer = start_ingest(settings, tmp_path / "ingest.log")
+    try:
+        wait_until_partitions_are_shared([tmp_path / "ingest.log"], settings.ingest.partitions, timeout_s=120)
+        os.killpg(record.pid, signal.SIGSTOP)
+        try:
+            replay(settings, events, progress=False)  # ingest reads them and waits on Neo4j
+            time.sleep(3)
+            consumer.send_signal(signal.SIGTERM)
+            code = consumer.wait(timeout=settings.ingest.stop_timeout_s + 60)
+        finally:
+            os.killpg(record.pid, signal.SIGCONT)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+    assert code in (0, OVERDUE_EXIT), (tmp_path / "ingest.log").read_text()[-3000:]
+    run_ingest(settings)
+    assert_same_graph(stored_graph(settings), expected(events))
+
+
 def test_records_removed_before_ingest_read_them_are_counted_or_stop_it(
         ingest_settings: Settings, movielens_sample: list[Event]) -> None:
-    import os
     import sys
 
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition

@@ -78,6 +78,32 @@ def test_query_errors_are_one_readable_line(served: dict[str, str]) -> None:
     assert nothing.returncode == 1 and "UNAVAILABLE" in nothing.stderr
 
 
+def test_a_rollback_from_the_command_line_is_served(served: dict[str, str]) -> None:
+    root = Path(served["M2GRL_TRAIN_SNAPSHOT_DIR"])
+    publish(root, 2)
+    publish(root, 3, extra_items=2)
+    wait_for_version(served, 3)
+    listed = json.loads(m2grl("snapshots", "list", "--json", env=served).stdout)
+    assert listed["current"] == 3 and [v["version"] for v in listed["versions"]] == [1, 2, 3]
+    assert "*        3" in m2grl("snapshots", "list", env=served).stdout
+
+    rolled = m2grl("snapshots", "rollback", "2", env=served)
+    assert rolled.returncode == 0 and "version 3 -> 2" in rolled.stdout, rolled.stderr
+    wait_for_version(served, 2)  # the server follows CURRENT backwards
+    watch = m2grl("query", "watch", "--count", "1", env=served)
+    assert "snapshot 2 live" in watch.stdout
+
+    gone = m2grl("snapshots", "rollback", "9", env=served)
+    assert gone.returncode == 1 and "version 9 is not in" in gone.stderr and "versions kept: 1, 2, 3" in gone.stderr
+
+
+def wait_for_version(env: dict[str, str], version: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while json.loads(m2grl("query", "--json", "info", env=env).stdout)["snapshot_version"] != version:
+        assert time.monotonic() < deadline, f"the server never served version {version}"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_bench_rpc_measures_both_handlers_recall_and_swaps() -> None:
     result = m2grl("bench", "rpc", "--rows", "60000", "--seconds", "0.5", "--swap-seconds", "4", "--json",
