@@ -452,10 +452,17 @@ class RpcSettings(_Section):
         10_000, ge=1,
         description="Most ids in one GetEmbeddings call, and most recent or excluded ids in other calls.",
     )
-    max_k: int = Field(1_000, ge=1, description="Most results one SimilarItems or Recommend call may ask for.")
+    max_k: int = Field(
+        1_000, ge=1,
+        description="Most results one SimilarItems or Recommend call may ask for (SimilarItemsBatch: per query id).",
+    )
     max_recent_ids: int = Field(
         200, ge=1,
         description="Most recent item ids one Recommend call may give: each is one nearest-neighbour search.",
+    )
+    max_queries: int = Field(
+        256, ge=1,
+        description="Most query ids one SimilarItemsBatch call may give: each is one nearest-neighbour search.",
     )
     max_request_bytes: int = Field(
         4 * 1024 * 1024, ge=1024,

@@ -2,8 +2,10 @@
 every failed call (gRPC's own errors are translated here, nowhere else).
 
     with EmbeddingClient(["10.0.0.1:50051", "10.0.0.2:50051"], token="...", monotonic=True) as client:
-        found, vectors = client.embeddings("item", ["42", "7"])
-        for n in client.similar("item", id="42", k=10).neighbours: ...
+        known = client.embeddings("item", ["42", "7"])         # .found (bool per id), .vectors (ids × dim)
+        nearest = client.similar("item", id="42", k=10)        # .ids, .scores, best first
+        for query, answer in zip(["42", "7"], client.similar_to_each("item", ["42", "7"], k=10)):
+            ...                                                # answer: Neighbours, or None for an unknown id
 
 Replicas are gRPC's own business: one channel over every replica's address with the round_robin
 policy, and a retry policy that sends a call that got UNAVAILABLE (a replica stopping, or behind the
@@ -219,6 +221,18 @@ class EmbeddingClient:
             response = self._stub.SimilarItems(request, timeout=self.timeout, metadata=self._metadata)
         return Neighbours(self._saw(response.snapshot_version), list(response.ids),
                           np.array(response.scores, dtype=np.float32))
+
+    def similar_to_each(self, view: str, ids: Sequence[str], *, k: int, exclude: Sequence[str] = (),
+                        min_version: int = 0) -> list[Neighbours | None]:
+        """Per id of ``view``, in order, its ``k`` neighbours (itself left out), or None for an id the
+        served snapshot does not have; one call, one version."""
+        request = pb.SimilarItemsBatchRequest(view=view, ids=ids, k=k, exclude=exclude,
+                                              min_version=self._at_least(min_version))
+        with _translated():
+            response = self._stub.SimilarItemsBatch(request, timeout=self.timeout, metadata=self._metadata)
+        version = self._saw(response.snapshot_version)
+        return [Neighbours(version, list(result.ids), np.array(result.scores, dtype=np.float32)) if result.found
+                else None for result in response.results]
 
     def recommend(self, recent_item_ids: Sequence[str], *, k: int, diversity: float = 0.0,
                   min_version: int = 0) -> Recommendations:

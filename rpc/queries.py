@@ -42,7 +42,9 @@ class Recommendations:
 
 
 def view_of(served: ServedVersion, name: str) -> ServedView:
-    view = served.views.get(name)
+    """The view ``name`` of the served version; the item view for the empty name (a request that
+    left its proto3 ``view`` field unset)."""
+    view = served.views.get(name or served.item_view)
     if view is None:
         raise UnknownView(f"no view {name!r} in snapshot {served.version} (it has: {', '.join(served.views)})")
     return view
@@ -86,6 +88,27 @@ def similar(served: ServedVersion, view_name: str, *, k: int, cfg: RpcSettings, 
         raise InvalidQuery("give either an id or a vector to search from")
     rows, scores = view.index.search(query, k, skip)
     return Neighbours(view.ids(rows), scores)
+
+
+def similar_to_each(served: ServedVersion, view_name: str, ids: Sequence[str], *, k: int, cfg: RpcSettings,
+                    exclude: Sequence[str] = (), in_time: Callable[[], None] = lambda: None) -> list[Neighbours | None]:
+    """Per query id, in order, its ``k`` nearest ids of the view (itself excluded), or None for an id
+    the view does not have. ``in_time`` is called before each search (raising TooLate once the
+    call's deadline has passed)."""
+    _k(k, cfg)
+    _within("query ids", len(ids), cfg.max_queries, "max_queries")
+    _within("excluded ids", len(exclude), cfg.max_ids, "max_ids")
+    view = view_of(served, view_name)
+    skip = set(view.rows_of(exclude)) - {-1}
+    answers: list[Neighbours | None] = []
+    for row in view.rows_of(ids):
+        if row < 0:
+            answers.append(None)
+            continue
+        in_time()
+        rows, scores = view.index.search(view.unit(row), k, skip | {row})
+        answers.append(Neighbours(view.ids(rows), scores))
+    return answers
 
 
 def _unit_query(vector: np.ndarray, view: ServedView) -> np.ndarray:

@@ -92,8 +92,9 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                       context: grpc.ServicerContext) -> pb.GetEmbeddingsResponse:
         served = self._served(request.min_version)
         found, vectors = queries.embeddings(served, request.view, request.ids, self.cfg)
-        return pb.GetEmbeddingsResponse(snapshot_version=served.version, dimension=served.views[request.view].dim,
-                                        found=found, vectors=vectors)
+        return pb.GetEmbeddingsResponse(snapshot_version=served.version,
+                                        dimension=queries.view_of(served, request.view).dim, found=found,
+                                        vectors=vectors)
 
     @_answer
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
@@ -103,6 +104,16 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             served, request.view, k=request.k, cfg=self.cfg, exclude=request.exclude,
             id=request.id if query == "id" else None, vector=request.vector.values if query == "vector" else None)
         return pb.SimilarItemsResponse(snapshot_version=served.version, ids=neighbours.ids, scores=neighbours.scores)
+
+    @_answer
+    def SimilarItemsBatch(self, request: pb.SimilarItemsBatchRequest,
+                          context: grpc.ServicerContext) -> pb.SimilarItemsBatchResponse:
+        served = self._served(request.min_version)
+        answers = queries.similar_to_each(served, request.view, request.ids, k=request.k, cfg=self.cfg,
+                                          exclude=request.exclude, in_time=functools.partial(_in_time, context))
+        return pb.SimilarItemsBatchResponse(snapshot_version=served.version, results=[
+            pb.Neighbours(found=False) if answer is None else
+            pb.Neighbours(found=True, ids=answer.ids, scores=answer.scores) for answer in answers])
 
     @_answer
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:

@@ -17,7 +17,8 @@ PROTOS = Path(protos_build.__file__).resolve().parents[1] / "protos"
 def test_embedding_service_methods_and_streaming() -> None:
     service = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"]
     shapes = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
-    assert shapes == {"GetEmbeddings": (False, False), "SimilarItems": (False, False), "Recommend": (False, False),
+    assert shapes == {"GetEmbeddings": (False, False), "SimilarItems": (False, False),
+                      "SimilarItemsBatch": (False, False), "Recommend": (False, False),
                       "WatchSnapshots": (False, True), "GetModelInfo": (False, False)}
     assert hasattr(embedding_pb2_grpc, "EmbeddingServiceStub")
     assert embedding_pb2.DESCRIPTOR.package == "m2grl.v1"

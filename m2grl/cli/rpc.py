@@ -59,18 +59,42 @@ def _parse_vector(text: str) -> list[float]:
 
 
 def _query_similar(args: argparse.Namespace, settings: Settings) -> int:
-    if (args.id is None) == (args.vector is None):
-        raise ConfigError("give exactly one of ID and --vector")
+    if bool(args.ids) == (args.vector is not None):
+        raise ConfigError("give ID (one or more) or --vector, not both")
+    if len(args.ids) > 1:
+        return _query_similar_to_each(args, settings)
     with _client(args, settings) as client:
-        answer = client.similar(args.view, k=args.k, id=args.id,
+        answer = client.similar(args.view, k=args.k, id=args.ids[0] if args.ids else None,
                                 vector=_parse_vector(args.vector) if args.vector else None, exclude=args.exclude)
     if args.json:
         print_json({"snapshot_version": answer.version,
                     "results": [{"id": ext, "score": float(s)} for ext, s in zip(answer.ids, answer.scores)]})
         return 0
-    print(f"snapshot {answer.version}, view {args.view}, nearest to {args.id or 'the vector'}")
+    print(f"snapshot {answer.version}, view {args.view}, nearest to {args.ids[0] if args.ids else 'the vector'}")
     for rank, (ext, score) in enumerate(zip(answer.ids, answer.scores), 1):
         print(f"  {rank:>4}. {ext:<24} {score:.4f}")
+    return 0
+
+
+def _query_similar_to_each(args: argparse.Namespace, settings: Settings) -> int:
+    """Several ids: one SimilarItemsBatch call, one version."""
+    with _client(args, settings) as client:
+        answers = client.similar_to_each(args.view, args.ids, k=args.k, exclude=args.exclude)
+    version = next((answer.version for answer in answers if answer is not None), None)
+    if args.json:
+        print_json({"snapshot_version": version, "queries": [
+            {"id": query, "found": answer is not None,
+             "results": [] if answer is None else [{"id": ext, "score": float(score)}
+                                                   for ext, score in zip(answer.ids, answer.scores)]}
+            for query, answer in zip(args.ids, answers)]})
+        return 0
+    for query, answer in zip(args.ids, answers):
+        if answer is None:
+            print(f"view {args.view}: {query} is not in the served snapshot")
+            continue
+        print(f"snapshot {answer.version}, view {args.view}, nearest to {query}")
+        for rank, (ext, score) in enumerate(zip(answer.ids, answer.scores), 1):
+            print(f"  {rank:>4}. {ext:<24} {score:.4f}")
     return 0
 
 
@@ -146,9 +170,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("ids", nargs="+", metavar="ID")
     embed.set_defaults(handler=_query_embed)
 
-    similar = actions.add_parser("similar", help="nearest ids to an id (or a vector) in one view")
-    similar.add_argument("view")
-    similar.add_argument("id", nargs="?", metavar="ID")
+    similar = actions.add_parser("similar", help="nearest ids to an id, to each of several ids (one call), or to "
+                                 "a vector, in one view")
+    similar.add_argument("view", help="a view name; \"\" means the item view")
+    similar.add_argument("ids", nargs="*", metavar="ID")
     similar.add_argument("--vector", help="comma-separated components instead of an ID")
     similar.add_argument("-k", type=int, default=10, help="how many (default 10)")
     similar.add_argument("--exclude", nargs="*", default=[], metavar="ID", help="ids never to return")

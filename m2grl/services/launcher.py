@@ -72,15 +72,16 @@ def _wait_healthy(service: LocalService, record: process.ProcessRecord, timeout_
     )
 
 
-def start(service: LocalService, report: Report) -> None:
-    """Start one service unless it already runs; return once it answers real requests."""
+def start(service: LocalService, report: Report) -> bool:
+    """Start one service unless it already runs; return once it answers real requests. True when this
+    call started it."""
     settings = service.settings
     if not service.managed:
         report(f"{service.name}: using the existing server at {', '.join(service.endpoints().values())}")
-        return
+        return False
     if _running_record(service) is not None:
         report(f"{service.name}: already running ({_describe(service)})")
-        return
+        return False
     for setting, (host, port) in service.ports().items():
         if not process.port_is_free(host, port):
             raise PortBusyError(
@@ -98,6 +99,7 @@ def start(service: LocalService, report: Report) -> None:
     started = time.monotonic()
     _wait_healthy(service, record, settings.services.start_timeout_s)
     report(f"{service.name}: ready in {time.monotonic() - started:.1f} s ({_describe(service)})")
+    return True
 
 
 def import_neo4j_database(settings: Settings, arguments: list[str], report: Report) -> None:
@@ -123,9 +125,27 @@ def _describe(service: LocalService) -> str:
     return ", ".join(f"{name} {address}" for name, address in service.endpoints().items())
 
 
-def up(settings: Settings, report: Report = print) -> None:
-    for service in services_for(settings):
-        start(service, report)
+def up(settings: Settings, report: Report = print) -> list[LocalService]:
+    """Start every local service that is not running yet; the ones this call started."""
+    return [service for service in services_for(settings) if start(service, report)]
+
+
+@contextmanager
+def services_while(settings: Settings, report: Report = print) -> Iterator[None]:
+    """The services up for the block: those it had to start are stopped again at its end (and it
+    says so); those already running, or external, are left as they were."""
+    started: list[LocalService] = []
+    try:
+        for service in services_for(settings):
+            if start(service, report):
+                started.append(service)
+        yield
+    finally:
+        for service in reversed(started):
+            stop(service, report)
+        if started:
+            report(f"stopped {' and '.join(s.name for s in started)} again: this command started them "
+                   "(`m2grl services up` keeps them running)")
 
 
 def stop(service: LocalService, report: Report = print) -> None:

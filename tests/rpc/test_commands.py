@@ -53,6 +53,11 @@ def test_query_commands_print_tables_and_json(served: dict[str, str]) -> None:
     similar = json.loads(m2grl("query", "--json", "similar", "item", "c0-1", "-k", "3", env=served).stdout)
     assert len(similar["results"]) == 3 and all(r["id"].startswith("c0-") for r in similar["results"])
     assert "1. c0-" in m2grl("query", "similar", "item", "c0-1", "-k", "3", env=served).stdout
+    each = json.loads(m2grl("query", "--json", "similar", "item", "c0-1", "ghost", "-k", "2", env=served).stdout)
+    assert [(q["id"], q["found"], len(q["results"])) for q in each["queries"]] == [("c0-1", True, 2),
+                                                                                   ("ghost", False, 0)]
+    table = m2grl("query", "similar", "item", "c0-1", "ghost", env=served).stdout
+    assert "ghost is not in the served snapshot" in table and "nearest to c0-1" in table
 
     embed = json.loads(m2grl("query", "--json", "embed", "item", "c0-1", "ghost", env=served).stdout)
     assert [e["found"] for e in embed["embeddings"]] == [True, False]

@@ -363,12 +363,8 @@ def test_calls_past_max_concurrent_rpcs_get_resource_exhausted(start_server: Sta
                 assert exc.code == "RESOURCE_EXHAUSTED" and time.monotonic() < deadline
 
 
-def test_recommend_stops_searching_once_its_deadline_has_passed(start_server: Start,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    server, _, client = serving(start_server, max_recent_ids=20)
-    with client:
-        code, detail = code_of(lambda: client.recommend([f"c0-{n}" for n in range(21)], k=5))
-        assert code == "INVALID_ARGUMENT" and "rpc.max_recent_ids" in detail
+def slowed_searches(server: EmbeddingServer, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Make each nearest-neighbour search of the served index take 0.3 s; the times they started."""
     served = server.live.current
     assert served is not None
     index = type(served.views["item"].index)
@@ -381,11 +377,58 @@ def test_recommend_stops_searching_once_its_deadline_has_passed(start_server: St
         return search(self, *args, **kwargs)
 
     monkeypatch.setattr(index, "search", slow_search)
+    return searches
+
+
+def test_recommend_stops_searching_once_its_deadline_has_passed(start_server: Start,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    server, _, client = serving(start_server, max_recent_ids=20)
+    with client:
+        code, detail = code_of(lambda: client.recommend([f"c0-{n}" for n in range(21)], k=5))
+        assert code == "INVALID_ARGUMENT" and "rpc.max_recent_ids" in detail
+    searches = slowed_searches(server, monkeypatch)
     recent = [f"c{c}-{n}" for c in range(3) for n in range(4)]  # 12 searches of 0.3 s: 3.6 s unstopped
     with client_of(server, timeout=0.5) as hurried:
         assert code_of(lambda: hurried.recommend(recent, k=5))[0] == "DEADLINE_EXCEEDED"
     time.sleep(4)
     assert 1 <= len(searches) < len(recent)  # the server gave up between searches
+
+
+def test_similar_items_batch_answers_each_id_as_similar_items_does(start_server: Start,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    server, _, client = serving(start_server, max_queries=10)
+    queried = ["c0-1", "ghost", "c3-2", "c0-1"]
+    with client:
+        batch = client.similar_to_each("item", queried, k=4, exclude=["c0-2"])
+        assert batch[1] is None and len(batch) == len(queried)
+        for query, answer in zip(queried, batch):
+            if answer is not None:
+                alone = client.similar("item", id=query, k=4, exclude=["c0-2"])
+                assert answer.version == alone.version == 1
+                assert answer.ids == alone.ids and query not in answer.ids and "c0-2" not in answer.ids
+                assert answer.scores.tolist() == alone.scores.tolist()
+        code, detail = code_of(lambda: client.similar_to_each("item", [f"c0-{n}" for n in range(11)], k=3))
+        assert code == "INVALID_ARGUMENT" and "rpc.max_queries" in detail
+        assert code_of(lambda: client.similar_to_each("brand", ["c0-1"], k=3))[0] == "NOT_FOUND"
+    searches = slowed_searches(server, monkeypatch)
+    with client_of(server, timeout=0.5) as hurried:
+        assert code_of(lambda: hurried.similar_to_each("item", [f"c1-{n}" for n in range(10)], k=3))[0] == \
+            "DEADLINE_EXCEEDED"
+    time.sleep(3.5)
+    assert 1 <= len(searches) < 10  # the server gave up between searches
+
+
+def test_a_request_without_a_view_means_the_item_view(start_server: Start) -> None:
+    server, _, client = serving(start_server)
+    with client, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)  # as a client that never sets the field sends it
+        unset = stub.GetEmbeddings(pb.GetEmbeddingsRequest(ids=["c0-1"]))
+        named = client.embeddings("item", ["c0-1"])
+        assert list(unset.found) == [True] and unset.dimension == DIM
+        assert unset.vectors == named.vectors.astype("<f4").tobytes()
+        assert list(stub.SimilarItems(pb.SimilarItemsRequest(id="c0-1", k=3)).ids) == \
+            client.similar("item", id="c0-1", k=3).ids
+        assert stub.SimilarItemsBatch(pb.SimilarItemsBatchRequest(ids=["c0-1"], k=3)).results[0].found
 
 
 def test_made_up_method_names_do_not_grow_the_metric_labels(start_server: Start) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from m2grl.services import launcher
+from m2grl.settings import Settings, load_settings
 from tests.conftest import REPO_ROOT, stack_env
 
 pytestmark = pytest.mark.services
@@ -120,3 +122,23 @@ def test_external_servers_are_not_started_or_stopped(tmp_path: Path) -> None:
     assert status.returncode == 3  # nothing answers on port 1
     assert all(not e["managed"] and e["pid"] is None and not e["healthy"] for e in entries)
     assert not (tmp_path / "state").exists()
+
+
+def test_a_command_stops_the_services_it_started_and_leaves_running_ones(
+        tmp_path: Path, stack: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in stack_env(tmp_path / "state").items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    said: list[str] = []
+    with launcher.services_while(settings, report=said.append):
+        assert all(entry.healthy for entry in launcher.status(settings))
+        pids = [entry.pid for entry in launcher.status(settings)]
+    assert not any(entry.running for entry in launcher.status(settings))
+    assert not any(pid_alive(pid) for pid in pids if pid)
+    assert said[-1].startswith("stopped kafka and neo4j again: this command started them")
+
+    said.clear()  # the session's services were running before: left as they were
+    with launcher.services_while(stack, report=said.append):
+        pass
+    assert said == [line for line in said if "already running" in line] and len(said) == 2
+    assert all(entry.healthy for entry in launcher.status(stack))

@@ -36,22 +36,23 @@ def _say(text: str) -> None:
 @contextmanager
 def running_pipeline(settings: Settings, data: pipeline.LoadedData, kind: str, interval_s: float,
                      warm: int) -> Iterator[tuple[pipeline.Run, pipeline.Processes]]:
-    """Services up, a fresh run with all three stages started, ``warm`` events ingested and served."""
+    """Services up (those it starts are stopped again at the end), a fresh run with all three stages
+    started, ``warm`` events ingested and served."""
     from m2grl.services import launcher
 
-    launcher.up(settings, report=_say)
-    run = pipeline.new_run(settings, kind, data.side, interval_s, report=_say)
-    processes = pipeline.Processes(run)
-    try:
-        for stage in pipeline.STAGES:
-            processes.start(stage)
-        _say(f"warming up: {warm:,} events of {data.name} ingested, trained and served; logs in {run.folder}")
-        replay(run.settings, data.events[:warm], progress=True)
-        with pipeline.client(run.settings) as rpc:
-            pipeline.catch_up(run.settings, processes, rpc)
-        yield run, processes
-    finally:
-        processes.stop()
+    with launcher.services_while(settings, report=_say):
+        run = pipeline.new_run(settings, kind, data.side, interval_s, report=_say)
+        processes = pipeline.Processes(run)
+        try:
+            for stage in pipeline.STAGES:
+                processes.start(stage)
+            _say(f"warming up: {warm:,} events of {data.name} ingested, trained and served; logs in {run.folder}")
+            replay(run.settings, data.events[:warm], progress=True)
+            with pipeline.client(run.settings) as rpc:
+                pipeline.catch_up(run.settings, processes, rpc)
+            yield run, processes
+        finally:
+            processes.stop()
 
 
 class SteadyStream:
