@@ -168,12 +168,13 @@ def _side_views(requested: str | None, settings: Settings, events: list) -> tupl
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from m2grl.cli.ingest import dataset_from_args
-    from m2grl.lab.evaluation import KS, evaluate
+    from m2grl.lab.evaluation import evaluate
 
     _ref, events = dataset_from_args(args, settings)
     side = _side_views(args.views, settings, events)
     methods = tuple(m for m in args.methods.split(",") if m)
-    report = evaluate(settings, events, side, dataset=args.dataset, methods=methods, progress=not args.json)
+    report = evaluate(settings, events, side, dataset=args.dataset, methods=methods, seeds=args.seeds,
+                      progress=not args.json)
     plot = None
     if args.plot:
         from m2grl.lab.plots import plot_evaluation
@@ -182,14 +183,17 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json({**report.to_json(), "plot": str(plot) if plot else None})
         return 0
+    seeds = len(report.seeds)
     print(f"{args.dataset}: {report.train_events:,} training events, {report.cases} test users, "
-          f"views {', '.join(report.views)}")
-    header = "".join(f"{f'HR@{k}':>8}" for k in KS)
-    print(f"{'method':<12}{header}{'MRR@20':>8}{'coverage':>10}{'train s':>9}")
+          f"views {', '.join(report.views)}" + (f"; mean ± sd over {seeds} seeds" if seeds > 1 else ""))
+    columns = [name for name in next(iter(report.methods.values())).scores if name != "coverage"]
+    width = 16 if seeds > 1 else 9
+    header = "".join(f"{name.upper():>{width}}" for name in columns)
+    print(f"{'method':<12}{header}{'coverage':>10}{'train s':>9}")
     for name, result in report.methods.items():
-        hits = "".join(f"{result.scores[f'hr@{k}']:>8.3f}" for k in KS)
-        print(f"{name:<12}{hits}{result.scores['mrr@20']:>8.3f}{result.scores['coverage']:>10.2f}"
-              f"{result.seconds:>9.1f}")
+        cells = [f"{result.scores[c]:.3f}" + (f" ± {result.sd[c]:.3f}" if seeds > 1 else "") for c in columns]
+        print(f"{name:<12}" + "".join(f"{cell:>{width}}" for cell in cells)
+              + f"{result.scores['coverage']:>10.2f}{result.seconds:>9.1f}")
     if "m2grl" in report.methods:
         sigma = ", ".join(f"{task} {value:.3f}" for task, value in report.methods["m2grl"].sigma2.items())
         print(f"M2GRL σ²: {sigma}")
@@ -237,6 +241,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     add_dataset_arguments(evaluation, "use only the first N events (in time order)")
     evaluation.add_argument("--views", help="comma-separated side views (default: the configured ones the data has)")
+    evaluation.add_argument("--seeds", type=at_least_one, default=1,
+                            help="train each learned method once per seed (train.seed, +1, ...) and report the mean "
+                            "and standard deviation of every score (default 1)")
     evaluation.add_argument("--methods", default=",".join(METHODS),
                             help=f"comma-separated (default: {','.join(METHODS)})")
     evaluation.add_argument("--plot", metavar="PNG", help="write loss and σ² per task and HR@K per method to this file")

@@ -3,8 +3,11 @@
 Protocol (time-ordered leave-last-out): per user, collapse consecutive repeats of the item sequence;
 the last distinct item is the target, the one before it the query. Training sees every event before
 the target's final run. Methods rank all items by cosine similarity to the query (the query itself
-excluded); HitRate@K counts targets in the top K, MRR@20 averages 1/rank within the top 20. A query
-the method has no vector for is a miss; the share of queries with a vector is the cold-query coverage.
+excluded); HitRate@K counts targets in the top K, MRR@20 averages 1/rank within the top 20, NDCG@K
+averages 1/log2(rank + 1) within the top K (one relevant item per case, so the ideal DCG is 1). A
+query the method has no vector for is a miss; the share of queries with a vector is the cold-query
+coverage. With several seeds each learned method trains once per seed (train.seed + 0, 1, ...) and
+the report gives the mean and the sample standard deviation of every score.
 
 Methods: M2GRL (all views), DeepWalk (our trainer, item view only, no alignment), an EGES-style
 fusion (train/eges.py) and popularity. Every learned method trains one full round with the same
@@ -33,6 +36,30 @@ from m2grl.train.trainer import RoundStats, Trainer
 from m2grl.views import ViewSet
 
 KS = (10, 20, 50)
+NDCG_KS = (10, 20)
+MRR_DEPTH = 20
+
+
+class _Ranks:
+    """Accumulates where each case's target ranked (None: not in the top max(KS), or no vector)."""
+
+    def __init__(self, cases: int) -> None:
+        self.cases = max(cases, 1)
+        self.hits = {k: 0 for k in KS}
+        self.reciprocal = 0.0
+        self.gain = {k: 0.0 for k in NDCG_KS}
+
+    def add(self, rank: int) -> None:
+        for k in KS:
+            self.hits[k] += rank <= k
+        self.reciprocal += 1.0 / rank if rank <= MRR_DEPTH else 0.0
+        for k in NDCG_KS:
+            self.gain[k] += 1.0 / float(np.log2(rank + 1)) if rank <= k else 0.0
+
+    def scores(self, coverage: float) -> dict[str, float]:
+        n = self.cases
+        return {**{f"hr@{k}": self.hits[k] / n for k in KS}, **{f"ndcg@{k}": self.gain[k] / n for k in NDCG_KS},
+                f"mrr@{MRR_DEPTH}": self.reciprocal / n, "coverage": coverage}
 
 
 @dataclass(frozen=True)
@@ -78,8 +105,7 @@ def reads_from_events(events: list[Event], viewset: ViewSet, gap_ms: int) -> dic
 def rank_scores(ids: list[str], vectors: np.ndarray, cases: list[Case]) -> dict[str, float]:
     index = {ext: i for i, ext in enumerate(ids)}
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    hits = {k: 0 for k in KS}
-    reciprocal = 0.0
+    ranks = _Ranks(len(cases))
     covered = [c for c in cases if c.query in index]
     for start in range(0, len(covered), 512):
         chunk = covered[start:start + 512]
@@ -95,27 +121,18 @@ def rank_scores(ids: list[str], vectors: np.ndarray, cases: list[Case]) -> dict[
                 continue
             where = np.nonzero(ranked == target)[0]
             if where.size:
-                rank = int(where[0]) + 1
-                for k in KS:
-                    hits[k] += rank <= k
-                reciprocal += 1.0 / rank if rank <= 20 else 0.0
-    n = max(len(cases), 1)
-    return {**{f"hr@{k}": hits[k] / n for k in KS}, "mrr@20": reciprocal / n, "coverage": len(covered) / n}
+                ranks.add(int(where[0]) + 1)
+    return ranks.scores(len(covered) / max(len(cases), 1))
 
 
 def popularity_scores(train: list[Event], cases: list[Case]) -> dict[str, float]:
     ranked = [item for item, _ in Counter(e.item_id for e in train).most_common(max(KS) + 1)]
-    hits = {k: 0 for k in KS}
-    reciprocal = 0.0
+    ranks = _Ranks(len(cases))
     for case in cases:
         ranking = [item for item in ranked if item != case.query][: max(KS)]
         if case.target in ranking:
-            rank = ranking.index(case.target) + 1
-            for k in KS:
-                hits[k] += rank <= k
-            reciprocal += 1.0 / rank if rank <= 20 else 0.0
-    n = max(len(cases), 1)
-    return {**{f"hr@{k}": hits[k] / n for k in KS}, "mrr@20": reciprocal / n, "coverage": 1.0}
+            ranks.add(ranking.index(case.target) + 1)
+    return ranks.scores(1.0)
 
 
 METHODS = EVAL_METHODS
@@ -123,11 +140,23 @@ METHODS = EVAL_METHODS
 
 @dataclass
 class MethodResult:
-    scores: dict[str, float]
+    scores: dict[str, float]  # the mean over seeds
     seconds: float = 0.0
     pairs_per_s: float = 0.0
     sigma2: dict[str, float] = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)
+    sd: dict[str, float] = field(default_factory=dict)  # sample standard deviation over seeds (0 for one)
+    per_seed: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def over_seeds(cls, runs: list[MethodResult]) -> MethodResult:
+        """The mean (and sd) of each score over runs of different seeds; σ² and the curve of the first."""
+        scores = {name: float(np.mean([run.scores[name] for run in runs])) for name in runs[0].scores}
+        sd = {name: float(np.std([run.scores[name] for run in runs], ddof=1)) if len(runs) > 1 else 0.0
+              for name in runs[0].scores}
+        return cls(scores, seconds=float(np.mean([run.seconds for run in runs])),
+                   pairs_per_s=float(np.mean([run.pairs_per_s for run in runs])), sigma2=runs[0].sigma2,
+                   curve=runs[0].curve, sd=sd, per_seed=[run.scores for run in runs])
 
 
 @dataclass
@@ -137,13 +166,20 @@ class EvalReport:
     train_events: int
     cases: int
     methods: dict[str, MethodResult]
+    seeds: list[int] = field(default_factory=lambda: [0])
 
     def to_json(self) -> dict[str, object]:
         return {"dataset": self.dataset, "views": self.views, "train_events": self.train_events, "cases": self.cases,
-                "methods": {name: {"scores": {k: round(v, 4) for k, v in r.scores.items()},
+                "seeds": self.seeds,
+                "methods": {name: {"scores": _rounded(r.scores), "sd": _rounded(r.sd),
+                                   "per_seed": [_rounded(scores) for scores in r.per_seed],
                                    "seconds": round(r.seconds, 1), "pairs_per_s": round(r.pairs_per_s),
-                                   "sigma2": {k: round(v, 4) for k, v in r.sigma2.items()}}
+                                   "sigma2": _rounded(r.sigma2)}
                             for name, r in self.methods.items()}}
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 4) for name, value in values.items()}
 
 
 def offline_settings(settings: Settings, side: tuple[str, ...], scratch: Path) -> Settings:
@@ -165,8 +201,9 @@ def _train_method(settings: Settings, method: str, side: tuple[str, ...], reads:
 
 
 def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, dataset: str = "",
-             methods: tuple[str, ...] = METHODS, progress: bool = False) -> EvalReport:
-    """Every method in ``methods`` on the same training events, walk settings and seed."""
+             methods: tuple[str, ...] = METHODS, seeds: int = 1, progress: bool = False) -> EvalReport:
+    """Every method in ``methods`` on the same training events, walk settings and seeds (``seeds``
+    of them from train.seed on: every learned method trains once per seed; scores are means)."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ConfigError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -174,15 +211,21 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
     if not cases:
         raise ConfigError("no user has two distinct items: nothing to evaluate")
     reads = reads_from_events(train, ViewSet(side), int(settings.ingest.session_gap_s * 1000))
-    results: dict[str, MethodResult] = {}
+    seed_values = [settings.train.seed + offset for offset in range(seeds)]
+    runs: dict[str, list[MethodResult]] = {method: [] for method in methods}
     with tempfile.TemporaryDirectory(prefix="m2grl-eval-") as scratch:
-        for method in methods:
-            if method == "popularity":
-                results[method] = MethodResult(popularity_scores(train, cases))
-                continue
-            started = time.perf_counter()
-            trainer, stats = _train_method(settings, method, side, reads, scratch=Path(scratch), progress=progress)
-            results[method] = MethodResult(rank_scores(*trainer.vectors("item"), cases),
-                                           seconds=time.perf_counter() - started, pairs_per_s=stats.pairs_per_s,
-                                           sigma2=stats.sigma2, curve=stats.curve)
-    return EvalReport(dataset, ["item", *side], len(train), len(cases), results)
+        for seed in seed_values:
+            seeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
+            for method in methods:
+                if method == "popularity":  # no randomness: the same at every seed
+                    runs[method].append(MethodResult(popularity_scores(train, cases)))
+                    continue
+                started = time.perf_counter()
+                trainer, stats = _train_method(seeded, method, side, reads, scratch=Path(scratch) / str(seed),
+                                               progress=progress)
+                runs[method].append(MethodResult(rank_scores(*trainer.vectors("item"), cases),
+                                                 seconds=time.perf_counter() - started,
+                                                 pairs_per_s=stats.pairs_per_s, sigma2=stats.sigma2,
+                                                 curve=stats.curve))
+    results = {method: MethodResult.over_seeds(found) for method, found in runs.items()}
+    return EvalReport(dataset, ["item", *side], len(train), len(cases), results, seed_values)

@@ -31,13 +31,16 @@ def plot_evaluation(report: EvalReport, path: Path) -> Path:
     names = list(report.methods)
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
-        scores = report.methods[name].scores
+        scores, spread = report.methods[name].scores, report.methods[name].sd
         positions = [k_index + i * width for k_index in range(len(KS))]
-        bars = hit_ax.bar(positions, [scores[f"hr@{k}"] for k in KS], width, label=name)
+        bars = hit_ax.bar(positions, [scores[f"hr@{k}"] for k in KS], width, label=name,
+                          yerr=[spread.get(f"hr@{k}", 0.0) for k in KS] if len(report.seeds) > 1 else None,
+                          capsize=2)
         hit_ax.bar_label(bars, fmt="%.3f", fontsize="x-small")
     hit_ax.set_xticks([k_index + width * (len(names) - 1) / 2 for k_index in range(len(KS))],
                       [f"HR@{k}" for k in KS])
-    hit_ax.set(title=f"next-item hit rate, {report.cases} test users", ylabel="hit rate")
+    over = f", mean ± sd of {len(report.seeds)} seeds" if len(report.seeds) > 1 else ""
+    hit_ax.set(title=f"next-item hit rate, {report.cases} test users{over}", ylabel="hit rate")
     hit_ax.legend(fontsize="small")
     hit_ax.grid(axis="y", alpha=0.3)
     figure.suptitle(f"m2grl eval {report.dataset} (views: {', '.join(report.views)})")

@@ -34,6 +34,23 @@ def test_eval_compares_every_method_and_draws_the_plot(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_over_seeds_reports_mean_and_sd_of_every_score() -> None:
+    result = run_cli("eval", "movielens-100k", "--views", "genre", "--limit", "5000", "--seeds", "2",
+                     "--methods", "deepwalk,popularity", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["seeds"] == [0, 1]
+    learned, popular = report["methods"]["deepwalk"], report["methods"]["popularity"]
+    assert set(learned["scores"]) == {"hr@10", "hr@20", "hr@50", "ndcg@10", "ndcg@20", "mrr@20", "coverage"}
+    assert len(learned["per_seed"]) == 2 and learned["per_seed"][0] != learned["per_seed"][1]  # seeds differ
+    for name, mean in learned["scores"].items():
+        runs = [run[name] for run in learned["per_seed"]]
+        assert mean == pytest.approx(sum(runs) / 2, abs=1e-4)
+        assert learned["sd"][name] == pytest.approx(abs(runs[0] - runs[1]) / 2 ** 0.5, abs=1e-4)
+    assert all(value == 0 for value in popular["sd"].values())  # no randomness in it
+    assert 0 < learned["scores"]["ndcg@10"] <= learned["scores"]["ndcg@20"] <= learned["scores"]["hr@20"]
+
+
 def test_eval_names_the_views_the_data_has() -> None:
     result = run_cli("eval", "movielens-100k", "--views", "brand", "--limit", "1000")
     assert result.returncode != 0

@@ -39,10 +39,11 @@ def test_rank_scores_by_cosine_excluding_the_query() -> None:
     # query has no vector and counts as a miss.
     assert scores["hr@10"] == pytest.approx(2 / 3)
     assert scores["mrr@20"] == pytest.approx((1 / 2 + 1 / 3) / 3)
+    assert scores["ndcg@10"] == scores["ndcg@20"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(4)) / 3)
     assert scores["coverage"] == pytest.approx(2 / 3)
 
 
 def test_popularity_ranks_by_training_counts_without_the_query() -> None:
     train = [ev("u", "a", 1), ev("u", "a", 2), ev("v", "b", 1)]
     scores = popularity_scores(train, [Case("x", "a", "b")])
-    assert scores["hr@10"] == 1.0 and scores["mrr@20"] == 1.0
+    assert scores["hr@10"] == 1.0 and scores["mrr@20"] == 1.0 and scores["ndcg@10"] == 1.0
