@@ -38,6 +38,8 @@ from m2grl.views import View, ViewSet
 DEFAULT_CONFIG_FILE = Path("m2grl.toml")
 NEO4J_PASSWORD_FILE = "neo4j.password"  # in services.state_dir
 LOCAL_KAFKA_CA = "ca.pem"  # in the local broker's folder: the CA its certificate comes from
+DEFAULT_SIDE_VIEWS = ("category",)
+STREAMS_FOLDER = "streams"  # in services.state_dir: per topic, the side views `m2grl replay` streamed
 NEO4J_PASSWORD_SET_MARKER = ".initial-password-set"  # in the local Neo4j's home: its password is in place
 # What local servers were given before passwords were generated; a state folder that holds one keeps it.
 _FORMER_DEFAULT_PASSWORD = "m2grl-local-dev"
@@ -164,10 +166,12 @@ class ViewStore(_Section):
 
 
 class ViewsSettings(_Section):
-    side: tuple[str, ...] = Field(
-        ("category", "shop"),
+    side: tuple[str, ...] | None = Field(
+        None,
         description="Side views next to the item view, each read from the event's side attribute of the same "
-        'name. Environment: M2GRL_VIEWS_SIDE=\'["category","brand"]\'.',
+        "name. Unset: the side views of the data set that `m2grl replay` last streamed into ingest.topic from this "
+        "state folder (MovieLens-100K: genre; Taobao: category; REES46: category, brand), else category. "
+        'Environment: M2GRL_VIEWS_SIDE=\'["category","brand"]\'.',
     )
     stores: dict[str, ViewStore] = Field(
         default_factory=dict,
@@ -177,6 +181,8 @@ class ViewsSettings(_Section):
 
     @model_validator(mode="after")
     def _known_views(self) -> ViewsSettings:
+        if self.side is None:  # resolved by Settings, which knows the state folder and the topic
+            return self
         viewset = ViewSet(self.side)  # raises ValueError on bad names or duplicates
         unknown = set(self.stores) - {view.name for view in viewset.all}
         if unknown:
@@ -185,7 +191,7 @@ class ViewsSettings(_Section):
 
     @property
     def viewset(self) -> ViewSet:
-        return ViewSet(self.side)
+        return ViewSet(DEFAULT_SIDE_VIEWS if self.side is None else self.side)
 
 
 class IngestSettings(_Section):
@@ -578,8 +584,8 @@ class Settings(BaseSettings):
     services: ServicesSettings = ServicesSettings()
     kafka: KafkaSettings = KafkaSettings()
     neo4j: Neo4jSettings = Neo4jSettings()
-    views: ViewsSettings = ViewsSettings()
     ingest: IngestSettings = IngestSettings()
+    views: ViewsSettings = ViewsSettings()  # after ingest: unset side views follow its topic's record
     train: TrainSettings = TrainSettings()
     rpc: RpcSettings = RpcSettings()
     data: DataSettings = DataSettings()
@@ -592,6 +598,16 @@ class Settings(BaseSettings):
                 not isinstance(services, ServicesSettings):
             return kafka
         return kafka.model_copy(update={"ssl_cafile": services.state_dir.resolve() / "kafka" / LOCAL_KAFKA_CA})
+
+    @field_validator("views")
+    @classmethod
+    def _side_views(cls, views: ViewsSettings, info: ValidationInfo) -> ViewsSettings:
+        services, ingest = info.data.get("services"), info.data.get("ingest")
+        if views.side is not None or not isinstance(services, ServicesSettings) or \
+                not isinstance(ingest, IngestSettings):
+            return views
+        side = recorded_stream_views(services.state_dir, ingest.topic) or DEFAULT_SIDE_VIEWS
+        return ViewsSettings.model_validate({**views.model_dump(), "side": side})
 
     @field_validator("neo4j")
     @classmethod
@@ -643,6 +659,26 @@ def local_neo4j_password(state_dir: Path) -> str:
     finally:
         staged.unlink()
     return path.read_text().strip()
+
+
+def _stream_record(state_dir: Path, topic: str) -> Path:
+    return state_dir / STREAMS_FOLDER / f"{topic}.json"
+
+
+def record_stream_views(state_dir: Path, topic: str, side: tuple[str, ...]) -> Path:
+    """Note that ``topic`` carries events with these side views, for settings that leave views.side
+    unset; the file written."""
+    path = _stream_record(state_dir, topic)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"side": list(side)}))
+    return path
+
+
+def recorded_stream_views(state_dir: Path, topic: str) -> tuple[str, ...] | None:
+    try:
+        return tuple(json.loads(_stream_record(state_dir, topic).read_text())["side"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve_config_file(explicit: Path | None) -> Path | None:

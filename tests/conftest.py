@@ -32,7 +32,7 @@ def stack_env(state_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Tests never see the developer's own M2GRL_* settings or ./m2grl.toml."""
+    """Tests never see the developer's own M2GRL_* settings, ./m2grl.toml or ./.m2grl."""
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
             if name.startswith("M2GRL_") and name != "M2GRL_ENV_CACHE":
@@ -40,6 +40,9 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         empty = tmp_path_factory.mktemp("config") / "empty.toml"
         empty.write_text("")
         mp.setenv("M2GRL_CONFIG", str(empty))
+        # Nor the clone's state folder: what it holds (a generated password, the views a replay
+        # recorded) would change the settings tests see.
+        mp.setenv("M2GRL_SERVICES_STATE_DIR", str(tmp_path_factory.mktemp("state")))
         yield
 
 

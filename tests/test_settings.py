@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from m2grl.errors import ConfigError
-from m2grl.settings import load_settings, masked_dict, render_toml
+from m2grl.settings import load_settings, masked_dict, record_stream_views, render_toml
 
 
 def test_defaults_are_loopback_and_managed() -> None:
@@ -83,3 +83,15 @@ def test_show_masks_secrets_and_round_trips(tmp_path: Path, monkeypatch: pytest.
     dumped.write_text(text.replace('password = "********"', 'password = "another-password"')
                       .replace('token = "********"', 'token = "another-token"'))
     assert load_settings(dumped).kafka.port == 9999
+
+
+def test_unset_side_views_follow_what_replay_streamed_into_the_topic(tmp_path: Path) -> None:
+    def side(**overrides: object) -> tuple[str, ...] | None:
+        return load_settings(services={"state_dir": tmp_path}, ingest={"topic": "movies"}, **overrides).views.side
+
+    assert side() == ("category",)  # nothing recorded: the default
+    record_stream_views(tmp_path, "movies", ("genre",))
+    assert side() == ("genre",)
+    assert load_settings(services={"state_dir": tmp_path}, ingest={"topic": "other"}).views.side == ("category",)
+    assert side(views={"side": ["brand"]}) == ("brand",)  # set, it wins
+    assert side(views={"stores": {"genre": {"uri": "bolt://elsewhere:7687"}}}) == ("genre",)

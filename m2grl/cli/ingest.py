@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from m2grl.console import above_zero, at_least_one, print_json, stop_on_signals
 from m2grl.lab import datasets
-from m2grl.settings import Settings
+from m2grl.settings import Settings, record_stream_views
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,6 +45,10 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.ingest.topic
     print(f"replayed {result.sent} events from {ref.path} ({ref.fmt}) to {topic} in {result.seconds:.1f} s "
           f"({result.sent / max(result.seconds, 1e-9):,.0f} events/s)")
+    side = tuple(sorted({view for event in events[:10_000] for view in event.side}))
+    record_stream_views(settings.services.state_dir, topic, side)
+    print(f"side views of {topic}: {', '.join(side) or 'none'}; ingest and train from this state folder use them "
+          "unless views.side is set")
     return 0
 
 

@@ -150,7 +150,7 @@ def _train_as_rank(args: argparse.Namespace, settings: Settings) -> NoReturn:
 
 
 def _side_views(requested: str | None, settings: Settings, events: list) -> tuple[str, ...]:
-    """The side views to evaluate: --views, or the configured ones the data has."""
+    """The side views to evaluate: --views; else the configured ones the data has; else every one it has."""
     present = {view for event in events[:10_000] for view in event.side}
     if requested is not None:
         wanted = tuple(v for v in requested.split(",") if v)
@@ -159,11 +159,7 @@ def _side_views(requested: str | None, settings: Settings, events: list) -> tupl
             raise ConfigError(f"the data set has no {', '.join(missing)} attribute (it has: "
                               f"{', '.join(sorted(present)) or 'none'})")
         return wanted
-    side = tuple(v for v in settings.views.side if v in present)
-    if not side:
-        raise ConfigError(f"none of the configured side views ({', '.join(settings.views.side)}) is in the data "
-                          f"(it has: {', '.join(sorted(present)) or 'none'}); pass --views")
-    return side
+    return tuple(v for v in settings.views.viewset.side_names if v in present) or tuple(sorted(present))
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -240,7 +236,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     from m2grl.lab import EVAL_METHODS as METHODS
 
     add_dataset_arguments(evaluation, "use only the first N events (in time order)")
-    evaluation.add_argument("--views", help="comma-separated side views (default: the configured ones the data has)")
+    evaluation.add_argument("--views", help="comma-separated side views (default: the configured ones the data "
+                            "has, else every side attribute it has)")
     evaluation.add_argument("--seeds", type=at_least_one, default=1,
                             help="train each learned method once per seed (train.seed, +1, ...) and report the mean "
                             "and standard deviation of every score (default 1)")

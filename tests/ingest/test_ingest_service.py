@@ -276,3 +276,28 @@ def test_records_removed_before_ingest_read_them_are_counted_or_stop_it(
     totals = run_ingest(settings)  # the default: count, log and go on
     assert totals["skipped_offsets"] == 10 * len(held)
     assert totals["applied"] == sum(ends[tp] - cut.get(tp, read[tp]) for tp in partitions)
+
+
+def test_replay_records_the_side_views_that_ingest_then_builds_without_settings(ingest_settings: Settings) -> None:
+    """MovieLens carries genre: after `m2grl replay`, ingest from the same state folder builds the genre
+    view with no views.side set anywhere."""
+    import json
+    import sys
+
+    from m2grl.settings import settings_env
+    from tests.conftest import REPO_ROOT
+
+    env = {name: value for name, value in {**os.environ, **settings_env(ingest_settings)}.items()
+           if name != "M2GRL_VIEWS_SIDE"}
+
+    def m2grl(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "m2grl", *args], env=env, cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    replayed = m2grl("replay", "movielens-100k", "--limit", "500")
+    assert f"side views of {ingest_settings.ingest.topic}: genre" in replayed.stdout
+    m2grl("ingest", "--until-idle", "--json", "--no-metrics")
+    stats = {row["view"]: row for row in json.loads(m2grl("graph", "stats", "--json").stdout)}
+    assert set(stats) == {"item", "genre"} and stats["genre"]["nodes"] > 0 and stats["genre"]["memberships"] > 0
