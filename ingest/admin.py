@@ -68,7 +68,8 @@ def consumer_lag(settings: KafkaSettings, group_id: str, topic: str, *, timeout_
 
     with translated_errors(settings.bootstrap_servers):
         admin = _admin(settings, timeout_s)
-        consumer = KafkaConsumer(**client_options(settings), client_id="m2grl-lag",
+        # No group and nothing to commit: said, so that kafka-python does not warn at every call.
+        consumer = KafkaConsumer(**client_options(settings), client_id="m2grl-lag", enable_auto_commit=False,
                                  request_timeout_ms=int(timeout_s * 1000) + 1000)
         try:
             partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
