@@ -113,7 +113,7 @@ def _dead_letter_once(settings: Settings, letters: list[DeadLetter]) -> int:
     queue = DeadLetterQueue(settings, client_id="m2grl-backfill")
     try:
         partitions = {letter.partition for letter in letters}
-        sent = {partition: queue.sent_since(partition, NO_OFFSET) for partition in partitions}
+        sent = {partition: queue.sent_since(partition, NO_OFFSET)[0] for partition in partitions}
         new = [letter for letter in letters if letter.offset not in sent[letter.partition]]
         if new:
             queue.send(new)

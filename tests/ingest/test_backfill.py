@@ -74,6 +74,14 @@ def test_a_backfilled_store_streams_on_exactly(own_neo4j: Settings, movielens_sa
     again = backfill(settings)
     assert again.returncode == 1 and "holds a graph already" in again.stderr, again.stderr[-2000:]
 
+    # Over the same topic again, with every rejection already in the dead-letter topic: none is sent twice.
+    replaced = backfill(settings, "--replace")
+    assert replaced.returncode == 0, replaced.stdout[-2000:] + replaced.stderr[-3000:]
+    assert "(0 sent to" in replaced.stdout, replaced.stdout[-2000:]
+    dead = read_topic(settings, settings.ingest.dead_letter_topic)
+    assert sorted(value for _, value in dead) == sorted(old_bad + new_bad), "still each malformed message, once"
+    assert_same_graph(stored_graph(settings), expected_graph(history + later, ("category",), GAP_MS))
+
 
 def test_for_a_server_elsewhere_backfill_writes_the_files_and_the_command(
         ingest_settings: Settings, movielens_sample: list[Event], tmp_path: Path) -> None:
