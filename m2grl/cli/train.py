@@ -170,7 +170,7 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     side = _side_views(args.views, settings, events)
     methods = tuple(m for m in args.methods.split(",") if m)
     report = evaluate(settings, events, side, dataset=args.dataset, methods=methods, seeds=args.seeds,
-                      progress=not args.json)
+                      query=args.query, progress=not args.json)
     plot = None
     if args.plot:
         from m2grl.lab.plots import plot_evaluation
@@ -181,7 +181,8 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     seeds = len(report.seeds)
     print(f"{args.dataset}: {report.train_events:,} training events, {report.cases} test users, "
-          f"views {', '.join(report.views)}" + (f"; mean ± sd over {seeds} seeds" if seeds > 1 else ""))
+          f"views {', '.join(report.views)}, {report.query} queries"
+          + (f"; mean ± sd over {seeds} seeds" if seeds > 1 else ""))
     columns = [name for name in next(iter(report.methods.values())).scores if name != "coverage"]
     width = 16 if seeds > 1 else 9
     header = "".join(f"{name.upper():>{width}}" for name in columns)
@@ -241,6 +242,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--seeds", type=at_least_one, default=1,
                             help="train each learned method once per seed (train.seed, +1, ...) and report the mean "
                             "and standard deviation of every score (default 1)")
+    evaluation.add_argument("--query", choices=("last", "history"), default="last",
+                            help="rank from the item before the target (last), or from the user's last 10 distinct "
+                            "items, each candidate scored by its best cosine to any of them, as Recommend does "
+                            "(history)")
     evaluation.add_argument("--methods", default=",".join(METHODS),
                             help=f"comma-separated (default: {','.join(METHODS)})")
     evaluation.add_argument("--plot", metavar="PNG", help="write loss and σ² per task and HR@K per method to this file")

@@ -1,7 +1,9 @@
 """`m2grl eval`: next-item retrieval on a real log, M2GRL against baselines in the same run.
 
 Protocol (time-ordered leave-last-out): per user, collapse consecutive repeats of the item sequence;
-the last distinct item is the target, the one before it the query. Training sees every event before
+the last distinct item is the target, the one before it the query (``last``); a ``history`` query is
+the user's last HISTORY_ITEMS distinct items before it, every item scored by its best cosine to any
+of them and those items left out, as Recommend's item-neighbour route ranks. Training sees every event before
 the target's final run. Methods rank all items by cosine similarity to the query (the query itself
 excluded); HitRate@K counts targets in the top K, MRR@20 averages 1/rank within the top 20, NDCG@K
 averages 1/log2(rank + 1) within the top K (one relevant item per case, so the ideal DCG is 1). A
@@ -62,11 +64,17 @@ class _Ranks:
                 f"mrr@{MRR_DEPTH}": self.reciprocal / n, "coverage": coverage}
 
 
+HISTORY_ITEMS = 10  # recent distinct items a history query scores from (what a Recommend call would send)
+QUERIES = ("last", "history")
+
+
 @dataclass(frozen=True)
 class Case:
     user: str
     query: str
     target: str
+    # The user's distinct items before the target, most recent last (the query is the last of them).
+    history: tuple[str, ...] = ()
 
 
 def leave_last_out(events: list[Event]) -> tuple[list[Event], list[Case]]:
@@ -85,7 +93,8 @@ def leave_last_out(events: list[Event]) -> tuple[list[Event], list[Case]]:
         while start > 0 and history[start - 1].item_id == target:
             start -= 1
         held_out.update(id(e) for e in history[start:])
-        cases.append(Case(user, distinct[-2], target))
+        recent = list(dict.fromkeys(reversed(distinct[:-1])))[:HISTORY_ITEMS]
+        cases.append(Case(user, distinct[-2], target, tuple(reversed(recent))))
     return [e for e in events if id(e) not in held_out], cases
 
 
@@ -102,9 +111,14 @@ def reads_from_events(events: list[Event], viewset: ViewSet, gap_ms: int) -> dic
     return reads
 
 
-def rank_scores(ids: list[str], vectors: np.ndarray, cases: list[Case]) -> dict[str, float]:
+def rank_scores(ids: list[str], vectors: np.ndarray, cases: list[Case], query: str = "last") -> dict[str, float]:
+    """Scores of ranking every item for each case: by cosine to the query item (``last``), or by
+    the best cosine to any of the user's recent items, those excluded (``history``: how Recommend's
+    item-neighbour route ranks)."""
     index = {ext: i for i, ext in enumerate(ids)}
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    if query == "history":
+        return _history_scores(index, unit, cases)
     ranks = _Ranks(len(cases))
     covered = [c for c in cases if c.query in index]
     for start in range(0, len(covered), 512):
@@ -125,11 +139,31 @@ def rank_scores(ids: list[str], vectors: np.ndarray, cases: list[Case]) -> dict[
     return ranks.scores(len(covered) / max(len(cases), 1))
 
 
-def popularity_scores(train: list[Event], cases: list[Case]) -> dict[str, float]:
-    ranked = [item for item, _ in Counter(e.item_id for e in train).most_common(max(KS) + 1)]
+def _history_scores(index: dict[str, int], unit: np.ndarray, cases: list[Case]) -> dict[str, float]:
+    ranks = _Ranks(len(cases))
+    covered = 0
+    for case in cases:
+        rows = np.array([index[ext] for ext in case.history if ext in index], dtype=np.int64)
+        if not len(rows):
+            continue
+        covered += 1
+        target = index.get(case.target)
+        if target is None:
+            continue
+        scores = (unit[rows] @ unit.T).max(axis=0)
+        scores[rows] = -np.inf
+        rank = int((scores > scores[target]).sum()) + 1  # ties go to the target
+        if rank <= max(KS):
+            ranks.add(rank)
+    return ranks.scores(covered / max(len(cases), 1))
+
+
+def popularity_scores(train: list[Event], cases: list[Case], query: str = "last") -> dict[str, float]:
+    ranked = [item for item, _ in Counter(e.item_id for e in train).most_common(max(KS) + HISTORY_ITEMS)]
     ranks = _Ranks(len(cases))
     for case in cases:
-        ranking = [item for item in ranked if item != case.query][: max(KS)]
+        seen = set(case.history) if query == "history" else {case.query}
+        ranking = [item for item in ranked if item not in seen][: max(KS)]
         if case.target in ranking:
             ranks.add(ranking.index(case.target) + 1)
     return ranks.scores(1.0)
@@ -167,10 +201,11 @@ class EvalReport:
     cases: int
     methods: dict[str, MethodResult]
     seeds: list[int] = field(default_factory=lambda: [0])
+    query: str = "last"
 
     def to_json(self) -> dict[str, object]:
         return {"dataset": self.dataset, "views": self.views, "train_events": self.train_events, "cases": self.cases,
-                "seeds": self.seeds,
+                "seeds": self.seeds, "query": self.query,
                 "methods": {name: {"scores": _rounded(r.scores), "sd": _rounded(r.sd),
                                    "per_seed": [_rounded(scores) for scores in r.per_seed],
                                    "seconds": round(r.seconds, 1), "pairs_per_s": round(r.pairs_per_s),
@@ -201,9 +236,12 @@ def _train_method(settings: Settings, method: str, side: tuple[str, ...], reads:
 
 
 def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, dataset: str = "",
-             methods: tuple[str, ...] = METHODS, seeds: int = 1, progress: bool = False) -> EvalReport:
+             methods: tuple[str, ...] = METHODS, seeds: int = 1, query: str = "last",
+             progress: bool = False) -> EvalReport:
     """Every method in ``methods`` on the same training events, walk settings and seeds (``seeds``
     of them from train.seed on: every learned method trains once per seed; scores are means)."""
+    if query not in QUERIES:
+        raise ConfigError(f"unknown query {query!r}; choose from {', '.join(QUERIES)}")
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ConfigError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -218,14 +256,14 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
             seeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
             for method in methods:
                 if method == "popularity":  # no randomness: the same at every seed
-                    runs[method].append(MethodResult(popularity_scores(train, cases)))
+                    runs[method].append(MethodResult(popularity_scores(train, cases, query)))
                     continue
                 started = time.perf_counter()
                 trainer, stats = _train_method(seeded, method, side, reads, scratch=Path(scratch) / str(seed),
                                                progress=progress)
-                runs[method].append(MethodResult(rank_scores(*trainer.vectors("item"), cases),
+                runs[method].append(MethodResult(rank_scores(*trainer.vectors("item"), cases, query),
                                                  seconds=time.perf_counter() - started,
                                                  pairs_per_s=stats.pairs_per_s, sigma2=stats.sigma2,
                                                  curve=stats.curve))
     results = {method: MethodResult.over_seeds(found) for method, found in runs.items()}
-    return EvalReport(dataset, ["item", *side], len(train), len(cases), results, seed_values)
+    return EvalReport(dataset, ["item", *side], len(train), len(cases), results, seed_values, query)

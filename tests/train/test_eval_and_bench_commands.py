@@ -51,6 +51,16 @@ def test_eval_over_seeds_reports_mean_and_sd_of_every_score() -> None:
     assert 0 < learned["scores"]["ndcg@10"] <= learned["scores"]["ndcg@20"] <= learned["scores"]["hr@20"]
 
 
+def test_eval_with_history_queries_ranks_from_the_recent_items() -> None:
+    result = run_cli("eval", "movielens-100k", "--limit", "5000", "--query", "history",
+                     "--methods", "deepwalk,popularity", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["query"] == "history" and report["views"] == ["item", "genre"]  # the views the data has
+    learned = report["methods"]["deepwalk"]["scores"]
+    assert 0 < learned["hr@10"] <= learned["hr@50"] <= 1 and learned["coverage"] > 0.9
+
+
 def test_eval_names_the_views_the_data_has() -> None:
     result = run_cli("eval", "movielens-100k", "--views", "brand", "--limit", "1000")
     assert result.returncode != 0

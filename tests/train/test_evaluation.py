@@ -19,7 +19,7 @@ def test_leave_last_out_holds_out_the_final_run_and_queries_the_item_before() ->
               ev("v", "x", 1), ev("v", "x", 2),  # one distinct item: no case
               ev("w", "p", 1), ev("w", "q", 2)]
     train, cases = leave_last_out(events)
-    assert cases == [Case("u", "b", "c"), Case("w", "p", "q")]
+    assert cases == [Case("u", "b", "c", ("a", "b")), Case("w", "p", "q", ("p",))]
     assert [(e.user_id, e.item_id) for e in train] == [("u", "a"), ("u", "b"), ("u", "b"), ("v", "x"), ("v", "x"),
                                                         ("w", "p")]
 
@@ -47,3 +47,16 @@ def test_popularity_ranks_by_training_counts_without_the_query() -> None:
     train = [ev("u", "a", 1), ev("u", "a", 2), ev("v", "b", 1)]
     scores = popularity_scores(train, [Case("x", "a", "b")])
     assert scores["hr@10"] == 1.0 and scores["mrr@20"] == 1.0 and scores["ndcg@10"] == 1.0
+
+
+def test_history_queries_score_by_the_best_cosine_to_any_recent_item_and_skip_them() -> None:
+    ids = ["a", "b", "near-a", "near-b", "far"]
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.95, 0.05], [0.05, 0.95], [-1.0, -1.0]])
+    case = Case("u", "b", "near-a", ("a", "b"))
+    # From the last item alone, near-a ranks behind near-b; from the history it comes first (a and b
+    # themselves are left out).
+    assert rank_scores(ids, vectors, [case])["mrr@20"] == pytest.approx(1 / 2)
+    history = rank_scores(ids, vectors, [case], query="history")
+    assert history["mrr@20"] == 1.0 and history["ndcg@10"] == 1.0 and history["coverage"] == 1.0
+    unknown = rank_scores(ids, vectors, [Case("v", "x", "a", ("x", "y"))], query="history")
+    assert unknown["coverage"] == 0.0 and unknown["hr@50"] == 0.0
