@@ -125,9 +125,10 @@ def _describe(service: LocalService) -> str:
     return ", ".join(f"{name} {address}" for name, address in service.endpoints().items())
 
 
-def up(settings: Settings, report: Report = print) -> list[LocalService]:
-    """Start every local service that is not running yet; the ones this call started."""
-    return [service for service in services_for(settings) if start(service, report)]
+def up(settings: Settings, report: Report = print) -> None:
+    """Start every local service that is not running yet."""
+    for service in services_for(settings):
+        start(service, report)
 
 
 @contextmanager
