@@ -3,7 +3,8 @@
 Third-party exceptions are translated into these at exactly one boundary per dependency:
 Neo4j driver errors inside ``graphstore/``, Kafka client errors inside ``ingest/``, subprocess
 and OS errors of the local launcher inside ``m2grl/services/``. The CLI prints any of them as a
-single line and exits non-zero.
+single line and exits non-zero, as it does the client kit's errors (clients/python: ClientError,
+with RpcError for a failed gRPC call), which the kit defines itself because it installs without m2grl.
 
     M2grlError
      ├── ConfigError               settings or command-line input that cannot work
@@ -28,7 +29,6 @@ single line and exits non-zero.
      │    ├── CannotAnswer         the snapshot lacks what the query needs     → FAILED_PRECONDITION
      │    ├── TooLate              the call's deadline passed while answering  → DEADLINE_EXCEEDED
      │    └── TooBusy              a server limit of open calls or streams     → RESOURCE_EXHAUSTED
-     ├── RpcError                  a gRPC call failed (client side): status code name and detail
      ├── SnapshotError             a snapshot version could not be written (a full disk): the last
      │                             version stays current
      ├── RanksDisagree             the ranks of a sharded trainer hold different id maps: restart the job
@@ -141,15 +141,6 @@ class TooBusy(QueryError):
 class SnapshotError(M2grlError):
     """A snapshot version could not be written (a full disk, permissions); nothing of it is left
     behind and the last version stays current."""
-
-
-class RpcError(M2grlError):
-    """A gRPC call failed; ``code`` is the status code's name (e.g. "INVALID_ARGUMENT")."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 class KernelBuildError(M2grlError):

@@ -17,11 +17,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from m2grl.errors import ConfigError
-from m2grl.protos import embedding_pb2 as pb
-from m2grl.protos import embedding_pb2_grpc as pb_grpc
 from m2grl.rpc.live import LiveSnapshots, in_background
 from m2grl.rpc.service import BearerTokenAuth, EmbeddingServicer, Observed
 from m2grl.settings import RpcSettings
+from m2grl_client import embedding_pb2 as pb
+from m2grl_client import embedding_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

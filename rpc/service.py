@@ -16,11 +16,11 @@ import grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from m2grl.errors import CannotAnswer, InvalidQuery, NotServing, QueryError, TooBusy, TooLate, UnknownView
-from m2grl.protos import embedding_pb2 as pb
-from m2grl.protos import embedding_pb2_grpc as pb_grpc
 from m2grl.rpc import metrics, queries
 from m2grl.rpc.live import LiveSnapshots, ServedVersion
 from m2grl.settings import RpcSettings
+from m2grl_client import embedding_pb2 as pb
+from m2grl_client import embedding_pb2_grpc as pb_grpc
 
 STATUS = {
     InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
@@ -144,12 +144,17 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             context.abort(STATUS[TooBusy], f"{self.cfg.max_watch_streams} WatchSnapshots streams are open already, the "
                           "most this server allows (rpc.max_watch_streams); try again later or another replica")
             return
+        slot = _Slot(slots)
         # Given back when the call ends, however it ends: at once when its client cancels, where the
-        # stream's own loop notices only at its next wake-up.
-        if not context.add_callback(slots.release):  # the call has ended already
-            slots.release()
+        # stream's own loop notices only at its next wake-up; and as the stream ends itself, before
+        # its status goes out, so that a client opening it again at once finds the slot free.
+        if not context.add_callback(slot.release):  # the call has ended already
+            slot.release()
             return
-        yield from self._watch(context)
+        try:
+            yield from self._watch(context)
+        finally:
+            slot.release()
 
     def _watch(self, context: grpc.ServicerContext) -> Iterator[pb.SnapshotEvent]:
         ends = time.monotonic() + self.cfg.watch_max_s
@@ -175,6 +180,21 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             return None, sequence
         return pb.SnapshotEvent(snapshot_version=served.version, created_ms=served.manifest.created_ms,
                                 ids_added=served.ids_added, rows_changed=served.rows_changed), sequence
+
+
+class _Slot:
+    """One watch stream's hold on ``rpc.max_watch_streams``, given back once by whichever comes first."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self._slots = slots
+        self._held = True
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._slots.release()
 
 
 def _denied(request: Any, context: grpc.ServicerContext) -> None:

@@ -8,6 +8,8 @@ python="$(cd "$root" && realpath -s "${PYTHON:-.venv/bin/python}")"
 tree="$root/build/typecheck"
 rm -rf "$tree" && mkdir -p "$tree/m2grl"
 for entry in "$root"/m2grl/*; do ln -s "$entry" "$tree/m2grl/$(basename "$entry")"; done
+# The client kit is a top-level package of its own (clients/python/m2grl_client).
+ln -s "$root/clients/python/m2grl_client" "$tree/m2grl_client"
 "$python" - "$root" "$tree" <<'PY'
 import os, sys, tomllib
 root, tree = sys.argv[1:]
@@ -18,4 +20,4 @@ for package, folder in mapping.items():
         os.symlink(os.path.join(root, folder), os.path.join(tree, *parts))
 PY
 cd "$tree"
-exec "$python" -m mypy --config-file "$root/pyproject.toml" --cache-dir "$root/build/mypy-cache" -p m2grl "$@"
+exec "$python" -m mypy --config-file "$root/pyproject.toml" --cache-dir "$root/build/mypy-cache" -p m2grl -p m2grl_client "$@"

@@ -22,23 +22,26 @@ ROOT = Path(__file__).resolve().parent.parent
 # component shares (settings, views, errors, metrics, console helpers, compiled-helper builds).
 ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset(),
-    "protos": frozenset({"core"}),
+    # The client kit (clients/python) installs without m2grl, so it imports nothing of it.
+    "client": frozenset(),
+    "protos": frozenset({"core", "client"}),
     "snapshots": frozenset({"core"}),
     "graphstore": frozenset({"core"}),
     "ingest": frozenset({"core", "protos", "graphstore"}),
     "train": frozenset({"core", "graphstore", "snapshots"}),
-    "rpc": frozenset({"core", "protos", "snapshots"}),
+    "rpc": frozenset({"core", "protos", "client", "snapshots"}),
     # The local Kafka/Neo4j launcher checks health through the components' own clients, so that
     # Kafka client code stays in ingest/ and Cypher in graphstore/.
     "services": frozenset({"core", "ingest", "graphstore"}),
-    "lab": frozenset({"core", "protos", "snapshots", "graphstore", "ingest", "train", "rpc", "services"}),
-    "cli": frozenset({"core", "protos", "snapshots", "graphstore", "ingest", "train", "rpc", "services", "lab"}),
+    "lab": frozenset({"core", "protos", "client", "snapshots", "graphstore", "ingest", "train", "rpc", "services"}),
+    "cli": frozenset({"core", "protos", "client", "snapshots", "graphstore", "ingest", "train", "rpc", "services",
+                      "lab"}),
 }
 
 ROOMS = {
     "m2grl.cli": "cli", "m2grl.__main__": "cli", "m2grl.lab": "lab", "m2grl.services": "services",
     "m2grl.ingest": "ingest", "m2grl.graphstore": "graphstore", "m2grl.train": "train", "m2grl.rpc": "rpc",
-    "m2grl.protos": "protos", "m2grl.snapshots": "snapshots",
+    "m2grl.protos": "protos", "m2grl.snapshots": "snapshots", "m2grl_client": "client",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from m2grl import protos_build
-from m2grl.protos import embedding_pb2, embedding_pb2_grpc
+from m2grl_client import embedding_pb2, embedding_pb2_grpc
 
 PROTOS = Path(protos_build.__file__).resolve().parents[1] / "protos"
 
@@ -41,9 +41,9 @@ def test_the_build_regenerates_code_when_a_proto_changes(tmp_path: Path) -> None
     copy = tmp_path / "protos"
     shutil.copytree(PROTOS, copy)
     assert protos_build.stale_protos(copy) == []
-    proto = copy / "embedding.proto"
+    proto = copy / "events.proto"
     older = proto.stat().st_mtime - 10
-    for output in copy.glob("embedding_pb2*"):
+    for output in copy.glob("events_pb2*"):
         os.utime(output, (older, older))  # as if the .proto had been edited after the last build
     assert protos_build.stale_protos(copy) == [proto]
     protos_build.generate(copy, [proto])

@@ -2,7 +2,7 @@
 
 Each command group has a module beside this one that registers its subcommands
 (``register(commands)``); this module only assembles them and owns the error boundary: any
-M2grlError becomes ``m2grl: error: ...`` and exit code 1.
+M2grlError (or the client kit's ClientError) becomes ``m2grl: error: ...`` and exit code 1.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from m2grl import __version__
 from m2grl.console import above_zero, at_least_one, print_json, setup_logging
 from m2grl.errors import M2grlError
 from m2grl.settings import Settings, load_settings, masked_dict, render_toml
+from m2grl_client.errors import ClientError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.verbose)
         handler: Handler = args.handler
         return handler(args, settings)
-    except M2grlError as exc:
+    except (M2grlError, ClientError) as exc:
         print(f"m2grl: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

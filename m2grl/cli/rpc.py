@@ -10,7 +10,7 @@ from m2grl.errors import ConfigError
 from m2grl.settings import Settings
 
 if TYPE_CHECKING:
-    from m2grl.rpc.client import EmbeddingClient
+    from m2grl_client import EmbeddingClient
 
 STOP_MARGIN_S = 10.0  # past rpc.grace_s, for the poller and the metrics endpoint to end
 
@@ -31,9 +31,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _client(args: argparse.Namespace, settings: Settings) -> EmbeddingClient:
-    from m2grl.rpc.client import EmbeddingClient
+    from m2grl.rpc.client import client_from_settings
 
-    return EmbeddingClient.from_settings(settings, replicas=args.target, timeout=args.timeout)
+    return client_from_settings(settings, replicas=args.target, timeout=args.timeout)
 
 
 def _query_embed(args: argparse.Namespace, settings: Settings) -> int:

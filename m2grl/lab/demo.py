@@ -26,7 +26,7 @@ from m2grl.settings import Settings
 if TYPE_CHECKING:
     from m2grl.ingest.events import Event
     from m2grl.lab.datasets import DatasetRef
-    from m2grl.rpc.client import EmbeddingClient
+    from m2grl_client import EmbeddingClient
 
 @dataclass(frozen=True)
 class DemoOptions:

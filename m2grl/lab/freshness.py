@@ -18,8 +18,8 @@ from m2grl.graphstore import GraphStore
 from m2grl.graphstore.stats import transition_updated_at
 from m2grl.ingest.events import Event
 from m2grl.ingest.replay import EventProducer
-from m2grl.rpc.client import EmbeddingClient
 from m2grl.settings import Settings
+from m2grl_client import EmbeddingClient
 
 KINDS = ("new_item", "retrained")
 

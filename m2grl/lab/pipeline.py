@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from m2grl.errors import ConfigError, GraphStoreUnavailable, M2grlError, RpcError, StreamUnavailable
+from m2grl.errors import ConfigError, GraphStoreUnavailable, M2grlError, StreamUnavailable
 from m2grl.settings import Settings, settings_env
+from m2grl_client import RpcError
 
 if TYPE_CHECKING:
     from m2grl.ingest.events import Event
     from m2grl.lab.datasets import DatasetRef
-    from m2grl.rpc.client import EmbeddingClient
+    from m2grl_client import EmbeddingClient
 
 T = TypeVar("T")
 
@@ -154,9 +155,9 @@ def wait_for(what: str, ready: Callable[[], T | None], processes: Processes, tim
 
 @contextlib.contextmanager
 def client(settings: Settings, timeout: float = 10.0) -> Iterator[EmbeddingClient]:
-    from m2grl.rpc.client import EmbeddingClient
+    from m2grl.rpc.client import client_from_settings
 
-    rpc = EmbeddingClient.from_settings(settings, timeout=timeout)
+    rpc = client_from_settings(settings, timeout=timeout)
     try:
         yield rpc
     finally:

@@ -17,14 +17,14 @@ import pytest
 from kafka import KafkaProducer
 
 from m2grl import snapshots
-from m2grl.errors import RpcError
 from m2grl.graphstore import GraphStore
 from m2grl.graphstore.stats import view_stats
 from m2grl.ingest.events import Event
 from m2grl.lab import pipeline
-from m2grl.rpc.client import EmbeddingClient
+from m2grl.rpc.client import client_from_settings
 from m2grl.services.launcher import free_port
 from m2grl.settings import Settings
+from m2grl_client import EmbeddingClient, RpcError
 from tests.ingest.conftest import movielens_sample  # noqa: F401 - shared fixture
 from tests.ingest.reference import Graph, expected_graph
 
@@ -143,7 +143,7 @@ class Rig:
         self.settings = self.run.settings
         self.processes = pipeline.Processes(self.run)
         self.events = events
-        self.rpc = EmbeddingClient.from_settings(self.settings, timeout=5.0)
+        self.rpc = client_from_settings(self.settings, timeout=5.0)
         first_items = list(dict.fromkeys(e.item_id for e in events[:500]))[:40]
         self.watcher = Watcher(self.rpc, [*first_items, "never-seen-item"])
         self._watching = threading.Thread(target=self.watcher.run, daemon=True)

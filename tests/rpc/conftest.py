@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from m2grl import snapshots
-from m2grl.rpc.client import EmbeddingClient
 from m2grl.rpc.server import EmbeddingServer
 from m2grl.settings import RpcSettings
+from m2grl_client import EmbeddingClient
 
 DIM = 8
 CATEGORIES = 6

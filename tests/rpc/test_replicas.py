@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from m2grl.errors import ConfigError, RpcError
-from m2grl.rpc.client import EmbeddingClient, channel_target
 from m2grl.rpc.server import EmbeddingServer
 from m2grl.services.launcher import free_port
 from m2grl.settings import RpcSettings
+from m2grl_client import ClientConfigError, EmbeddingClient, RpcError, channel_target
 from tests.rpc.conftest import publish, version_marked, wait_for_version
 from tests.rpc.test_commands import m2grl
 
@@ -48,7 +47,7 @@ def test_several_replicas_make_one_address_list(monkeypatch: pytest.MonkeyPatch)
     assert channel_target(["[::1]:1", "::1:2"]) == "ipv6:[::1]:1,[::1]:2"
     assert channel_target(["dns:///embeddings.internal:50051"]) == "dns:///embeddings.internal:50051"
     for bad in (["127.0.0.1", "127.0.0.1:2"], ["127.0.0.1:1", "dns:///x:2"], ["127.0.0.1:1", "[::1]:2"]):
-        with pytest.raises(ConfigError, match="replica"):
+        with pytest.raises(ClientConfigError, match="replica"):
             channel_target(bad)
 
     both = {"a.internal": ["10.0.0.1", "fd00::1"], "b.internal": ["fd00::2", "10.0.0.2"]}

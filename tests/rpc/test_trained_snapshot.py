@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from m2grl.rpc.client import EmbeddingClient
 from m2grl.rpc.server import EmbeddingServer
 from m2grl.train.trainer import Trainer
+from m2grl_client import EmbeddingClient
 from tests.rpc.conftest import wait_for_version
 from tests.train.test_rounds import tiny_settings, two_clusters
 

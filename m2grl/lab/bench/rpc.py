@@ -36,11 +36,11 @@ import numpy as np
 from tqdm import tqdm
 
 from m2grl.console import stop_on_signals
-from m2grl.errors import RpcError
 from m2grl.protos import benchmark_pb2_grpc as baseline_grpc
-from m2grl.protos import embedding_pb2 as pb
-from m2grl.protos import embedding_pb2_grpc as pb_grpc
 from m2grl.settings import Settings
+from m2grl_client import RpcError
+from m2grl_client import embedding_pb2 as pb
+from m2grl_client import embedding_pb2_grpc as pb_grpc
 
 TARGET_EMBEDDINGS_RATIO = 0.7
 TARGET_SIMILAR_P99_MS = 10.0  # one at a time, and with the throughput phases' callers
