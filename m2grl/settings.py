@@ -55,6 +55,8 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
+    """Which Kafka the components use, the local broker m2grl runs when none is given, and how clients log in."""
+
     bootstrap: str | None = Field(
         None,
         description="host:port[,host:port] of an existing Kafka cluster. When set, m2grl starts "
@@ -106,6 +108,8 @@ class KafkaSettings(_Section):
 
 
 class Neo4jSettings(_Section):
+    """Which Neo4j holds the graphs, the local server m2grl runs when none is given, and its credentials."""
+
     uri: str | None = Field(
         None,
         description="Bolt URI of an existing Neo4j server (bolt://, neo4j://, with +s for TLS). When "
@@ -142,6 +146,8 @@ class Neo4jSettings(_Section):
 
 
 class ServicesSettings(_Section):
+    """The local Kafka and Neo4j that `m2grl services up` (and `make demo`) start when no servers are given."""
+
     state_dir: Path = Field(
         Path(".m2grl"),
         description="Folder for the local services' config, data, logs and pid files.",
@@ -157,6 +163,8 @@ class ServicesSettings(_Section):
 
 
 class ViewStore(_Section):
+    """Where one view's graph lives, overriding the neo4j section."""
+
     uri: str | None = Field(None, description="Bolt URI of this view's Neo4j; unset -> neo4j.uri or the local server.")
     database: str | None = Field(
         None,
@@ -166,6 +174,8 @@ class ViewStore(_Section):
 
 
 class ViewsSettings(_Section):
+    """The views: the item view always, plus the side views the events carry, and where each graph lives."""
+
     side: tuple[str, ...] | None = Field(
         None,
         description="Side views next to the item view, each read from the event's side attribute of the same "
@@ -195,6 +205,8 @@ class ViewsSettings(_Section):
 
 
 class IngestSettings(_Section):
+    """`m2grl ingest`: the behaviour topic, batching, sessions and what is dead-lettered."""
+
     topic: str = Field("m2grl.behavior", description="Topic of BehaviorEvent messages, keyed by user id.")
     dead_letter_topic: str = Field(
         "m2grl.behavior.dlq",
@@ -271,6 +283,8 @@ class IngestSettings(_Section):
 
 
 class TrainSettings(_Section):
+    """`m2grl train`: the model, the walks, the rounds' schedule and the snapshots they publish."""
+
     dim: int = Field(64, ge=2, le=1024, description="Embedding dimension of every view.")
     walks_per_node: int = Field(10, ge=1, description="Random walks started from each node to train on.")
     walk_length: int = Field(10, ge=1, description="Steps per walk.")
@@ -405,6 +419,8 @@ class TrainSettings(_Section):
 
 
 class RpcSettings(_Section):
+    """`m2grl serve` and its clients: address, security, request limits, snapshot swaps, the neighbour index."""
+
     host: str = Field(
         "127.0.0.1",
         description="Address `m2grl serve` binds to (loopback by default; 0.0.0.0 for all interfaces).",
@@ -560,9 +576,12 @@ class RpcSettings(_Section):
 
 
 class DataSettings(_Section):
+    """Where the named data sets are read from and fetched to."""
+
     shared_dir: Path = Field(
         default_factory=lambda: Path(__file__).resolve().parents[1].parent / "shared" / "data",
-        description="Folder of the real logs (taobao/, rees46/) next to the project; optional.",
+        description="Optional folder of real logs, beside the checkout: taobao/ and rees46/, which the data set names "
+        "taobao-head, taobao-timeslice and rees46 read. Without it the demo and benchmarks use MovieLens-100K.",
     )
     cache_dir: Path = Field(
         default_factory=lambda: _default_cache_dir() / "data",

@@ -40,6 +40,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from m2grl.cli import bench as pipeline_benches
+    from m2grl.cli import config_reference
     from m2grl.cli import graph as graph_commands
     from m2grl.cli import ingest as ingest_commands
     from m2grl.cli import rpc as rpc_commands
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_actions.add_parser("show", help="print the effective settings, secrets masked, as TOML")
     show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     show.set_defaults(handler=_config_show)
+    config_reference.register(config_actions)
 
     bench = commands.add_parser("bench", help="benchmarks that print JSON (each measures its baseline in the same run)")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
