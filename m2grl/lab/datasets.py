@@ -80,7 +80,7 @@ def _rees46(path: Path) -> Iterator[Event]:
 def movielens_genres(folder: Path) -> dict[str, tuple[str, str]]:
     """item id -> (title, primary genre). The first listed genre is the item's genre view value."""
     items = {}
-    with (folder / "ml-100k.item").open(encoding="latin-1") as fh:
+    with (folder / "ml-100k.item").open(encoding="utf-8") as fh:  # RecBole's atomic files are UTF-8
         header = fh.readline().rstrip("\n").split("\t")
         col = {name.split(":")[0]: i for i, name in enumerate(header)}
         for line in fh:

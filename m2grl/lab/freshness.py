@@ -31,7 +31,10 @@ class Probe:
     src: str
     dst: str  # the new item, or the second existing item
     produced_at: float  # time.monotonic() once Kafka acknowledged the events
-    written_ms: int | None = None  # retrained: the transition's write time in the graph
+    # retrained: the transition's write time in the graph before the probe (None: no such edge yet)
+    # and once the probe's events are written, in the database's clock both
+    written_before_ms: int | None = None
+    written_ms: int | None = None
     fresh_after_s: float | None = None
 
     @property
@@ -63,15 +66,19 @@ class FreshnessProbes:
         return self._inject("new_item", anchor, Event(f"probe-{new_id}", new_id, "pv", 0, dict(anchor.side)))
 
     def retrained(self, first: Event, second: Event, tag: str) -> Probe:
-        return self._inject("retrained", first, second, user=f"probe-{tag}")
+        # An edge the log already has carries an older write time, which the served watermark may be
+        # past already: the probe is fresh only once the edge is written again.
+        before = transition_updated_at(self._store, self._item, first.item_id, second.item_id)
+        return self._inject("retrained", first, second, user=f"probe-{tag}", written_before_ms=before)
 
-    def _inject(self, kind: str, first: Event, second: Event, user: str | None = None) -> Probe:
+    def _inject(self, kind: str, first: Event, second: Event, user: str | None = None,
+                written_before_ms: int | None = None) -> Probe:
         user = user or second.user_id
         now_ms = int(time.time() * 1000)
         self.producer.send(Event(user, first.item_id, "pv", now_ms, dict(first.side)))
         self.producer.send(Event(user, second.item_id, "pv", now_ms + 1, dict(second.side)))
         self.producer.flush()
-        probe = Probe(kind, user, first.item_id, second.item_id, time.monotonic())
+        probe = Probe(kind, user, first.item_id, second.item_id, time.monotonic(), written_before_ms)
         self.probes.append(probe)
         return probe
 
@@ -93,7 +100,9 @@ class FreshnessProbes:
     def _check_retrained(self, probes: list[Probe], now: float) -> None:
         for probe in probes:
             if probe.written_ms is None:
-                probe.written_ms = transition_updated_at(self._store, self._item, probe.src, probe.dst)
+                written = transition_updated_at(self._store, self._item, probe.src, probe.dst)
+                if written is not None and (probe.written_before_ms is None or written > probe.written_before_ms):
+                    probe.written_ms = written
         watermark = self.rpc.info().watermark_ms.get(self._item.name, 0)
         for probe in probes:
             if probe.written_ms is not None and watermark > probe.written_ms:
