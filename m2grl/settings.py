@@ -480,7 +480,8 @@ class RpcSettings(_Section):
     )
     max_recent_ids: int = Field(
         200, ge=1,
-        description="Most recent item ids one Recommend call may give: each is one nearest-neighbour search.",
+        description="Most recent item ids one Recommend call may give (their vectors are averaged into one "
+        "search; each one's category is one search of the diversity route).",
     )
     max_queries: int = Field(
         256, ge=1,

@@ -17,6 +17,7 @@ from m2grl.errors import ConfigError
 from m2grl.settings import Settings
 
 if TYPE_CHECKING:
+    from m2grl.lab.evaluation import DiversitySweep
     from m2grl.train.trainer import RoundStats
 
 # Over three seeds the incremental quality ratio of one configuration ranged 0.95-0.99 with the
@@ -194,9 +195,25 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     if "m2grl" in report.methods:
         sigma = ", ".join(f"{task} {value:.3f}" for task, value in report.methods["m2grl"].sigma2.items())
         print(f"M2GRL σ²: {sigma}")
+    if report.sweep is not None:
+        _print_sweep(report.sweep, seeds)
     if plot:
         print(f"plot: {plot}")
     return 0
+
+
+def _print_sweep(sweep: DiversitySweep, seeds: int) -> None:
+    from m2grl.lab.evaluation import HISTORY_ITEMS, RECOMMENDED
+
+    if sweep.skipped:
+        print(sweep.skipped)
+        return
+    print(f"Recommend diversity sweep (M2GRL, top {RECOMMENDED} from the last {HISTORY_ITEMS} distinct items): "
+          f"HR@{RECOMMENDED} and distinct {sweep.view} values among the {RECOMMENDED}")
+    for row in sweep.summary():
+        cells = [f"{row[name]:.3f}" + (f" ± {row[name + '_sd']:.3f}" if seeds > 1 else "")
+                 for name in (f"hr@{RECOMMENDED}", f"distinct@{RECOMMENDED}")]
+        print(f"  diversity {row['diversity']:.1f}" + "".join(f"{cell:>18}" for cell in cells))
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -221,7 +238,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="shard the tables over N processes on this machine, started by torchrun (default 1: "
                        "one process, with the cold-start lane). The processes split the cores unless "
                        "OMP_NUM_THREADS is set. Across machines, start `m2grl train` with torchrun yourself "
-                       "(README, Several processes)")
+                       "(docs/training.md, Several processes)")
     train.add_argument("--restarts", type=int, default=3, metavar="K",
                        help="with --nproc, times torchrun restarts the group from the last version after a "
                        "process dies (default 3; none with --once)")
@@ -232,7 +249,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Time-ordered leave-last-out: per user, the last distinct item is the target and the one "
         "before it the query; every method trains one full round on the events before the targets (same "
         "settings, same seed, so the same item walks) and ranks all items by cosine to the query. Prints "
-        "HitRate@10/20/50, MRR@20 and cold-query coverage per method. No Kafka or Neo4j needed.")
+        "HitRate@10/20/50, MRR@20 and cold-query coverage per method. Then M2GRL's round is served as `m2grl "
+        "serve` serves it and Recommend is asked for each user's top 20 at diversity 0, 0.3 and 0.5: HR@20 and "
+        "the distinct values of rpc.diversity_view (categories; the first side view where the data has none) among "
+        "the 20. No Kafka or Neo4j needed.")
     from m2grl.cli.ingest import add_dataset_arguments
     from m2grl.lab import EVAL_METHODS as METHODS
 
@@ -244,11 +264,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "and standard deviation of every score (default 1)")
     evaluation.add_argument("--query", choices=("last", "history"), default="last",
                             help="rank from the item before the target (last), or from the user's last 10 distinct "
-                            "items, each candidate scored by its best cosine to any of them, as Recommend does "
-                            "(history)")
+                            "items as Recommend does: each candidate by its recency-weighted mean cosine to them, "
+                            "the most recent one left out (history)")
     evaluation.add_argument("--methods", default=",".join(METHODS),
                             help=f"comma-separated (default: {','.join(METHODS)})")
-    evaluation.add_argument("--plot", metavar="PNG", help="write loss and σ² per task and HR@K per method to this file")
+    evaluation.add_argument("--plot", metavar="PNG", help="write loss and σ² per task, HR@K per method and the "
+                            "diversity sweep to this file")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(handler=_eval)
 

@@ -2,14 +2,20 @@
 
 Protocol (time-ordered leave-last-out): per user, collapse consecutive repeats of the item sequence;
 the last distinct item is the target, the one before it the query (``last``); a ``history`` query is
-the user's last HISTORY_ITEMS distinct items before it, every item scored by its best cosine to any
-of them and those items left out, as Recommend's item-neighbour route ranks. Training sees every event before
-the target's final run. Methods rank all items by cosine similarity to the query (the query itself
+the user's last HISTORY_ITEMS distinct items before it, every item scored by its recency-weighted
+mean cosine to them and the most recent one left out: the rule of Recommend's item-neighbour route,
+from the same code (rpc/queries.py, RecentQuery). Training sees every event before the target's
+final run. Methods rank all items by cosine similarity to the query (the query itself
 excluded); HitRate@K counts targets in the top K, MRR@20 averages 1/rank within the top 20, NDCG@K
 averages 1/log2(rank + 1) within the top K (one relevant item per case, so the ideal DCG is 1). A
 query the method has no vector for is a miss; the share of queries with a vector is the cold-query
 coverage. With several seeds each learned method trains once per seed (train.seed + 0, 1, ...) and
 the report gives the mean and the sample standard deviation of every score.
+
+The diversity sweep asks the server's own Recommend (rpc/queries.py), on M2GRL's round published and
+read back as a server serves it, for the top 20 of each case's history at diversity 0, 0.3 and 0.5:
+HR@20 and the mean number of distinct values of the diversity view (rpc.diversity_view, categories)
+among the 20. A run without that side view has no sweep, and the report says why.
 
 Methods: M2GRL (all views), DeepWalk (our trainer, item view only, no alignment), an EGES-style
 fusion (train/eges.py) and popularity. Every learned method trains one full round with the same
@@ -26,13 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from m2grl.errors import ConfigError
+from m2grl.errors import ConfigError, SnapshotError
 from m2grl.graphstore.reads import ViewRead
 from m2grl.ingest.events import Event
 from m2grl.ingest.sessions import extract
 from m2grl.lab import EVAL_METHODS
 from m2grl.lab.eges import EGES
-from m2grl.settings import Settings
+from m2grl.rpc.live import LiveSnapshots, ServedVersion
+from m2grl.rpc.queries import RecentQuery, recommend
+from m2grl.settings import RpcSettings, Settings
 from m2grl.train.model import M2GRL
 from m2grl.train.trainer import RoundStats, Trainer
 from m2grl.views import ViewSet
@@ -112,9 +120,8 @@ def reads_from_events(events: list[Event], viewset: ViewSet, gap_ms: int) -> dic
 
 
 def rank_scores(ids: list[str], vectors: np.ndarray, cases: list[Case], query: str = "last") -> dict[str, float]:
-    """Scores of ranking every item for each case: by cosine to the query item (``last``), or by
-    the best cosine to any of the user's recent items, those excluded (``history``: how Recommend's
-    item-neighbour route ranks)."""
+    """Scores of ranking every item for each case: by cosine to the query item (``last``), or as
+    Recommend's item-neighbour route ranks from the user's recent items (``history``)."""
     index = {ext: i for i, ext in enumerate(ids)}
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     if query == "history":
@@ -143,33 +150,109 @@ def _history_scores(index: dict[str, int], unit: np.ndarray, cases: list[Case]) 
     ranks = _Ranks(len(cases))
     covered = 0
     for case in cases:
-        rows = np.array([index[ext] for ext in case.history if ext in index], dtype=np.int64)
-        if not len(rows):
+        recent = [index[ext] for ext in reversed(case.history) if ext in index]  # most recent first
+        if not recent:
             continue
         covered += 1
         target = index.get(case.target)
         if target is None:
             continue
-        scores = (unit[rows] @ unit.T).max(axis=0)
-        scores[rows] = -np.inf
+        scores = RecentQuery.of(recent, unit[recent]).scores(unit)
         rank = int((scores > scores[target]).sum()) + 1  # ties go to the target
         if rank <= max(KS):
             ranks.add(rank)
     return ranks.scores(covered / max(len(cases), 1))
 
 
-def popularity_scores(train: list[Event], cases: list[Case], query: str = "last") -> dict[str, float]:
-    ranked = [item for item, _ in Counter(e.item_id for e in train).most_common(max(KS) + HISTORY_ITEMS)]
+def popularity_scores(train: list[Event], cases: list[Case]) -> dict[str, float]:
+    """The most frequent training items, the query item left out (as either query leaves it out)."""
+    ranked = [item for item, _ in Counter(e.item_id for e in train).most_common(max(KS) + 1)]
     ranks = _Ranks(len(cases))
     for case in cases:
-        seen = set(case.history) if query == "history" else {case.query}
-        ranking = [item for item in ranked if item not in seen][: max(KS)]
+        ranking = [item for item in ranked if item != case.query][: max(KS)]
         if case.target in ranking:
             ranks.add(ranking.index(case.target) + 1)
     return ranks.scores(1.0)
 
 
 METHODS = EVAL_METHODS
+DIVERSITIES = (0.0, 0.3, 0.5)
+RECOMMENDED = 20  # results per Recommend call in the diversity sweep: its HR is HR@20
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """What Recommend returned at one diversity, over every case."""
+
+    diversity: float
+    hr: float  # share of the cases whose target is among the results
+    distinct: float  # mean number of distinct diversity-view values (categories) among the results
+
+
+def recommend_sweep(served: ServedVersion, cases: list[Case], cfg: RpcSettings) -> list[SweepPoint]:
+    """Per diversity in DIVERSITIES, Recommend's top RECOMMENDED for each case's history, answered as
+    the server answers it from ``served``. A case with no known recent item gets nothing: a miss
+    with no category."""
+    items = served.views[served.item_view]
+    members = served.members[cfg.diversity_view]
+    points = []
+    for diversity in DIVERSITIES:
+        hits = distinct = 0
+        for case in cases:
+            found = [r.item_id for r in recommend(served, case.history, k=RECOMMENDED, diversity=diversity,
+                                                  cfg=cfg).results]
+            hits += case.target in found
+            values = members.of(items.rows_of(found))
+            distinct += len(set(values[values >= 0].tolist()))
+        points.append(SweepPoint(diversity, hits / max(len(cases), 1), distinct / max(len(cases), 1)))
+    return points
+
+
+@dataclass
+class DiversitySweep:
+    """The sweep of M2GRL's Recommend over seeds (one list of points per seed); ``skipped`` says why
+    there is none."""
+
+    view: str
+    per_seed: list[list[SweepPoint]] = field(default_factory=list)
+    skipped: str = ""
+
+    def summary(self) -> list[dict[str, float]]:
+        """Per diversity, the mean and the sample standard deviation (0 for one seed) over seeds."""
+        rows = []
+        for at, diversity in enumerate(DIVERSITIES):
+            row: dict[str, float] = {"diversity": diversity}
+            for name, values in ((f"hr@{RECOMMENDED}", [seed[at].hr for seed in self.per_seed]),
+                                 (f"distinct@{RECOMMENDED}", [seed[at].distinct for seed in self.per_seed])):
+                row[name] = float(np.mean(values))
+                row[f"{name}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict[str, object]:
+        if self.skipped:
+            return {"view": self.view, "skipped": self.skipped}
+        return {"view": self.view, "k": RECOMMENDED, "points": [_rounded(row) for row in self.summary()]}
+
+
+def sweep_view(side: tuple[str, ...], cfg: RpcSettings) -> str | None:
+    """The view the diversity sweep draws from: rpc.diversity_view where the data has it, else the
+    first side view (MovieLens' genre, as the demo does), None without side views."""
+    if cfg.diversity_view in side:
+        return cfg.diversity_view
+    return side[0] if side else None
+
+
+def served_version(root: Path, cfg: RpcSettings) -> ServedVersion:
+    """The version published in ``root``, read and indexed as `m2grl serve` reads it, once the
+    index graph of a view past rpc.exact_below rows is built: what a server answers from after its
+    first minutes, rather than the exhaustive search it starts with."""
+    live = LiveSnapshots(root, cfg)
+    live.refresh()
+    live.wait_for_merges()
+    if live.current is None:
+        raise SnapshotError(f"the evaluated round's snapshot in {root} could not be served: {live.refused}")
+    return live.current
 
 
 @dataclass
@@ -202,10 +285,12 @@ class EvalReport:
     methods: dict[str, MethodResult]
     seeds: list[int] = field(default_factory=lambda: [0])
     query: str = "last"
+    sweep: DiversitySweep | None = None  # None where M2GRL was not evaluated
 
     def to_json(self) -> dict[str, object]:
         return {"dataset": self.dataset, "views": self.views, "train_events": self.train_events, "cases": self.cases,
                 "seeds": self.seeds, "query": self.query,
+                "diversity_sweep": self.sweep.to_json() if self.sweep else None,
                 "methods": {name: {"scores": _rounded(r.scores), "sd": _rounded(r.sd),
                                    "per_seed": [_rounded(scores) for scores in r.per_seed],
                                    "seconds": round(r.seconds, 1), "pairs_per_s": round(r.pairs_per_s),
@@ -226,13 +311,14 @@ def offline_settings(settings: Settings, side: tuple[str, ...], scratch: Path) -
 
 
 def _train_method(settings: Settings, method: str, side: tuple[str, ...], reads: dict[str, ViewRead], *,
-                  scratch: Path, progress: bool) -> tuple[Trainer, RoundStats]:
-    """One full round of ``method`` on ``reads``. DeepWalk is M2GRL without side views; EGES sees
-    the side views' memberships but trains on the item walks only."""
+                  scratch: Path, progress: bool, publish: bool = False) -> tuple[Trainer, RoundStats]:
+    """One full round of ``method`` on ``reads``, published to ``scratch / method`` if ``publish``.
+    DeepWalk is M2GRL without side views; EGES sees the side views' memberships but trains on the
+    item walks only."""
     views = {"m2grl": side, "deepwalk": (), "eges": side}[method]
     trainer = Trainer(offline_settings(settings, views, scratch / method), EGES if method == "eges" else M2GRL)
     used = {v: r for v, r in reads.items() if v == "item" or v in views}
-    return trainer, trainer.round(full=True, reads=used, publish=False, progress=progress and method)
+    return trainer, trainer.round(full=True, reads=used, publish=publish, progress=progress and method)
 
 
 def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, dataset: str = "",
@@ -251,19 +337,27 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
     reads = reads_from_events(train, ViewSet(side), int(settings.ingest.session_gap_s * 1000))
     seed_values = [settings.train.seed + offset for offset in range(seeds)]
     runs: dict[str, list[MethodResult]] = {method: [] for method in methods}
+    view = sweep_view(side, settings.rpc)
+    sweep_cfg = settings.rpc.model_copy(update={"diversity_view": view or settings.rpc.diversity_view})
+    sweep = DiversitySweep(sweep_cfg.diversity_view, skipped="" if view else "no diversity sweep: the run has no "
+                           "side view for Recommend's diversity route to draw from") if "m2grl" in methods else None
     with tempfile.TemporaryDirectory(prefix="m2grl-eval-") as scratch:
         for seed in seed_values:
             seeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
             for method in methods:
                 if method == "popularity":  # no randomness: the same at every seed
-                    runs[method].append(MethodResult(popularity_scores(train, cases, query)))
+                    runs[method].append(MethodResult(popularity_scores(train, cases)))
                     continue
                 started = time.perf_counter()
+                swept = sweep if method == "m2grl" and sweep is not None and not sweep.skipped else None
                 trainer, stats = _train_method(seeded, method, side, reads, scratch=Path(scratch) / str(seed),
-                                               progress=progress)
+                                               progress=progress, publish=swept is not None)
                 runs[method].append(MethodResult(rank_scores(*trainer.vectors("item"), cases, query),
                                                  seconds=time.perf_counter() - started,
                                                  pairs_per_s=stats.pairs_per_s, sigma2=stats.sigma2,
                                                  curve=stats.curve))
+                if swept is not None:
+                    served = served_version(trainer.cfg.snapshot_dir, settings.rpc)
+                    swept.per_seed.append(recommend_sweep(served, cases, sweep_cfg))
     results = {method: MethodResult.over_seeds(found) for method, found in runs.items()}
-    return EvalReport(dataset, ["item", *side], len(train), len(cases), results, seed_values, query)
+    return EvalReport(dataset, ["item", *side], len(train), len(cases), results, seed_values, query, sweep)

@@ -1,5 +1,6 @@
-"""Pictures of an evaluation: how each task's loss and uncertainty moved during M2GRL's round, and
-how the methods compare at each K. Rendered headless (Agg) to a PNG."""
+"""Pictures of an evaluation: how each task's loss and uncertainty moved during M2GRL's round, how
+the methods compare at each K, and what Recommend's diversity does to HR@20 and to the categories
+among the top 20. Rendered headless (Agg) to a PNG."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt
 
-from m2grl.lab.evaluation import KS, EvalReport
+from m2grl.lab.evaluation import KS, RECOMMENDED, DiversitySweep, EvalReport
 
 
 def plot_evaluation(report: EvalReport, path: Path) -> Path:
-    figure, (loss_ax, sigma_ax, hit_ax) = plt.subplots(1, 3, figsize=(16, 4.8))
+    swept = report.sweep is not None and not report.sweep.skipped
+    figure, axes = plt.subplots(1, 4 if swept else 3, figsize=(21 if swept else 16, 4.8))
+    loss_ax, sigma_ax, hit_ax = axes[:3]
     curve = report.methods["m2grl"].curve if "m2grl" in report.methods else []
     steps = [point["step"] for point in curve]
     tasks = sorted({task for point in curve for task in point["loss"]})
@@ -43,9 +46,32 @@ def plot_evaluation(report: EvalReport, path: Path) -> Path:
     hit_ax.set(title=f"next-item hit rate, {report.cases} test users{over}", ylabel="hit rate")
     hit_ax.legend(fontsize="small")
     hit_ax.grid(axis="y", alpha=0.3)
+    if swept:
+        assert report.sweep is not None
+        _plot_sweep(axes[3], report.sweep, len(report.seeds))
     figure.suptitle(f"m2grl eval {report.dataset} (views: {', '.join(report.views)})")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _plot_sweep(hit_ax: plt.Axes, sweep: DiversitySweep, seeds: int) -> None:
+    """HR@20 and the distinct categories among the top 20 against Recommend's diversity, on two scales."""
+    rows = sweep.summary()
+    diversities = [row["diversity"] for row in rows]
+    hr, distinct = f"hr@{RECOMMENDED}", f"distinct@{RECOMMENDED}"
+    spread = seeds > 1
+    hit_ax.errorbar(diversities, [row[hr] for row in rows], yerr=[row[hr + "_sd"] for row in rows] if spread else None,
+                    marker="o", capsize=2, color="tab:blue", label=f"HR@{RECOMMENDED}")
+    hit_ax.set(title=f"Recommend (M2GRL), top {RECOMMENDED} by diversity", xlabel="diversity",
+               ylabel=f"HR@{RECOMMENDED}", xticks=diversities)
+    values_ax = hit_ax.twinx()
+    values_ax.errorbar(diversities, [row[distinct] for row in rows],
+                       yerr=[row[distinct + "_sd"] for row in rows] if spread else None, marker="s", capsize=2,
+                       color="tab:orange", label=f"distinct {sweep.view} values")
+    values_ax.set_ylabel(f"distinct {sweep.view} values in the top {RECOMMENDED}")
+    handles = [*hit_ax.get_legend_handles_labels()[0], *values_ax.get_legend_handles_labels()[0]]
+    hit_ax.legend(handles=handles, fontsize="small", loc="lower right")
+    hit_ax.grid(alpha=0.3)

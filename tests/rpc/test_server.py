@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -79,7 +80,29 @@ def test_every_method_answers_from_the_served_snapshot(start_server: Start) -> N
         plain = client.recommend(["c1-0", "c1-1", "ghost"], k=6)
         assert plain.unknown_recent_ids == ["ghost"] and len(plain.results) == 6
         assert {r.route for r in plain.results} == {"item-neighbour"}
-        assert all(r.via in ("c1-0", "c1-1") and r.item_id not in ("c1-0", "c1-1") for r in plain.results)
+        assert all(r.via in ("c1-0", "c1-1") and r.item_id != "c1-1" for r in plain.results)
+
+
+def test_recommend_ranks_by_the_recency_weighted_mean_cosine_and_never_returns_the_latest_item(
+        start_server: Start) -> None:
+    _, _, client = serving(start_server)
+    recent = ["c1-0", "c2-3", "c1-1"]  # most recent last
+    with client:
+        answer = client.recommend(recent, k=20)
+        everything = [f"c{c}-{n}" for c in range(CATEGORIES) for n in range(ITEMS_PER_CATEGORY)]
+        vectors = client.embeddings("item", everything).vectors
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    of = {ext: row for row, ext in enumerate(everything)}
+    weights = np.array([4, 2, 1]) / 7  # RECENCY_DECAY 0.5 per step back, most recent first
+    by_recent = unit @ unit[[of[ext] for ext in reversed(recent)]].T  # items × recent items, most recent first
+    expected = by_recent @ weights
+    expected[of["c1-1"]] = -np.inf  # the item the user is on now
+    best = np.argsort(-expected, kind="stable")[:20]
+    assert [r.item_id for r in answer.results] == [everything[row] for row in best]
+    assert [r.score for r in answer.results] == pytest.approx(expected[best].tolist(), abs=1e-4)
+    assert "c1-0" in [r.item_id for r in answer.results]  # an older recent item may come back
+    adds = by_recent[best] * weights
+    assert [r.via for r in answer.results] == [list(reversed(recent))[i] for i in adds.argmax(axis=1)]
 
 
 def test_recommend_with_diversity_reaches_nearby_categories_the_user_has_not_visited(start_server: Start) -> None:
@@ -399,11 +422,12 @@ def test_recommend_stops_searching_once_its_deadline_has_passed(start_server: St
         code, detail = code_of(lambda: client.recommend([f"c0-{n}" for n in range(21)], k=5))
         assert code == "INVALID_ARGUMENT" and "rpc.max_recent_ids" in detail
     searches = slowed_searches(server, monkeypatch)
-    recent = [f"c{c}-{n}" for c in range(3) for n in range(4)]  # 12 searches of 0.3 s: 3.6 s unstopped
+    # One item search, then one per category of the recent items: 4 searches of 0.3 s, 1.2 s unstopped.
+    recent = [f"c{c}-{n}" for c in range(3) for n in range(4)]
     with client_of(server, timeout=0.5) as hurried:
-        assert code_of(lambda: hurried.recommend(recent, k=5))[0] == "DEADLINE_EXCEEDED"
-    time.sleep(4)
-    assert 1 <= len(searches) < len(recent)  # the server gave up between searches
+        assert code_of(lambda: hurried.recommend(recent, k=10, diversity=0.5))[0] == "DEADLINE_EXCEEDED"
+    time.sleep(1.5)
+    assert 1 <= len(searches) < 4  # the server gave up between searches
 
 
 def test_similar_items_batch_answers_each_id_as_similar_items_does(start_server: Start,

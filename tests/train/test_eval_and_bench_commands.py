@@ -31,6 +31,20 @@ def test_eval_compares_every_method_and_draws_the_plot(tmp_path: Path) -> None:
     learned = {name: report["methods"][name]["scores"]["hr@50"] for name in ("m2grl", "deepwalk", "eges")}
     assert min(learned.values()) > report["methods"]["popularity"]["scores"]["hr@50"]  # the graphs carry signal
     assert set(report["methods"]["m2grl"]["sigma2"]) == {"intra:item", "intra:genre", "inter:genre"}
+    assert report["diversity_sweep"]["view"] == "genre"  # MovieLens has genres, no categories: no setting needed
+    assert [point["diversity"] for point in report["diversity_sweep"]["points"]] == [0.0, 0.3, 0.5]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_sweeps_recommends_diversity_over_the_diversity_view(tmp_path: Path) -> None:
+    plot = tmp_path / "eval.png"
+    result = run_cli("eval", "movielens-100k", "--limit", "5000", "--methods", "m2grl", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Recommend diversity sweep" in result.stdout and "distinct genre values" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("diversity ")]
+    assert [row[1] for row in rows] == ["0.0", "0.3", "0.5"]
+    hit_rates, distinct = [float(row[2]) for row in rows], [float(row[3]) for row in rows]
+    assert all(0 <= hr <= 1 for hr in hit_rates) and distinct[0] < distinct[2] <= 20
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -57,6 +71,7 @@ def test_eval_with_history_queries_ranks_from_the_recent_items() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["query"] == "history" and report["views"] == ["item", "genre"]  # the views the data has
+    assert report["diversity_sweep"] is None  # M2GRL not evaluated
     learned = report["methods"]["deepwalk"]["scores"]
     assert 0 < learned["hr@10"] <= learned["hr@50"] <= 1 and learned["coverage"] > 0.9
 
