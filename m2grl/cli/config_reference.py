@@ -133,20 +133,18 @@ def _annotation_text(annotation: Any) -> str:
     return names[annotation]
 
 
+# Each kind of constraint: the attribute holding its bound, and how the page states it.
+_LIMITS: tuple[tuple[type, str, str], ...] = (
+    (Ge, "ge", "≥ {}"), (Gt, "gt", "> {}"), (Le, "le", "≤ {}"), (Lt, "lt", "< {}"),
+    (MinLen, "min_length", "at least {} entries"), (MaxLen, "max_length", "at most {} entries"),
+)
+
+
 def _limit_text(item: object) -> str:
     """A constraint of a field, as the reader must respect it (an unknown kind fails: none is left out)."""
-    if isinstance(item, Ge):
-        return f"≥ {item.ge}"
-    if isinstance(item, Gt):
-        return f"> {item.gt}"
-    if isinstance(item, Le):
-        return f"≤ {item.le}"
-    if isinstance(item, Lt):
-        return f"< {item.lt}"
-    if isinstance(item, MinLen):
-        return f"at least {item.min_length} entries"
-    if isinstance(item, MaxLen):
-        return f"at most {item.max_length} entries"
+    for kind, bound, text in _LIMITS:
+        if isinstance(item, kind):
+            return text.format(getattr(item, bound))
     pattern = getattr(item, "pattern", None)
     if isinstance(pattern, str):
         return f"matching `{pattern}`"
