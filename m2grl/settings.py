@@ -45,9 +45,14 @@ NEO4J_PASSWORD_SET_MARKER = ".initial-password-set"  # in the local Neo4j's home
 _FORMER_DEFAULT_PASSWORD = "m2grl-local-dev"
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "m2grl"
+
+
+def beside_checkout() -> Path:
+    """The folder that holds this checkout (pyproject.toml's folder), where the shared data sits."""
+    return Path(__file__).resolve().parents[1].parent
 
 
 class _Section(BaseModel):
@@ -153,7 +158,7 @@ class ServicesSettings(_Section):
         description="Folder for the local services' config, data, logs and pid files.",
     )
     jar_cache: Path = Field(
-        default_factory=lambda: _default_cache_dir() / "jars",
+        default_factory=lambda: default_cache_dir() / "jars",
         description="Folder where resolved Kafka/Neo4j jars are cached, shared by all clones.",
     )
     java: str = Field("java", description="Java 17+ executable.")
@@ -580,12 +585,12 @@ class DataSettings(_Section):
     """Where the named data sets are read from and fetched to."""
 
     shared_dir: Path = Field(
-        default_factory=lambda: Path(__file__).resolve().parents[1].parent / "shared" / "data",
+        default_factory=lambda: beside_checkout() / "shared" / "data",
         description="Optional folder of real logs, beside the checkout: taobao/ and rees46/, which the data set names "
         "taobao-head, taobao-timeslice and rees46 read. Without it the demo and benchmarks use MovieLens-100K.",
     )
     cache_dir: Path = Field(
-        default_factory=lambda: _default_cache_dir() / "data",
+        default_factory=lambda: default_cache_dir() / "data",
         description="Where fetched data sets (MovieLens-100K) are kept.",
     )
 

@@ -18,9 +18,8 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from m2grl import settings as settings_module
 from m2grl.errors import M2grlError
-from m2grl.settings import Settings, _default_cache_dir
+from m2grl.settings import Settings, beside_checkout, default_cache_dir
 
 REFERENCE_FILE = Path("docs/configuration.md")
 REGENERATE_COMMAND = f"m2grl config reference --write {REFERENCE_FILE}"
@@ -167,8 +166,7 @@ def _default_text(prefix: str, name: str, field: FieldInfo) -> str:
 def _portable_path(prefix: str, name: str, path: Path) -> str:
     if not path.is_absolute():
         return str(path)
-    beside_checkout = Path(settings_module.__file__).resolve().parents[1].parent
-    rules = ((_default_cache_dir(), CACHE_PLACEHOLDER), (beside_checkout, f"{CHECKOUT_PLACEHOLDER}/.."))
+    rules = ((default_cache_dir(), CACHE_PLACEHOLDER), (beside_checkout(), f"{CHECKOUT_PLACEHOLDER}/.."))
     for folder, placeholder in rules:
         if path.is_relative_to(folder):
             return str(Path(placeholder) / path.relative_to(folder))

@@ -243,7 +243,7 @@ def sweep_view(side: tuple[str, ...], cfg: RpcSettings) -> str | None:
     return side[0] if side else None
 
 
-def served_version(root: Path, cfg: RpcSettings) -> ServedVersion:
+def as_served(root: Path, cfg: RpcSettings) -> ServedVersion:
     """The version published in ``root``, read and indexed as `m2grl serve` reads it, once the
     index graph of a view past rpc.exact_below rows is built: what a server answers from after its
     first minutes, rather than the exhaustive search it starts with."""
@@ -357,7 +357,7 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
                                                  pairs_per_s=stats.pairs_per_s, sigma2=stats.sigma2,
                                                  curve=stats.curve))
                 if swept is not None:
-                    served = served_version(trainer.cfg.snapshot_dir, settings.rpc)
+                    served = as_served(trainer.cfg.snapshot_dir, settings.rpc)
                     swept.per_seed.append(recommend_sweep(served, cases, sweep_cfg))
     results = {method: MethodResult.over_seeds(found) for method, found in runs.items()}
     return EvalReport(dataset, ["item", *side], len(train), len(cases), results, seed_values, query, sweep)

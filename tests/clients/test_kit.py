@@ -97,3 +97,11 @@ def test_the_kit_installs_alone_and_calls_a_server_without_torch(tmp_path: Path,
     assert seen["found"] == [True, False] and seen["dimension"] == 8 and seen["version"] == 1
     assert len(seen["batch"][0]) == 3 and seen["batch"][1] is None
     assert seen["refused"] == "NOT_FOUND"
+
+
+def test_the_command_line_starts_without_the_client_kit_s_grpc() -> None:
+    """m2grl's CLI catches the kit's errors at every start; their import must not pull in grpc and
+    numpy (about 0.1 s of every command)."""
+    probe = "import sys, m2grl.cli.main; print(sorted({'grpc', 'numpy', 'm2grl_client.client'} & set(sys.modules)))"
+    started = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert started.stdout.strip() == "[]"

@@ -13,12 +13,12 @@ from m2grl.lab.evaluation import (
     Case,
     DiversitySweep,
     SweepPoint,
+    as_served,
     leave_last_out,
     popularity_scores,
     rank_scores,
     reads_from_events,
     recommend_sweep,
-    served_version,
     sweep_view,
 )
 from m2grl.rpc.queries import recommend
@@ -82,7 +82,7 @@ def test_history_queries_rank_by_the_recency_weighted_mean_cosine_leaving_out_th
 def test_the_sweep_asks_recommend_for_the_top_20_at_each_diversity(tmp_path: Path) -> None:
     publish(tmp_path, 1)  # 6 categories of 20 items each on a half circle, category view beside
     cfg = RpcSettings()
-    served = served_version(tmp_path, cfg)
+    served = as_served(tmp_path, cfg)
     history = ("c2-0", "c2-5", "c2-9")
     points = recommend_sweep(served, [Case("u", "c2-9", "c2-12", history), Case("v", "c2-9", "c5-3", history)], cfg)
     assert [p.diversity for p in points] == list(DIVERSITIES) == [0.0, 0.3, 0.5]
