@@ -74,7 +74,9 @@ class Neo4jService(LocalService):
         arguments = self.home / ".initial-password.args"
         quoted = password.get_secret_value().replace("\\", "\\\\").replace('"', '\\"')
         with os.fdopen(os.open(arguments, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-            fh.write(f'"{quoted}"\n')  # picocli's argument file: quoted, backslash escapes
+            # picocli's argument file: quoted, backslash escapes; "--" first, so that a password
+            # starting with "-" (one generated in 64) is not read as an option
+            fh.write(f'--\n"{quoted}"\n')
         try:
             self.run_tool(
                 [self.settings.services.java, *_OPENS, "-cp", f"{jars / 'libs'}/*", "org.neo4j.cli.AdminTool",

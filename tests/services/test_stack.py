@@ -116,3 +116,17 @@ def test_the_local_neo4j_gets_a_generated_password_no_command_line_shows(
     assert any("set-initial-password" in line for line in command_lines), command_lines
     assert not any(password in line for line in command_lines)
     assert not list(neo4j.home.glob("*.args")), "the argument file goes once read"
+
+
+def test_the_local_neo4j_takes_a_password_that_looks_like_an_option(tmp_path: Path) -> None:
+    """One generated password in 64 starts with '-' (token_urlsafe); neo4j-admin must take it as the
+    password, not as an unknown option."""
+    ports = {"bolt_port": free_port(), "http_port": free_port(), "heap": "512m", "pagecache": "64m"}
+    settings = load_settings(services={"state_dir": tmp_path}, neo4j={**ports, "password": '-Xq"\\Z9-long-enough'})
+    neo4j = launcher.service_named(settings, "neo4j")
+    try:
+        launcher.start(neo4j, report=lambda _: None)
+        with GraphStore(settings.neo4j) as store:
+            assert store.read("RETURN 1 AS ok") == [{"ok": 1}]
+    finally:
+        launcher.stop(neo4j, report=lambda _: None)
