@@ -4,6 +4,7 @@ over the walk corpus, and (item, side value) alignment pairs.
 
 A task's pairs are (left, right) row tensors, keyed by the task's name: ``intra:<view>`` for a
 view's skip-gram pairs, ``inter:<side view>`` for the alignment of items with their side values.
+An alignment task's right may be None: each item's side value, looked up per batch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from m2grl.train.pace import Pace
 from m2grl.train.sampling import NegativeSampler, dgl, node_counts, skipgram_pairs
 
 Pairs = tuple[Tensor, Tensor]
+# A task's pairs as the optimiser loop takes them: right None where it is the side value of each
+# left item (an alignment task), which a batch looks up instead of the round holding it.
+TaskPairs = tuple[Tensor, Tensor | None]
 
 
 def walk_views(model: M2GRL, graphs: Mapping[str, ViewGraph], touched: Mapping[str, Tensor],
@@ -131,25 +135,25 @@ def items_in_round(item: str, item_rows: int, touched: Mapping[str, Tensor], wal
 
 def alignment_pairs(memberships: Memberships, item_rows: int, in_round: Tensor | None,
                     samplers: Mapping[str, NegativeSampler], pace: Pace,
-                    exchange: RowExchange | None = None) -> dict[str, Pairs]:
+                    exchange: RowExchange | None = None) -> dict[str, TaskPairs]:
     """(item, its side value) for every linked item of this round among the first ``item_rows``,
     the ``pace``'s alignment repeats times: all items in a full round (``in_round`` None); in an
     incremental one, those ``in_round`` (``items_in_round``). Per item rather than per walk
     occurrence, so a rarely seen item gets as much pull towards its side values as a popular one
     (for which it is a negligible share of its updates). A side view without negatives (not
-    walked) gets none. With several ranks, each takes the items it owns."""
+    walked) gets none. With several ranks, each takes the items it owns.
+    The items alone (right None): each batch looks up their values in ``memberships.lookup``,
+    which a round does not change below ``item_rows``."""
     exchange = exchange if exchange is not None else RowExchange(alone=True)
-    out = {}
+    out: dict[str, TaskPairs] = {}
     for side in memberships.sides:
         lookup = memberships.lookup(side, item_rows)
         linked = torch.nonzero(lookup >= 0).flatten() if in_round is None else in_round[lookup[in_round] >= 0]
         items = exchange.mine(linked)
         if len(items) and side in samplers:
-            # int32 where the rows fit, as the skip-gram pairs: a full round repeats every item
-            # (``alignment_repeats``, 20), and these were its biggest tensors.
-            values = lookup[items]
-            narrow = torch.int32 if max(item_rows, int(values.max()) + 1) < 2**31 else torch.long
-            values = values.to(narrow)
-            out[f"inter:{side}"] = (items.to(narrow).repeat(pace.alignment_repeats),
-                                    values.repeat(pace.alignment_repeats))
+            # int32 where the rows fit, as the skip-gram pairs, and no values beside them: a full
+            # round repeats every item (``alignment_repeats``, 20), and these were its biggest
+            # tensors after the skip-gram pairs (160 B per item with the values, 80 without).
+            narrow = torch.int32 if item_rows < 2**31 else torch.long
+            out[f"inter:{side}"] = (items.to(narrow).repeat(pace.alignment_repeats), None)
     return out

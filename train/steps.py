@@ -25,8 +25,13 @@ from m2grl.train.exchange import RowExchange
 from m2grl.train.kernel import sgns_kernel
 from m2grl.train.model import M2GRL, RowBatch, StepRows
 from m2grl.train.pace import Pace
-from m2grl.train.pairs import Pairs
+from m2grl.train.pairs import TaskPairs
 from m2grl.train.sampling import NegativeSampler
+
+
+def view_of(task: str) -> str:
+    """The view a task is named after: ``intra:<view>``'s, or ``inter:<side view>``'s side view."""
+    return task.split(":", 1)[1]
 
 
 @dataclass
@@ -39,7 +44,7 @@ class Trained:
     curve: list[dict]
 
 
-def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, NegativeSampler], pace: Pace,
+def train_steps(model: M2GRL, pairs: dict[str, TaskPairs], samplers: Mapping[str, NegativeSampler], pace: Pace,
                 cfg: TrainSettings, *, generator: torch.Generator, memberships: dict[str, Tensor],
                 progress: str | None, between_steps: Callable[[], None],
                 exchange: RowExchange | None = None) -> Trained:
@@ -47,22 +52,27 @@ def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, Ne
     over the steps the biggest task needs at the batch size: a small task is not cycled (and
     overfitted) while the item view catches up, ``pace.batch_size`` pairs of it per step (split
     among the ranks of ``exchange``; default: this process alone).
-    ``memberships``: each side view's value row per item, for the model to attach; ``progress``: the
-    label of a progress bar, None: none; ``between_steps``: called after every step."""
+    ``memberships``: each side view's value row per item, for the model to attach and for the
+    alignment tasks whose pairs hold items alone (right None); ``progress``: the label of a progress
+    bar, None: none; ``between_steps``: called after every step."""
     exchange = exchange if exchange is not None else RowExchange(alone=True)
     batch_size, lr = -(-pace.batch_size // exchange.world), pace.lr
     dense = torch.optim.Adam(model.dense_parameters(), lr=cfg.dense_lr)
     empty = torch.empty(0, dtype=torch.int32)
     tasks = exchange.present([task for task, (left, _) in pairs.items() if len(left)], model.tasks)
-    shuffled = {}
+    shuffled: dict[str, TaskPairs] = {}
     for task in tasks:
         left, right = pairs.get(task, (empty, empty))
         # In place (the pairs are the round's own): randperm and two gathers took 2 s of a
         # 20 s round over 25M pairs. A seed for every task, so that ranks keep one generator state.
-        left, right = left.contiguous(), right.contiguous()
+        # Items alone take the permutation their pairs would: the same batches either way.
+        left, right = left.contiguous(), None if right is None else right.contiguous()
         seed = int(torch.randint(0, 2**62, (), generator=generator))
         if len(left):
-            sgns_kernel().shuffle_pairs(left, right, seed)
+            if right is None:
+                sgns_kernel().shuffle_rows(left, seed)
+            else:
+                sgns_kernel().shuffle_pairs(left, right, seed)
         shuffled[task] = (left, right)
     if not shuffled:
         return Trained({}, 0, [])
@@ -85,9 +95,11 @@ def train_steps(model: M2GRL, pairs: dict[str, Pairs], samplers: Mapping[str, Ne
             lo, hi = at * len(left) // per_epoch, (at + 1) * len(left) // per_epoch
             if hi == lo and exchange.world == 1:  # with more ranks, this one still takes part
                 continue
-            pool = samplers[task.split(":", 1)[1]].draw(cfg.negative_pool, generator)
+            pool = samplers[view_of(task)].draw(cfg.negative_pool, generator)
             # Pairs are kept as int32 where the nodes fit (sampling.skipgram_pairs); a batch's rows index as int64.
-            batch = (task, left[lo:hi].long(), right[lo:hi].long(), pool)
+            left_rows = left[lo:hi].long()
+            right_rows = memberships[view_of(task)][left_rows] if right is None else right[lo:hi].long()
+            batch = (task, left_rows, right_rows, pool)
             model.want_rows(*batch, step_rows)
             batches.append(batch)
         step_rows.gather()

@@ -41,6 +41,7 @@ from m2grl.train.model import M2GRL, ModelShape
 from m2grl.train.pace import Pace
 from m2grl.train.pairs import (
     Pairs,
+    TaskPairs,
     alignment_pairs,
     intra_view_pairs,
     items_in_round,
@@ -203,19 +204,21 @@ class Trainer:
         del walks
         if pace.everything:
             release_freed_memory()
+        tasks: dict[str, TaskPairs] = {**pairs}
+        del pairs
         if model.aligns:
-            pairs.update(alignment_pairs(self.mirrors.memberships, model.shape.rows[0], in_round, samplers, pace,
+            tasks.update(alignment_pairs(self.mirrors.memberships, model.shape.rows[0], in_round, samplers, pace,
                                          self.exchange))
 
         clock.lap("pairs")
         train_started = time.perf_counter()
         bar = None if not progress else progress if isinstance(progress, str) else f"round {self.version + 1}"
-        trained = train_steps(model, pairs, samplers, pace, self.cfg, generator=self.generator,
+        trained = train_steps(model, tasks, samplers, pace, self.cfg, generator=self.generator,
                               memberships=self.mirrors.memberships.lookups(model.shape.rows[0]),
                               progress=bar, between_steps=self._cold_start_tick, exchange=self.exchange)
         train_seconds = time.perf_counter() - train_started
-        trained_pairs = int(sum(len(c) for c, _ in pairs.values()) * self.cfg.epochs)
-        del pairs, samplers  # a full round's pairs are a third of its memory: not beside publishing's
+        trained_pairs = int(sum(len(left) for left, _ in tasks.values()) * self.cfg.epochs)
+        del tasks, samplers  # a full round's pairs are a third of its memory: not beside publishing's
         if model.aligns:
             among = None if pace.everything else touched.get(self.item, torch.empty(0, dtype=torch.long))
             cover_items_without_walks(model, self.mirrors, among)

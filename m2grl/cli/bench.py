@@ -128,10 +128,12 @@ def register_bench(benches: Any) -> None:
         "links free); the trainer's peak RSS; a separate server process's time to serve the first version and to "
         "move to each new one, and its peak RSS; and a restarted trainer's time to restore from the snapshot "
         "and to reload the whole graph. Trainer, server and restarted trainer each run in their own process, "
-        "taking turns. The smallest N is the baseline: ratios are largest N over smallest, and the targets are "
+        "taking turns; every N's trainer and server stay alive and the sizes take turns round by round, so the "
+        "machine's drift reaches every N alike (about 10 GB in all at the default sizes). The smallest N is the "
+        "baseline: ratios are largest N over smallest, and the targets are "
         "checked at the largest: incremental round within 1.5 × the smallest N's, trainer peak RSS <= 1.2 KB per item, "
         "server <= 0.5 KB per item beyond its ANN index, a move to a new version <= 50 ms, a fresh server serving "
-        "within 15 s. No Kafka or Neo4j needed; the snapshots go to a temporary folder, one N at a time.")
+        "within 15 s. No Kafka or Neo4j needed; the snapshots go to a temporary folder, one per N.")
     scale.add_argument("--items", type=item_counts, default=scale_bench.DEFAULT_ITEMS, metavar="N,N,…",
                        help="comma-separated item counts (default "
                        f"{','.join(map(str, scale_bench.DEFAULT_ITEMS))})")

@@ -41,6 +41,9 @@ def test_shuffling_pairs_keeps_each_pair_together_and_follows_the_seed() -> None
     narrow = torch.arange(100_000, dtype=torch.int32)  # pairs kept as int32: the same permutation
     kernel.sgns_kernel().shuffle_pairs(narrow, narrow.clone(), 11)
     assert torch.equal(narrow.long(), left)
+    alone = torch.arange(100_000, dtype=torch.int32)  # an alignment task's items, without values
+    kernel.sgns_kernel().shuffle_rows(alone, 11)
+    assert torch.equal(alone.long(), left)
 
 
 def test_a_build_killed_half_way_is_rebuilt_rather_than_waited_for(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The optimiser loop on tables sharded over two gloo ranks (train/steps.py through
 train/exchange.py): a rank with no pairs changes nothing, so two ranks where one trains everything
 end where one process does; with pairs on both, each rank's updates reach their owners and the
-dense parameters stay equal on both. One rank is bit-identical to the loop without an exchange."""
+dense parameters stay equal on both. One rank is bit-identical to the loop without an exchange.
+An alignment task given its items alone trains exactly as given its (item, value) pairs."""
 
 from __future__ import annotations
 
@@ -146,3 +147,26 @@ def test_one_rank_through_an_exchange_is_the_loop_without_one() -> None:
     assert train(through, rank_pairs(10), PACE, RowExchange(alone=True)) == losses
     for key, value in table_state(plain).items():
         assert torch.equal(table_state(through)[key], value), key
+
+
+def test_an_alignment_task_of_items_alone_trains_as_its_pairs() -> None:
+    """The trainer hands alignment tasks their items without values (train/pairs.py
+    ``alignment_pairs``); each batch looks the values up: the same batches, the same tables."""
+    items, categories = SHAPE.rows
+    membership = (torch.arange(items) * 7) % categories
+    pairs = rank_pairs(10)
+    left = pairs["inter:category"][0]
+    given = {**pairs, "inter:category": (left.clone(), membership[left.long()].to(torch.int32))}
+    alone = {**{task: (a.clone(), b.clone()) for task, (a, b) in pairs.items() if task != "inter:category"},
+             "inter:category": (left.clone(), None)}
+    models = []
+    for task_pairs in (given, alone):
+        model = start_model()
+        train_steps(model, task_pairs, samplers(), PACE, TrainSettings(negative_pool=16),
+                    generator=torch.Generator().manual_seed(2), memberships={"category": membership},
+                    progress=None, between_steps=lambda: None)
+        models.append(model)
+    for key, value in table_state(models[0]).items():
+        assert torch.equal(table_state(models[1])[key], value), key
+    for key, value in models[0].dense_state().items():
+        assert torch.equal(models[1].dense_state()[key], value), key

@@ -1,6 +1,7 @@
 // The trainer's compiled helpers: one intra-view skip-gram step of M2GRL, fused (the loss, its
 // gradients and the row-wise Adagrad update of the touched rows, without an autograd graph or a
-// (batch x dim) temporary per broadcast), and the in-place shuffle of a round's pairs.
+// (batch x dim) temporary per broadcast), and the in-place shuffle of a round's pairs (or of its
+// alignment tasks' items alone).
 //
 // The step is the mathematics of sgns_loss + RowBatch in train/model.py (a test holds the two
 // together). It runs as one OpenMP parallel region: each thread takes a slice of the batch through
@@ -189,29 +190,44 @@ double sgns_step(Tensor input_weight, Tensor input_square, Tensor context_weight
   return (positive_sum + scale * negative_sum) / sample;
 }
 
-// Fisher-Yates over two equal-length vectors at once (a pair stays a pair), in place, seeded.
+// Fisher-Yates over one vector, or over two equal-length ones at once (b not null: a pair stays a
+// pair), in place, seeded: one seed gives one permutation either way.
 template <typename Index>
-void shuffle_both(Index* a, Index* b, int64_t n, uint64_t state) {
+void shuffle_in_place(Index* a, Index* b, int64_t n, uint64_t state) {
   for (int64_t j = n - 1; j > 0; --j) {
     const auto r = static_cast<int64_t>((static_cast<unsigned __int128>(next_random(state)) * (j + 1)) >> 64);
     std::swap(a[j], a[r]);
-    std::swap(b[j], b[r]);
+    if (b != nullptr) std::swap(b[j], b[r]);
   }
 }
 
+void check_shuffled(const Tensor& rows, const char* name) {
+  TORCH_CHECK(rows.dim() == 1 && (rows.scalar_type() == at::kLong || rows.scalar_type() == at::kInt) &&
+                  rows.is_contiguous(), name, ": a contiguous int64 or int32 vector is required");
+}
+
+template <typename Index>
+void shuffle_typed(Tensor& left, Tensor* right, uint64_t seed) {
+  shuffle_in_place(left.data_ptr<Index>(), right != nullptr ? right->data_ptr<Index>() : nullptr, left.numel(), seed);
+}
+
 void shuffle_pairs(Tensor left, Tensor right, int64_t seed) {
-  TORCH_CHECK(left.dim() == 1 && right.dim() == 1 && left.numel() == right.numel(), "shuffle_pairs: two equal vectors");
-  TORCH_CHECK(left.scalar_type() == right.scalar_type() &&
-                  (left.scalar_type() == at::kLong || left.scalar_type() == at::kInt) && left.is_contiguous() &&
-                  right.is_contiguous(), "shuffle_pairs: two contiguous int64 or int32 vectors are required");
-  if (left.scalar_type() == at::kLong) {
-    shuffle_both(left.data_ptr<int64_t>(), right.data_ptr<int64_t>(), left.numel(), static_cast<uint64_t>(seed));
-  } else {
-    shuffle_both(left.data_ptr<int32_t>(), right.data_ptr<int32_t>(), left.numel(), static_cast<uint64_t>(seed));
-  }
+  check_shuffled(left, "shuffle_pairs");
+  check_shuffled(right, "shuffle_pairs");
+  TORCH_CHECK(left.numel() == right.numel() && left.scalar_type() == right.scalar_type(),
+              "shuffle_pairs: two vectors of one length and type are required");
+  if (left.scalar_type() == at::kLong) shuffle_typed<int64_t>(left, &right, static_cast<uint64_t>(seed));
+  else shuffle_typed<int32_t>(left, &right, static_cast<uint64_t>(seed));
+}
+
+void shuffle_rows(Tensor rows, int64_t seed) {
+  check_shuffled(rows, "shuffle_rows");
+  if (rows.scalar_type() == at::kLong) shuffle_typed<int64_t>(rows, nullptr, static_cast<uint64_t>(seed));
+  else shuffle_typed<int32_t>(rows, nullptr, static_cast<uint64_t>(seed));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("sgns_step", &sgns_step, "one fused skip-gram step with row-wise Adagrad (train/csrc/sgns_step.cpp)");
   module.def("shuffle_pairs", &shuffle_pairs, "shuffle two vectors by one permutation, in place");
+  module.def("shuffle_rows", &shuffle_rows, "shuffle one vector in place, by the permutation shuffle_pairs takes");
 }

@@ -23,7 +23,9 @@ Four processes per size, so each peak RSS is its own: this one orchestrates; a t
 on the same folder and refreshes when told, so it is on version v when v+1 is published and its
 refresh times the move alone; after the rounds a restarted trainer (``… restore``) times building
 ``Trainer`` on that folder and merging the whole graph into its mirrors, what a restart does today.
-They take turns, so no measure shares the CPU with another process of the benchmark. The children
+They take turns, so no measure shares the CPU with another process of the benchmark; every size's
+trainer and server stay alive until all sizes have run their rounds, and the sizes take turns
+round by round, so that a slower minute of the machine falls on every size, not on one. The children
 speak JSON lines on their stdout; everything else they print goes to stderr.
 
 Bytes per version are measured without knowing the snapshot format: the files under the snapshot
@@ -49,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -67,7 +69,7 @@ if TYPE_CHECKING:  # the server process never imports the trainer's side (torch,
 log = logging.getLogger(__name__)
 
 DEFAULT_ITEMS = (100_000, 1_000_000, 3_000_000)
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 5
 SIDE = "category"
 DRAWS_PER_ITEM = 5
 SRC_ZIPF = 1.3
@@ -359,15 +361,27 @@ def _train(settings: Settings, root: Path, items: int, rounds: int) -> None:
         stats = trainer.round(full=number == 0, reads=reads, publish=True,
                               progress=number == 0 and f"{items:,} items: first full round")
         del reads
+        written = written_between(before, list_files(root))
+        manifest = snapshots.read_current(root)
+        assert manifest is not None
+        # A compaction the version started runs in the background (train.compact_share); waited
+        # for here, so that it does not run beside another size's round. What it writes is not
+        # the version's: the next round's listing starts after it.
+        started = time.perf_counter()
+        trainer.publisher.wait_for_compaction()
+        compaction_wait_s = time.perf_counter() - started
         if number == 0:
             stats.phases["read_merge"] += first_merge_s
             stats.seconds += first_merge_s
-        manifest = snapshots.read_current(root)
-        assert manifest is not None
         rows_moved = sum(manifest.changed.values()) + sum(manifest.new_ids.values())
-        _emit(out, {"event": "published", **_round_report(stats, written_between(before, list_files(root))),
+        _emit(out, {"event": "published", **_round_report(stats, written),
+                    "compaction_wait_s": round(compaction_wait_s, 3),
                     "rows_changed": manifest.changed, "rows_added": manifest.new_ids, "rows_moved": rows_moved,
                     "segments": len(manifest.chain)})
+    # Held until every size has run its rounds: a trainer tearing down gigabytes as it exits would
+    # slow the round another size runs meanwhile.
+    if sys.stdin.readline().strip() != "done":
+        return
     # About what any trainer holds whatever N (the interpreter, torch, DGL, the compiled step): the
     # peak beyond it is what grows with the graph. The generator's own arrays (a few bytes per
     # item) stay in the peak.
@@ -517,36 +531,62 @@ def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return median
 
 
-def _one_size(items: int, rounds: int, root: Path, config: Path | None, dim: int) -> dict[str, Any]:
-    """Trainer and server take turns: the trainer publishes, the server moves to it, the trainer
-    goes on. Then a restarted trainer on the same folder."""
-    published, refreshed = [], []
-    with _child("serve", root, items, rounds, config) as server, \
-            _child("train", root, items, rounds, config) as trainer:
-        generated = trainer.receive("generated")
-        log.info("%s items: generated in %.1f s (%s distinct transitions)", f"{items:,}", generated["seconds"],
-                 f"{generated['transitions']:,}")
-        for number in range(rounds + 1):
-            if number:
-                trainer.send("next")
-            published.append(trainer.receive("published"))
-            server.send("refresh")
-            refreshed.append(server.receive("refreshed"))
-            if refreshed[-1]["version"] != published[-1]["version"]:
-                log.warning("%s items: the server is on version %s, not the version %d just published",
-                            f"{items:,}", refreshed[-1]["version"], published[-1]["version"])
-            log.info("%s items: %s round → version %d in %.2f s (%s bytes written); server %s in %.3f s",
-                     f"{items:,}", "incremental" if number else "full", published[-1]["version"],
-                     published[-1]["seconds"], f"{published[-1]['bytes_written']:,}",
-                     "moved" if number else "served it", refreshed[-1]["seconds"])
-        trained = trainer.receive("done")
-        server.send("done")
-        served = server.receive("done")
-    with _child("restore", root, items, rounds, config) as restore:
+@dataclass
+class _Size:
+    """One size's trainer and server, alive for the whole run, and what they reported so far."""
+
+    items: int
+    root: Path
+    server: _Child
+    trainer: _Child
+    generated: dict[str, Any]
+    published: list[dict[str, Any]]
+    refreshed: list[dict[str, Any]]
+
+    def publish_and_move(self) -> None:
+        """The trainer's next round (the full round first), then the server's move to its version."""
+        if self.published:
+            self.trainer.send("next")
+        self.published.append(self.trainer.receive("published"))
+        self.server.send("refresh")
+        self.refreshed.append(self.server.receive("refreshed"))
+        published, refreshed = self.published[-1], self.refreshed[-1]
+        if refreshed["version"] != published["version"]:
+            log.warning("%s items: the server is on version %s, not the version %d just published",
+                        f"{self.items:,}", refreshed["version"], published["version"])
+        log.info("%s items: %s round → version %d in %.2f s (%s bytes written); server %s in %.3f s",
+                 f"{self.items:,}", "full" if len(self.published) == 1 else "incremental", published["version"],
+                 published["seconds"], f"{published['bytes_written']:,}",
+                 "served it" if len(self.refreshed) == 1 else "moved", refreshed["seconds"])
+
+
+def _started(items: int, rounds: int, root: Path, config: Path | None, stack: ExitStack) -> _Size:
+    """A size's server and trainer, once the trainer has generated the graph, run the full round
+    and the server serves its version (the server's graph index built)."""
+    server = stack.enter_context(_child("serve", root, items, rounds, config))
+    trainer = stack.enter_context(_child("train", root, items, rounds, config))
+    generated = trainer.receive("generated")
+    log.info("%s items: generated in %.1f s (%s distinct transitions)", f"{items:,}", generated["seconds"],
+             f"{generated['transitions']:,}")
+    size = _Size(items, root, server, trainer, generated, [], [])
+    size.publish_and_move()
+    return size
+
+
+def _finished(size: _Size, rounds: int, config: Path | None, dim: int) -> dict[str, Any]:
+    """A size's report, once its trainer and server are done; then a restarted trainer on its folder."""
+    size.trainer.send("done")
+    trained = size.trainer.receive("done")
+    size.trainer.finish()
+    size.server.send("done")
+    served = size.server.receive("done")
+    size.server.finish()
+    with _child("restore", size.root, size.items, rounds, config) as restore:
         restored = restore.receive("done")
-    log.info("%s items: restart restored in %.1f s, reloaded the graph in %.1f s", f"{items:,}",
+    log.info("%s items: restart restored in %.1f s, reloaded the graph in %.1f s", f"{size.items:,}",
              restored["restore_s"], restored["reload_graph_s"])
-    return _size_report(items, generated, published, refreshed, trained, served, restored, dim)
+    shutil.rmtree(size.root, ignore_errors=True)  # a million items' versions take gigabytes
+    return _size_report(size.items, size.generated, size.published, size.refreshed, trained, served, restored, dim)
 
 
 def _bytes_bound(median: dict[str, Any], row_bytes: int) -> int | None:
@@ -678,14 +718,18 @@ def _settings_used(settings: Settings) -> dict[str, Any]:
 
 def run_scale_bench(settings: Settings, *, items: Sequence[int] = DEFAULT_ITEMS, rounds: int = DEFAULT_ROUNDS,
                     config: Path | None = None) -> dict[str, Any]:
-    """Every size in turn, smallest first, each in its own snapshot folder (deleted after it).
+    """Every size's trainer and server start in turn, smallest first, each on its own snapshot
+    folder (deleted after it), and stay alive; then the sizes take turns round by round (the order
+    reversed every other round), so that the machine's drift over the run reaches every size alike:
+    the round ratio compares sizes, and one size measured minutes after another differed by a tenth
+    of a second a round. A restarted trainer per size follows, once the others are done.
     ``config``: the settings file the child processes read (the environment they inherit)."""
-    sizes = []
-    with tempfile.TemporaryDirectory(prefix="m2grl-bench-scale-") as scratch:
-        for n in sorted(set(items)):
-            root = Path(scratch) / f"n{n}"
-            sizes.append(_one_size(n, rounds, root, config, settings.train.dim))
-            shutil.rmtree(root, ignore_errors=True)  # a million items' versions take gigabytes
+    with tempfile.TemporaryDirectory(prefix="m2grl-bench-scale-") as scratch, ExitStack() as stack:
+        alive = [_started(n, rounds, Path(scratch) / f"n{n}", config, stack) for n in sorted(set(items))]
+        for number in range(rounds):
+            for size in alive if number % 2 == 0 else alive[::-1]:
+                size.publish_and_move()
+        sizes = [_finished(size, rounds, config, settings.train.dim) for size in alive]
     ratios = _ratios(sizes)
     return {
         "benchmark": "scale",
