@@ -210,12 +210,17 @@ def recommend_sweep(served: ServedVersion, cases: list[Case], cfg: RpcSettings) 
 
 @dataclass
 class DiversitySweep:
-    """The sweep of M2GRL's Recommend over seeds (one list of points per seed); ``skipped`` says why
-    there is none."""
+    """The sweep of M2GRL's Recommend over seeds (one list of points per seed), drawing from the
+    side view ``view`` (``sweep_view``); None: the run has none, and there is no sweep."""
 
-    view: str
+    view: str | None
     per_seed: list[list[SweepPoint]] = field(default_factory=list)
-    skipped: str = ""
+
+    @property
+    def skipped(self) -> str:
+        """Why there is no sweep; empty where there is one."""
+        return "" if self.view else "no diversity sweep: the run has no side view for Recommend's diversity " \
+            "route to draw from"
 
     def summary(self) -> list[dict[str, float]]:
         """Per diversity, the mean and the sample standard deviation (0 for one seed) over seeds."""
@@ -338,9 +343,7 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
     seed_values = [settings.train.seed + offset for offset in range(seeds)]
     runs: dict[str, list[MethodResult]] = {method: [] for method in methods}
     view = sweep_view(side, settings.rpc)
-    sweep_cfg = settings.rpc.model_copy(update={"diversity_view": view or settings.rpc.diversity_view})
-    sweep = DiversitySweep(sweep_cfg.diversity_view, skipped="" if view else "no diversity sweep: the run has no "
-                           "side view for Recommend's diversity route to draw from") if "m2grl" in methods else None
+    sweep = DiversitySweep(view) if "m2grl" in methods else None
     with tempfile.TemporaryDirectory(prefix="m2grl-eval-") as scratch:
         for seed in seed_values:
             seeded = settings.model_copy(update={"train": settings.train.model_copy(update={"seed": seed})})
@@ -349,7 +352,7 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
                     runs[method].append(MethodResult(popularity_scores(train, cases)))
                     continue
                 started = time.perf_counter()
-                swept = sweep if method == "m2grl" and sweep is not None and not sweep.skipped else None
+                swept = sweep if method == "m2grl" and view is not None else None
                 trainer, stats = _train_method(seeded, method, side, reads, scratch=Path(scratch) / str(seed),
                                                progress=progress, publish=swept is not None)
                 runs[method].append(MethodResult(rank_scores(*trainer.vectors("item"), cases, query),
@@ -358,6 +361,7 @@ def evaluate(settings: Settings, events: list[Event], side: tuple[str, ...], *, 
                                                  curve=stats.curve))
                 if swept is not None:
                     served = as_served(trainer.cfg.snapshot_dir, settings.rpc)
+                    sweep_cfg = settings.rpc.model_copy(update={"diversity_view": swept.view})
                     swept.per_seed.append(recommend_sweep(served, cases, sweep_cfg))
     results = {method: MethodResult.over_seeds(found) for method, found in runs.items()}
     return EvalReport(dataset, ["item", *side], len(train), len(cases), results, seed_values, query, sweep)

@@ -105,3 +105,5 @@ def test_the_sweep_draws_from_the_diversity_view_else_the_first_side_view() -> N
     assert sweep_view(("genre",), RpcSettings()) == "genre"  # MovieLens, without any setting
     assert sweep_view(("brand", "category"), RpcSettings(diversity_view="brand")) == "brand"
     assert sweep_view((), RpcSettings()) is None
+    skipped = DiversitySweep(sweep_view((), RpcSettings())).to_json()
+    assert skipped["view"] is None and "no side view" in str(skipped["skipped"])
